@@ -1,0 +1,223 @@
+"""The Broker contract: the seam every adapter implements, and what it hands the core.
+
+An adapter has five parts: :attr:`Broker.features`, :meth:`Broker.connect`,
+:meth:`Broker.publish`, :meth:`Broker.subscribe` and :meth:`Broker.close`. Everything clever
+(retries, dead letters, request/reply, tracing, replay) sits above it and is written once.
+
+Who acks: the adapter calls the handler with a :class:`Delivery`; the handler (the core's
+dispatch) must end every delivery with exactly one :meth:`Delivery.ack` or
+:meth:`Delivery.nack`. A delivery never ended is held by the broker and redelivered when the
+consumer goes away. Handlers run on the event loop; the adapter runs at most ``concurrency`` of
+them at once per subscription and never blocks the loop itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from mesh.codecs.binary import WireMessage
+from mesh.errors import DecodeError
+from mesh.event import Event
+
+__all__ = [
+    "Broker",
+    "Delivery",
+    "DeliveryHandler",
+    "Features",
+    "Subscription",
+]
+
+log = logging.getLogger("mesh.broker")
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What a broker can do natively; used to pick strategies and to skip contract tests."""
+
+    name: str
+    persistent: bool = False
+    """Published events survive a consumer (and a broker restart where configured)."""
+    consumer_groups: bool = True
+    """Instances of one group share the work; groups fan out."""
+    order_by_key: bool = False
+    """Events with one ``partitionkey`` are delivered in order within a group."""
+    history: bool = False
+    """A group created after publishing still sees earlier events (the broker keeps a log)."""
+    history_by_time: bool = False
+    """The log can be read from a point in time."""
+    native_delay: bool = False
+    """``nack(delay=...)`` is done by the broker itself, without holding the consumer."""
+    native_request_reply: bool = False
+    """The broker has its own request/reply (reply inboxes, no-responders)."""
+    headers: bool = True
+    """Messages carry headers (binary content mode)."""
+    redelivery_count: bool = False
+    """Deliveries say how often the broker delivered them."""
+
+
+class Delivery:
+    """One delivered message: the decoded event (or the decode error) and the ack handle."""
+
+    __slots__ = ("_done", "attempt", "error", "event", "group", "raw", "topic")
+
+    def __init__(
+        self,
+        topic: str,
+        group: str,
+        event: Event | None,
+        raw: WireMessage | None = None,
+        error: DecodeError | None = None,
+        attempt: int = 1,
+    ) -> None:
+        self.topic = topic
+        self.group = group
+        self.event = event
+        self.raw = raw
+        self.error = error
+        self.attempt = attempt
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        """Whether the delivery was acked or nacked."""
+        return self._done
+
+    async def ack(self) -> None:
+        """The handler is done with it: the broker may forget it for this group."""
+        if not self._done:
+            self._done = True
+            await self._ack()
+
+    async def nack(self, delay: float | None = None) -> None:
+        """Give it back: it is redelivered, after ``delay`` seconds where the broker can wait."""
+        if not self._done:
+            self._done = True
+            await self._nack(delay)
+
+    async def _ack(self) -> None:  # pragma: no cover - adapters override
+        raise NotImplementedError
+
+    async def _nack(self, delay: float | None) -> None:  # pragma: no cover - adapters override
+        raise NotImplementedError
+
+
+DeliveryHandler = Callable[[Delivery], Awaitable[None]]
+
+
+class Subscription(ABC):
+    """A running consumer of one topic for one group."""
+
+    topic: str
+    group: str
+
+    @abstractmethod
+    async def stop(self, drain: bool = True) -> None:
+        """Stop taking messages; with ``drain``, wait for handlers in flight to finish."""
+
+
+class Broker(ABC):
+    """The contract every adapter implements.
+
+    ``options`` are the validated ``broker.options`` of the config for this broker type;
+    ``namespace`` prefixes every name on the broker (empty by default).
+    """
+
+    features: ClassVar[Features]
+    type: ClassVar[str]
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        options: Mapping[str, Any] | None = None,
+        content_mode: str = "binary",
+        namespace: str = "",
+        client_id: str = "mesh",
+    ) -> None:
+        self.url = url
+        self.options = dict(options or {})
+        self.content_mode = content_mode
+        self.namespace = namespace
+        self.client_id = client_id
+
+    def name_of(self, topic: str) -> str:
+        """The broker-side name of a topic (the namespace prefix applied)."""
+        return self.namespace + topic if self.namespace else topic
+
+    @abstractmethod
+    async def connect(self) -> None:
+        """Connect within a bounded time or raise :class:`~mesh.errors.BrokerConnectionError`."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Stop every subscription (draining in-flight handlers) and disconnect."""
+
+    @abstractmethod
+    async def publish(self, topic: str, event: Event) -> None:
+        """Send one event; returns once the broker has taken it (or raises PublishError)."""
+
+    @abstractmethod
+    async def subscribe(
+        self, topic: str, group: str, handler: DeliveryHandler, *, concurrency: int = 1
+    ) -> Subscription:
+        """Start consuming ``topic`` as a member of ``group``; returns once consuming."""
+
+    async def ensure_topic(self, topic: str) -> None:  # noqa: B027 - optional hook
+        """Create the topic's broker-side objects if the broker needs them to exist first."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self.url!r})"
+
+
+class HandlerRunner:
+    """Runs a subscription's handler with at most ``concurrency`` in flight, and drains.
+
+    With ``concurrency == 1`` the handler is awaited inline (the fast, ordered path); above
+    that each delivery gets a task and :meth:`submit` waits for a free slot, which gives the
+    adapter's fetch loop back-pressure.
+    """
+
+    __slots__ = ("_handler", "_slots", "_tasks", "concurrency", "topic")
+
+    def __init__(self, handler: DeliveryHandler, concurrency: int, topic: str) -> None:
+        self._handler = handler
+        self.concurrency = max(1, concurrency)
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.topic = topic
+
+    async def submit(self, delivery: Delivery) -> None:
+        """Hand one delivery to the handler; returns when it may take the next one."""
+        if self.concurrency == 1:
+            await self._run(delivery)
+            return
+        await self._slots.acquire()
+        task = asyncio.get_running_loop().create_task(self._run_slot(delivery))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_slot(self, delivery: Delivery) -> None:
+        try:
+            await self._run(delivery)
+        finally:
+            self._slots.release()
+
+    async def _run(self, delivery: Delivery) -> None:
+        try:
+            await self._handler(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the dispatch never raises; this guards a bare handler
+            log.exception("handler for %s raised; the delivery is given back", self.topic)
+            if not delivery.done:
+                await delivery.nack()
+
+    async def drain(self) -> None:
+        """Wait for every handler in flight."""
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

