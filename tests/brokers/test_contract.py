@@ -239,3 +239,49 @@ async def test_concurrency_runs_handlers_in_parallel(make_broker) -> None:
         await broker.publish(topic, ev(i))
     await wait_for(lambda: len(done) == 8, timeout=30, what="8 handled")
     assert 2 <= peak <= 4
+
+
+async def test_delayed_nack_does_not_block_later_events(make_broker) -> None:
+    broker: Broker = await make_broker()
+    topic = unique()
+    loop = asyncio.get_running_loop()
+    handled: dict[int, float] = {}
+    attempts: dict[int, list[int]] = {}
+
+    async def handler(delivery: Delivery) -> None:
+        assert delivery.event is not None
+        i = delivery.event.data["i"]
+        attempts.setdefault(i, []).append(delivery.attempt)
+        if i == 0 and len(attempts[0]) == 1:
+            await delivery.nack(delay=2.0)
+            return
+        handled[i] = loop.time()
+        await delivery.ack()
+
+    await broker.subscribe(topic, unique("g"), handler)
+    start = loop.time()
+    for i in range(5):
+        await broker.publish(topic, ev(i, extensions={"partitionkey": "same"}))
+    await wait_for(lambda: all(i in handled for i in range(1, 5)), timeout=30, what="events after a delayed one")
+    await wait_for(lambda: 0 in handled, timeout=30, what="the delayed redelivery")
+    assert max(handled[i] for i in range(1, 5)) < handled[0], "later events flowed while one waited"
+    assert handled[0] - start >= 1.5
+    assert attempts[0] == [1, 2], "the redelivery says it is the second attempt"
+
+
+async def test_attempt_counts_immediate_nacks(make_broker) -> None:
+    broker: Broker = await make_broker()
+    topic = unique()
+    seen: list[int] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery.attempt)
+        if len(seen) < 3:
+            await delivery.nack()
+        else:
+            await delivery.ack()
+
+    await broker.subscribe(topic, unique("g"), handler)
+    await broker.publish(topic, ev(1))
+    await wait_for(lambda: len(seen) >= 3, timeout=30, what="three attempts")
+    assert seen[:3] == [1, 2, 3]
