@@ -25,6 +25,7 @@ from mesh.errors import DecodeError
 from mesh.event import Event
 
 __all__ = [
+    "RESERVED_PREFIX",
     "Broker",
     "Delivery",
     "DeliveryHandler",
@@ -33,6 +34,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("mesh.broker")
+
+RESERVED_PREFIX = "_mesh."
+"""Names of the mesh's internal destinations (retries, delays, replies, presence) start with this;
+user topics may not, so they never clash."""
 
 
 @dataclass(frozen=True, slots=True)
