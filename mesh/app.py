@@ -1,0 +1,279 @@
+"""The App: decorators to register handlers, publishing, and the lifecycle of one service instance.
+
+>>> import asyncio
+>>> from mesh import App, Event
+>>> app = App("doc", config={"broker": {"type": "memory", "options": {"name": "app-doctest"}}})
+>>> seen = []
+>>> @app.subscribe("greetings", type="hello")
+... async def on_hello(event: Event) -> None:
+...     seen.append(event.data["name"])
+>>> async def main():
+...     async with app:
+...         await app.publish("greetings", {"name": "Ada"}, type="hello")
+...         await app.join()
+>>> asyncio.run(main()); seen
+['Ada']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from datetime import datetime
+from typing import Any, TypeVar
+
+from mesh.brokers import Broker, Subscription, create_broker
+from mesh.brokers.base import RESERVED_PREFIX
+from mesh.config import MeshConfig, load_config
+from mesh.dispatch import FailureMemory, HandlerSpec, Publish, Route
+from mesh.errors import ConfigError, MeshError
+from mesh.event import Event, ExtensionValue, new_id
+from mesh.plugin_manager import PluginManager, Registry
+
+__all__ = ["App"]
+
+log = logging.getLogger("mesh.app")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class App:
+    """One service of the mesh: an app id, a broker from config, handlers and plugins.
+
+    Config comes from ``config`` (a path, a dict or a :class:`~mesh.config.MeshConfig`), else
+    ``$MESH_CONFIG``, else ``./mesh.yaml``, else the in-process memory broker. Extra plugin
+    objects may be passed in ``plugins``; built-ins and entry-point plugins load by themselves.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        config: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig | None = None,
+        plugins: tuple[object, ...] | list[object] = (),
+        version: str = "0",
+    ) -> None:
+        if not id or not isinstance(id, str) or id.startswith(RESERVED_PREFIX):
+            raise ConfigError([("app.id", f"invalid app id {id!r}")])
+        self.id = id
+        self.version = version
+        self.instance_id = f"{id}-{new_id()[:8]}"
+        self.source = f"/{id}"
+        self.plugins = PluginManager(plugins)
+        registry = Registry()
+        self.plugins.call("mesh_register_components", registry=registry)
+        self.components = registry
+        self.config: MeshConfig = load_config(config)
+        self.plugins.disable(self.config.plugins.disable)
+        self.plugins.check()
+        self.broker: Broker = self._make_broker()
+        self._routes: dict[tuple[str, str], Route] = {}
+        self._subscriptions: list[Subscription] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._publish: Publish = self.broker.publish
+        self._attribute_hooks = False
+        self.failures = FailureMemory()
+        self.started = False
+        self.plugins.call("mesh_configure", app=self, config=self.config)
+
+    def _make_broker(self) -> Broker:
+        conf = self.config.broker
+        kwargs: dict[str, Any] = {
+            "options": conf.options,
+            "content_mode": conf.content_mode,
+            "namespace": conf.namespace,
+            "client_id": self.instance_id,
+        }
+        factory = self.components.brokers.get(conf.type)
+        if factory is not None:
+            broker: Broker = factory(conf.url, **kwargs)
+            return broker
+        return create_broker(conf.type, conf.url, **kwargs)
+
+    # -- registration ------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        group: str | None = None,
+        concurrency: int | None = None,
+        type: str | None = None,
+        source: str | None = None,
+        subject: str | None = None,
+        **extensions: Any,
+    ) -> Callable[[F], F]:
+        """Register a handler for events on ``topic``.
+
+        Filters on CloudEvent attributes (``type``, ``source``, ``subject``, any extension)
+        take an exact value, a glob (``shop.order.*``), a list of values or a predicate. Within
+        one app and group an event goes to the first handler whose filters match. ``group``
+        defaults to the app id: instances of the app share the work, other apps each get every
+        event. The handler's parameters are filled by annotation: :class:`~mesh.Event`, a
+        pydantic model or any type for the data, :class:`~mesh.dispatch.Context`.
+        """
+        _check_topic(topic)
+        filters = {k: v for k, v in {"type": type, "source": source, "subject": subject}.items() if v is not None}
+        filters.update(extensions)
+
+        def register(fn: F) -> F:
+            if self.started:
+                raise MeshError("subscribe before the app starts")
+            key = (topic, group or self.id)
+            route = self._routes.get(key)
+            if route is None:
+                route = self._routes[key] = Route(self, topic, key[1])
+            route.add(HandlerSpec(fn, topic, key[1], filters, concurrency))
+            return fn
+
+        return register
+
+    @property
+    def routes(self) -> list[Route]:
+        """Every (topic, group) this app consumes, with its handlers."""
+        return list(self._routes.values())
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(
+        self,
+        topic: str,
+        data: Any = None,
+        *,
+        type: str,
+        key: str | None = None,
+        subject: str | None = None,
+        source: str | None = None,
+        id: str | None = None,
+        time: datetime | None = None,
+        datacontenttype: str | None = None,
+        dataschema: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+    ) -> Event:
+        """Publish ``data`` as a CloudEvent of ``type`` on ``topic``; returns the event sent.
+
+        ``key`` becomes the ``partitionkey`` extension: events with one key keep their order
+        where the broker can. Returns once the broker has taken the event.
+        """
+        _check_topic(topic)
+        ext = dict(extensions) if extensions else None
+        if key is not None:
+            ext = ext or {}
+            ext["partitionkey"] = key
+        event = Event(
+            type,
+            source or self.source,
+            data,
+            id=id,
+            subject=subject,
+            time=time,
+            datacontenttype=datacontenttype,
+            dataschema=dataschema,
+            extensions=ext,
+        )
+        return await self.send(topic, event)
+
+    async def send(self, topic: str, event: Event) -> Event:
+        """Publish a ready-made event (plugins' attributes are added); returns what was sent."""
+        if self._attribute_hooks:
+            extra: dict[str, ExtensionValue] = {}
+            for attrs in self.plugins.call("mesh_publish_attributes", app=self, topic=topic, event=event):
+                for name, value in attrs.items():
+                    extra.setdefault(name, value)
+            new = {k: v for k, v in extra.items() if k not in event.extensions}
+            if new:
+                event = event.with_extensions(**new)
+        await self._publish(topic, event)
+        return event
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to the broker and start every subscription."""
+        if self.started:
+            return
+        self._attribute_hooks = bool(self.plugins.implementations("mesh_publish_attributes"))
+        publish: Publish = self.broker.publish
+        for layer in reversed(self.plugins.call("mesh_publish_layers", app=self)):
+            publish = layer(publish)
+        self._publish = publish
+        await self.broker.connect()
+        try:
+            for route in self._routes.values():
+                route.build()
+                sub = await self.broker.subscribe(route.topic, route.group, route, concurrency=route.concurrency)
+                self._subscriptions.append(sub)
+        except BaseException:
+            await self.broker.close()
+            raise
+        self.started = True
+        self.plugins.call("mesh_app_started", app=self)
+
+    async def stop(self) -> None:
+        """Stop consuming, let handlers in flight finish, then disconnect."""
+        if not self.started:
+            return
+        self.started = False
+        try:
+            self.plugins.call("mesh_app_stopping", app=self)
+        finally:
+            subs, self._subscriptions = self._subscriptions, []
+            for sub in subs:
+                await sub.stop(drain=True)
+            tasks, self._tasks = list(self._tasks), set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.broker.close()
+
+    async def __aenter__(self) -> App:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """Run a background task for as long as the app runs (cancelled at stop)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def join(self, timeout: float = 10.0) -> None:
+        """Wait until the broker has no pending deliveries (memory broker; for demos and tests)."""
+        join: Callable[..., Awaitable[None]] | None = getattr(self.broker, "join", None)
+        if join is None:
+            raise MeshError(f"{self.broker.type} cannot tell when it is idle; wait for your own condition")
+        await join(timeout=timeout)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (or ``stop`` is set), then drain and stop."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        try:
+            async with self:
+                await stop.wait()
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def __repr__(self) -> str:
+        return f"App({self.id!r}, broker={self.config.broker.type})"
+
+
+def _check_topic(topic: str) -> None:
+    if not topic or not isinstance(topic, str):
+        raise MeshError("a topic must be a non-empty string")
+    if topic.startswith(RESERVED_PREFIX):
+        raise MeshError(f"topic {topic!r} uses the reserved prefix {RESERVED_PREFIX!r}")

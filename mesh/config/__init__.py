@@ -1,0 +1,142 @@
+"""Configuration: one YAML file, ``${VAR:default}`` substitution, secrets by reference, validated whole.
+
+>>> cfg = load_config({"broker": {"type": "memory", "options": {"name": "doc"}}})
+>>> cfg.broker.type, cfg.broker.options
+('memory', {'name': 'doc'})
+
+Every problem is reported at once, with its path (and line) in the file::
+
+    mesh.errors.ConfigError: invalid configuration in mesh.yaml:
+      broker.options.partitions (line 4): Input should be a valid integer
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mesh.config.loader import Problems, parse_yaml, resolve_secrets, substitute
+from mesh.config.models import (
+    BrokerConfig,
+    MeshConfig,
+    PluginsConfig,
+    RetryPolicy,
+    SubscriptionConfig,
+    parse_duration,
+)
+from mesh.errors import ConfigError
+
+__all__ = [
+    "BrokerConfig",
+    "MeshConfig",
+    "PluginsConfig",
+    "RetryPolicy",
+    "SubscriptionConfig",
+    "config_schema",
+    "find_config",
+    "load_config",
+    "parse_duration",
+]
+
+DEFAULT_FILE = "mesh.yaml"
+
+
+def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to use: the argument, else ``$MESH_CONFIG``, else ``./mesh.yaml`` if present."""
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get("MESH_CONFIG")
+    if env:
+        return Path(env)
+    local = Path(DEFAULT_FILE)
+    return local if local.is_file() else None
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "literal[")):  # pydantic's internal loc markers
+            continue
+        else:
+            out = f"{out}.{part}" if out else str(part)
+    return out
+
+
+def _with_line(path: str, lines: Mapping[str, int]) -> str:
+    probe = path
+    while probe:
+        if probe in lines:
+            return f"{path} (line {lines[probe]})"
+        probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+    return path
+
+
+def load_config(
+    source: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> MeshConfig:
+    """Load and validate a config from a file path, a mapping, or the default places.
+
+    With no argument: ``$MESH_CONFIG``, else ``./mesh.yaml``, else the memory broker defaults.
+    Raises :class:`~mesh.errors.ConfigError` listing every problem with its path.
+    """
+    if isinstance(source, MeshConfig):
+        return source
+    lines: dict[str, int] = {}
+    name: str | None = None
+    if source is None or isinstance(source, str | os.PathLike):
+        path = find_config(source)
+        if path is None:
+            return MeshConfig()
+        name = str(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError([("<file>", f"cannot read {name}: {exc.strerror}")], name) from None
+        data, lines = parse_yaml(text, name)
+        data = {} if data is None else data
+    else:
+        data = dict(source)
+    if not isinstance(data, dict):
+        raise ConfigError([("<root>", "the config must be a mapping")], name)
+    problems: Problems = []
+    data = substitute(data, problems, env)
+    data = resolve_secrets(data, problems)
+    try:
+        config = MeshConfig.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            if len(loc) > 1 and loc[0] == "broker" and loc[1] not in BrokerConfig.model_fields:
+                loc = ("broker", "options", *loc[1:])  # raised by the broker's options model
+            problems.append((_loc(loc), _message(err)))
+        config = None
+    if problems:
+        raise ConfigError([(_with_line(p, lines), m) for p, m in problems], name)
+    assert config is not None
+    return config
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if err["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")
+    return msg
+
+
+def config_schema() -> str:
+    """The JSON Schema of ``mesh.yaml`` (what ``schemas/mesh-config.schema.json`` holds)."""
+    schema = MeshConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "mesh.yaml"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,124 @@
+"""The validated shape of ``mesh.yaml``: frozen pydantic models (the JSON Schema is made from these)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mesh.brokers.options import options_model
+
+__all__ = [
+    "BrokerConfig",
+    "MeshConfig",
+    "PluginsConfig",
+    "RetryPolicy",
+    "SubscriptionConfig",
+    "parse_duration",
+]
+
+BrokerType = Literal["memory", "kafka", "rabbitmq", "nats", "jetstream", "redis"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string like ``250ms``, ``2s``, ``5m``, ``1h``, ``7d``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT[m.group(2)]
+    raise ValueError(f"not a duration: {value!r} (use seconds or e.g. '250ms', '2s', '5m', '1h', '7d')")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BrokerConfig(_Frozen):
+    """Which broker to use and how to reach it; swapping brokers changes only this section."""
+
+    type: BrokerType = "memory"
+    url: str | None = None
+    content_mode: Literal["binary", "structured"] = "binary"
+    namespace: str = ""
+    """Prefix for every name the mesh creates on the broker."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Broker-specific settings, validated by the broker type's options model."""
+
+    @model_validator(mode="after")
+    def _check_options(self) -> BrokerConfig:
+        model = options_model(self.type)
+        validated = model.model_validate(self.options)
+        object.__setattr__(self, "options", validated.model_dump(exclude_unset=True))
+        return self
+
+
+class RetryPolicy(_Frozen):
+    """How often and how soon a failing handler is tried again, before dead-lettering."""
+
+    attempts: int = Field(3, ge=1)
+    """Handler calls in all, the first included."""
+    immediate: int = Field(1, ge=0)
+    """How many of the retries run at once in process (short, capped backoff) before delayed ones."""
+    backoff: Literal["constant", "exponential"] = "exponential"
+    initial: float = 0.5
+    """First delay, seconds (or '250ms', '2s')."""
+    max: float = 60.0
+    """Longest delay."""
+    jitter: bool = True
+    immediate_max: float = 0.2
+    """Cap on an in-process backoff, so a partition does not stall."""
+    never: tuple[str, ...] = ()
+    """Exception type names (``ValueError`` or ``pkg.mod.Error``) that are never retried."""
+
+    _durations = field_validator("initial", "max", "immediate_max", mode="before")(
+        lambda v: parse_duration(v)
+    )
+
+
+class SubscriptionConfig(_Frozen):
+    """Settings of the subscriptions to one topic (``subscriptions.<topic>``) or of all (``defaults``)."""
+
+    concurrency: int | None = Field(None, ge=1)
+    retry: RetryPolicy | None = None
+    dead_letter: str | None = None
+    """Destination topic for events that fail for good (default ``<topic>.dlq``)."""
+    idempotent: bool | None = None
+    """Drop redeliveries of an event already handled (needs the idempotency plugin)."""
+
+
+class PluginsConfig(_Frozen):
+    """Which plugins run and their settings."""
+
+    disable: tuple[str, ...] = ()
+    """Plugin names not to load (also ``MESH_DISABLE_PLUGINS=a,b``)."""
+    config: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Settings per plugin name, validated by the plugin itself."""
+
+
+class MeshConfig(_Frozen):
+    """The whole ``mesh.yaml``."""
+
+    broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    defaults: SubscriptionConfig = Field(default_factory=SubscriptionConfig)
+    subscriptions: dict[str, SubscriptionConfig] = Field(default_factory=dict)
+    plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    secrets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Settings per secret store, e.g. ``file: {path: /run/secrets}``."""
+    max_event_bytes: int = Field(1024 * 1024, ge=1024)
+    """Largest encoded event the mesh publishes."""
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def for_topic(self, topic: str) -> SubscriptionConfig:
+        """The defaults overlaid with ``subscriptions.<topic>``."""
+        specific = self.subscriptions.get(topic)
+        if specific is None:
+            return self.defaults
+        merged = self.defaults.model_dump(exclude_none=True)
+        merged.update(specific.model_dump(exclude_none=True, exclude_unset=True))
+        return SubscriptionConfig.model_validate(merged)

@@ -1,0 +1,138 @@
+"""Every hook a plugin can implement (pluggy project name ``mesh``).
+
+pluggy calls hooks synchronously, so hooks *decide and return*; the async core acts on what they
+return. Collect-all hooks contribute (attributes, layers, components, commands); ``firstresult``
+hooks decide (retry or not, where to dead-letter) and the first non-``None`` answer wins.
+Built-in plugins are registered first and mark their decisions ``trylast``, so a user's plugin
+wins; tracing is ``tryfirst`` so its span wraps retries and dead-lettering.
+
+A plugin is a module or object with functions named after these hooks, decorated with
+:data:`hookimpl`::
+
+    from mesh.hookspecs import hookimpl
+
+    @hookimpl
+    def mesh_publish_attributes(app, topic, event):
+        return {"tenant": "acme"}
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from mesh.app import App
+    from mesh.config import MeshConfig
+    from mesh.dispatch import Context, Decision, HandlerLayer, PublishLayer, SubscriptionInfo
+    from mesh.event import Event, ExtensionValue
+    from mesh.plugin_manager import Registry
+
+__all__ = ["PROJECT", "hookimpl", "hookspec"]
+
+PROJECT = "mesh"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def mesh_register_components(registry: Registry) -> None:
+    """Add components: broker types and secret stores (``registry.add_broker``, ``add_secret_store``).
+
+    Called once per App before its config is read, so a plugin's secret store can resolve
+    references in that config. Collect-all; return nothing.
+    """
+
+
+@hookspec
+def mesh_configure(app: App, config: MeshConfig) -> None:
+    """Called once per App after its config was validated; read ``config.plugins.config[<name>]``.
+
+    Raise :class:`~mesh.errors.ConfigError` for bad settings. Collect-all; return nothing.
+    """
+
+
+@hookspec
+def mesh_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``mesh`` CLI: ``cli.add_command(...)``. Collect-all; return nothing."""
+
+
+@hookspec
+def mesh_app_started(app: App) -> None:
+    """Called when an App has connected and its consumers run. Collect-all; return nothing.
+
+    May schedule background tasks (``app.spawn``); must not block.
+    """
+
+
+@hookspec
+def mesh_app_stopping(app: App) -> None:
+    """Called when an App begins to stop, before its consumers drain. Collect-all; return nothing."""
+
+
+@hookspec
+def mesh_publish_attributes(app: App, topic: str, event: Event) -> dict[str, ExtensionValue] | None:
+    """Extension attributes to add to an outgoing event (called on every publish).
+
+    Return a mapping of name to value (names must match ``^[a-z][a-z0-9]{0,19}$``) or ``None``.
+    Collect-all: every plugin's attributes are merged, earlier plugins winning on a clash.
+    """
+
+
+@hookspec
+def mesh_publish_layers(app: App) -> PublishLayer | None:
+    """A layer around publishing: ``layer(next) -> publish`` where ``publish(topic, event)`` is async.
+
+    Called once per App at start. Collect-all: the first plugin's layer is outermost.
+    """
+
+
+@hookspec
+def mesh_handler_layers(app: App, subscription: SubscriptionInfo) -> HandlerLayer | None:
+    """A layer around a subscription's handler: ``layer(next) -> handle`` with ``handle(context)`` async.
+
+    Called once per subscription at start. A layer may run code before and after ``next``,
+    call it again (a retry loop), or raise. Collect-all: the first plugin's layer is outermost
+    (tracing is ``tryfirst``, so its span covers the others).
+    """
+
+
+@hookspec(firstresult=True)
+def mesh_retry_decision(context: Context, error: BaseException) -> Decision | None:
+    """Decide what happens to a delivery whose handler failed: retry later or dead-letter.
+
+    Return :class:`~mesh.dispatch.Decision` (``Decision.retry(delay)`` or
+    ``Decision.dead_letter(reason)``) or ``None`` to let the next plugin decide. firstresult.
+    With no decision at all, the event is dead-lettered.
+    """
+
+
+@hookspec(firstresult=True)
+def mesh_dead_letter_target(context: Context, error: BaseException | None) -> str | None:
+    """The topic a failed (or undecodable) event goes to; ``None`` to let the next plugin decide.
+
+    ``context.event`` is ``None`` for an undecodable message. firstresult.
+    """
+
+
+@hookspec(firstresult=True)
+def mesh_dead_letter_event(context: Context, error: BaseException | None, target: str) -> Event | None:
+    """The event to write to the dead-letter ``target`` (the original plus why). firstresult."""
+
+
+@hookspec
+def mesh_event_dead_lettered(context: Context, event: Event, target: str) -> None:
+    """Called after an event was written to its dead-letter destination. Collect-all; return nothing."""
+
+
+def hook_names() -> list[str]:
+    """Every hook this module declares."""
+    return sorted(n for n, v in globals().items() if n.startswith("mesh_") and callable(v))
+
+
+def hook_doc(name: str) -> str:
+    """The docstring of a hook."""
+    return str(globals()[name].__doc__ or "")
