@@ -3,6 +3,8 @@
 It is a product backend for development, demos and users' tests, not a test double: every
 :class:`MemoryBroker` with the same ``name`` in one process shares one hub, so several apps
 configured with ``broker: {type: memory}`` really publish to and consume from each other.
+Events are passed as objects, not bytes; JSON data goes through JSON once on publish so that
+subscribers see exactly what a network broker would give them (a pydantic model arrives as a dict).
 
 Each topic keeps the last ``retention`` events (default 10,000) so a group created later sees
 history and replay can read it. Within a group, consumers compete for events; across groups,
@@ -29,9 +31,12 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, ClassVar
 
+import orjson
+
 from mesh.brokers.base import Broker, Delivery, DeliveryHandler, Features, HandlerRunner, Subscription
 from mesh.codecs.binary import WireMessage, decode
 from mesh.codecs.bindings import KAFKA
+from mesh.codecs.data import encode_data, is_json
 from mesh.errors import DecodeError
 from mesh.event import Event, now
 
@@ -285,6 +290,10 @@ class MemoryBroker(Broker):
             await sub.stop()
 
     async def publish(self, topic: str, event: Event) -> None:
+        data = event.data
+        if data is not None and not isinstance(data, str | bytes) and is_json(event.datacontenttype):
+            # subscribers get JSON data as every other broker gives it (a model arrives as a dict)
+            event = event.replace(data=orjson.loads(encode_data(event)))
         self._hub.topic(self.name_of(topic), self.retention).append(event)
 
     async def publish_raw(self, topic: str, message: WireMessage) -> None:

@@ -1,0 +1,195 @@
+"""A small shop as three services on one mesh: orders, inventory and notifications.
+
+Run it on the in-process broker (the default)::
+
+    python examples/shop.py
+
+or unchanged on any broker by config::
+
+    python examples/shop.py --config examples/config/rabbitmq.yaml
+
+The orders service places orders; inventory reserves stock (or rejects the order when stock runs
+out); orders confirms or cancels; notifications e-mails the customer, and its mail server fails
+now and then, so you can watch retries work. It exits 0 once every order has been settled and
+notified (``--serve`` keeps the services running until Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console
+
+from mesh import App, Context, Event
+
+console = Console(highlight=False)
+COLORS = {"orders": "cyan", "inventory": "magenta", "notifications": "green", "mesh": "bright_black"}
+
+
+def say(service: str, text: str) -> None:
+    """One line of the story, coloured by service."""
+    console.print(f"[{COLORS.get(service, 'white')}]{service:>13}[/] │ {text}")
+
+
+# -- the events (typed data) ------------------------------------------------------------------
+
+
+class Order(BaseModel):
+    id: str
+    customer: str
+    sku: str
+    qty: int
+
+
+class Reservation(BaseModel):
+    order_id: str
+    sku: str
+    qty: int
+    left: int
+
+
+class Rejection(BaseModel):
+    order_id: str
+    sku: str
+    reason: str
+
+
+class Outcome(BaseModel):
+    order_id: str
+    customer: str
+    status: str
+
+
+CATALOG = {"espresso": 5, "flat-white": 3, "cortado": 2}
+ORDERS = [
+    Order(id=f"A{i:02d}", customer=customer, sku=sku, qty=qty)
+    for i, (customer, sku, qty) in enumerate(
+        [
+            ("ada", "espresso", 2),
+            ("grace", "flat-white", 1),
+            ("linus", "cortado", 2),
+            ("barbara", "espresso", 2),
+            ("ken", "cortado", 1),
+            ("margaret", "flat-white", 2),
+            ("dennis", "espresso", 3),
+        ],
+        start=1,
+    )
+]
+
+
+def build(config: Any = None) -> tuple[App, App, App, dict[str, Any]]:
+    """The three services and a shared record of what happened (for the summary and tests)."""
+    orders, inventory, notifications = (
+        App(name, config=config) for name in ("orders", "inventory", "notifications")
+    )
+    stock = dict(CATALOG)
+    seen: dict[str, Any] = {"outcomes": {}, "mails": Counter(), "bounces": 0, "done": asyncio.Event()}
+    customers: dict[str, str] = {}
+
+    @inventory.subscribe("orders", type="shop.order.placed")
+    async def reserve(order: Order) -> None:
+        left = stock.get(order.sku, 0)
+        if left < order.qty:
+            say("inventory", f"[red]✗[/] {order.id}: only {left} {order.sku} left, {order.qty} wanted")
+            await inventory.publish(
+                "stock",
+                Rejection(order_id=order.id, sku=order.sku, reason="out of stock"),
+                type="shop.stock.rejected",
+                key=order.id,
+            )
+            return
+        stock[order.sku] = left - order.qty
+        say("inventory", f"reserved {order.qty} × {order.sku} for {order.id} ({stock[order.sku]} left)")
+        await inventory.publish(
+            "stock",
+            Reservation(order_id=order.id, sku=order.sku, qty=order.qty, left=stock[order.sku]),
+            type="shop.stock.reserved",
+            key=order.id,
+        )
+
+    @orders.subscribe("stock", type="shop.stock.*")
+    async def settle(event: Event) -> None:
+        order_id = event.data["order_id"]
+        status = "confirmed" if event.type == "shop.stock.reserved" else "cancelled"
+        mark = "[green]✓[/]" if status == "confirmed" else "[red]✗[/]"
+        say("orders", f"{mark} order {order_id} {status}")
+        await orders.publish(
+            "orders",
+            Outcome(order_id=order_id, customer=customers.get(order_id, "?"), status=status),
+            type=f"shop.order.{status}",
+            key=order_id,
+        )
+
+    @notifications.subscribe("orders", type=["shop.order.confirmed", "shop.order.cancelled"])
+    async def mail(outcome: Outcome, ctx: Context) -> None:
+        # the mail server bounces the first try for every third order: the retry plugin retries
+        if int(outcome.order_id[1:]) % 3 == 0 and ctx.attempt == 1:
+            seen["bounces"] += 1
+            say("notifications", f"[yellow]↻[/] mail server busy for {outcome.order_id}, will retry")
+            raise ConnectionError("mail server busy")
+        verb = "is on its way" if outcome.status == "confirmed" else "could not be filled, sorry"
+        retried = f" [bright_black](attempt {ctx.attempt})[/]" if ctx.attempt > 1 else ""
+        say("notifications", f"✉  to {outcome.customer}: your order {outcome.order_id} {verb}{retried}")
+        seen["mails"][outcome.status] += 1
+        seen["outcomes"][outcome.order_id] = outcome.status
+        if len(seen["outcomes"]) == len(customers):
+            seen["done"].set()
+
+    seen["customers"] = customers
+    return orders, inventory, notifications, seen
+
+
+async def main(
+    config: Any = None, serve: bool = False, timeout: float = 60.0, pace: float = 0.0
+) -> dict[str, Any]:
+    """Run the story; returns what happened."""
+    orders, inventory, notifications, seen = build(config)
+    broker = orders.config.broker
+    say("mesh", f"three services on the [bold]{broker.type}[/] broker" + (f" at {broker.url}" if broker.url else ""))
+    async with notifications, inventory, orders:
+        for order in ORDERS:
+            seen["customers"][order.id] = order.customer
+            say("orders", f"placed {order.id}: {order.qty} × {order.sku} for {order.customer}")
+            await orders.publish("orders", order, type="shop.order.placed", key=order.id)
+            await asyncio.sleep(pace)
+        await asyncio.wait_for(seen["done"].wait(), timeout)
+        mails = seen["mails"]
+        say(
+            "mesh",
+            f"[bold]{len(ORDERS)} orders: {mails['confirmed']} confirmed, {mails['cancelled']} cancelled; "
+            f"{seen['bounces']} mail(s) retried[/]",
+        )
+        if serve:
+            say("mesh", "serving; Ctrl-C to stop")
+            await asyncio.Event().wait()
+    return seen
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="mesh config file (default: $MESH_CONFIG, ./mesh.yaml, else memory)")
+    parser.add_argument("--serve", action="store_true", help="keep serving after the story")
+    parser.add_argument("--pace", type=float, default=0.15, help="seconds between orders (0 for full speed)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the story to finish")
+    args = parser.parse_args(argv)
+    if args.config:
+        os.environ["MESH_CONFIG"] = args.config
+    try:
+        asyncio.run(main(serve=args.serve, timeout=args.timeout, pace=args.pace))
+    except KeyboardInterrupt:
+        return 0
+    except TimeoutError:
+        console.print("[red]the story did not finish in time[/]")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
