@@ -66,7 +66,7 @@ class App:
         registry = Registry()
         self.plugins.call("mesh_register_components", registry=registry)
         self.components = registry
-        self.config: MeshConfig = load_config(config)
+        self.config: MeshConfig = load_config(config, stores=registry.secret_stores)
         self.plugins.disable(self.config.plugins.disable)
         self.plugins.check()
         self.broker: Broker = self._make_broker()

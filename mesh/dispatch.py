@@ -332,8 +332,12 @@ async def failed(ctx: Context, exc: BaseException) -> None:
         decision = Decision.dead_letter(str(exc))
     if decision.action == "retry":
         await ctx.delivery.nack(delay=decision.delay or None)
-    else:
-        await dead_letter(ctx, exc)
+        return
+    if not isinstance(exc, DeadLetter):
+        reason, cause = decision.reason or str(exc), exc
+        exc = DeadLetter(reason)
+        exc.__cause__ = cause
+    await dead_letter(ctx, exc)
 
 
 async def dead_letter(ctx: Context, error: BaseException | None) -> None:

@@ -42,7 +42,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def mesh_register_components(registry: Registry) -> None:
     """Add components: broker types and secret stores (``registry.add_broker``, ``add_secret_store``).
 
-    Called once per App before its config is read, so a plugin's secret store can resolve
+    Return nothing. Called once per App before its config is read, so a plugin's secret store can resolve
     references in that config. Collect-all; return nothing.
     """
 
@@ -57,7 +57,10 @@ def mesh_configure(app: App, config: MeshConfig) -> None:
 
 @hookspec
 def mesh_register_commands(cli: click.Group) -> None:
-    """Add commands to the ``mesh`` CLI: ``cli.add_command(...)``. Collect-all; return nothing."""
+    """Add commands to the ``mesh`` CLI: ``cli.add_command(...)``. Collect-all; return nothing.
+
+    Called once when the ``mesh`` command starts.
+    """
 
 
 @hookspec
@@ -75,7 +78,7 @@ def mesh_app_stopping(app: App) -> None:
 
 @hookspec
 def mesh_publish_attributes(app: App, topic: str, event: Event) -> dict[str, ExtensionValue] | None:
-    """Extension attributes to add to an outgoing event (called on every publish).
+    """Extension attributes to add to an outgoing event. Called on every publish.
 
     Return a mapping of name to value (names must match ``^[a-z][a-z0-9]{0,19}$``) or ``None``.
     Collect-all: every plugin's attributes are merged, earlier plugins winning on a clash.
@@ -86,7 +89,7 @@ def mesh_publish_attributes(app: App, topic: str, event: Event) -> dict[str, Ext
 def mesh_publish_layers(app: App) -> PublishLayer | None:
     """A layer around publishing: ``layer(next) -> publish`` where ``publish(topic, event)`` is async.
 
-    Called once per App at start. Collect-all: the first plugin's layer is outermost.
+    Called once per App at start; return the layer or ``None``. Collect-all: the first plugin's layer is outermost.
     """
 
 
@@ -94,7 +97,7 @@ def mesh_publish_layers(app: App) -> PublishLayer | None:
 def mesh_handler_layers(app: App, subscription: SubscriptionInfo) -> HandlerLayer | None:
     """A layer around a subscription's handler: ``layer(next) -> handle`` with ``handle(context)`` async.
 
-    Called once per subscription at start. A layer may run code before and after ``next``,
+    Called once per subscription at start; return the layer or ``None``. A layer may run code before and after ``next``,
     call it again (a retry loop), or raise. Collect-all: the first plugin's layer is outermost
     (tracing is ``tryfirst``, so its span covers the others).
     """
@@ -104,6 +107,7 @@ def mesh_handler_layers(app: App, subscription: SubscriptionInfo) -> HandlerLaye
 def mesh_retry_decision(context: Context, error: BaseException) -> Decision | None:
     """Decide what happens to a delivery whose handler failed: retry later or dead-letter.
 
+    Called after the handler (with its layers) raised.
     Return :class:`~mesh.dispatch.Decision` (``Decision.retry(delay)`` or
     ``Decision.dead_letter(reason)``) or ``None`` to let the next plugin decide. firstresult.
     With no decision at all, the event is dead-lettered.
@@ -112,15 +116,22 @@ def mesh_retry_decision(context: Context, error: BaseException) -> Decision | No
 
 @hookspec(firstresult=True)
 def mesh_dead_letter_target(context: Context, error: BaseException | None) -> str | None:
-    """The topic a failed (or undecodable) event goes to; ``None`` to let the next plugin decide.
+    """Return the topic a failed (or undecodable) event goes to, or ``None`` to let the next plugin decide.
 
-    ``context.event`` is ``None`` for an undecodable message. firstresult.
+    Called when a delivery is to be dead-lettered. ``context.event`` is ``None`` for an
+    undecodable message. firstresult.
     """
 
 
 @hookspec(firstresult=True)
 def mesh_dead_letter_event(context: Context, error: BaseException | None, target: str) -> Event | None:
-    """The event to write to the dead-letter ``target`` (the original plus why). firstresult."""
+    """The event to write to the dead-letter ``target``: the original plus why. firstresult.
+
+    Called once a delivery is to be dead-lettered, after ``mesh_dead_letter_target``. ``error``
+    is a :class:`~mesh.errors.DeadLetter` whose ``__cause__`` is the handler's exception (if
+    any), or the :class:`~mesh.errors.DecodeError` of an undecodable message. Return the event
+    or ``None`` to let the next plugin decide.
+    """
 
 
 @hookspec

@@ -75,7 +75,9 @@ def encode_data(event: Event) -> bytes:
 def decode_data(body: bytes, content_type: str | None) -> Any:
     """Body bytes to data: JSON types parsed, text decoded, anything else kept as bytes."""
     if not body:
-        return None
+        if content_type is None or is_json(content_type):
+            return None
+        return "" if content_type.startswith("text/") else b""
     if is_json(content_type):
         try:
             return orjson.loads(body)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from mesh.config.models import (
     SubscriptionConfig,
     parse_duration,
 )
+from mesh.config.secrets import builtin_stores
 from mesh.errors import ConfigError
 
 __all__ = [
@@ -82,10 +83,12 @@ def load_config(
     source: str | os.PathLike[str] | Mapping[str, Any] | MeshConfig | None = None,
     *,
     env: Mapping[str, str] | None = None,
+    stores: Mapping[str, Callable[[Mapping[str, Any]], Callable[[str], str]]] | None = None,
 ) -> MeshConfig:
     """Load and validate a config from a file path, a mapping, or the default places.
 
     With no argument: ``$MESH_CONFIG``, else ``./mesh.yaml``, else the memory broker defaults.
+    ``stores`` adds secret stores (name -> factory) to the built-in ``env`` and ``file``.
     Raises :class:`~mesh.errors.ConfigError` listing every problem with its path.
     """
     if isinstance(source, MeshConfig):
@@ -109,15 +112,18 @@ def load_config(
         raise ConfigError([("<root>", "the config must be a mapping")], name)
     problems: Problems = []
     data = substitute(data, problems, env)
-    data = resolve_secrets(data, problems)
+    data = resolve_secrets(data, problems, {**builtin_stores(), **(stores or {})})
     try:
         config = MeshConfig.model_validate(data)
     except ValidationError as exc:
+        reported = {path for path, _ in problems}
         for err in exc.errors():
             loc = tuple(err["loc"])
             if len(loc) > 1 and loc[0] == "broker" and loc[1] not in BrokerConfig.model_fields:
                 loc = ("broker", "options", *loc[1:])  # raised by the broker's options model
-            problems.append((_loc(loc), _message(err)))
+            path = _loc(loc)
+            if not any(r == path or r.startswith(path + ".") for r in reported):  # one report per cause
+                problems.append((path, _message(err)))
         config = None
     if problems:
         raise ConfigError([(_with_line(p, lines), m) for p, m in problems], name)
