@@ -73,7 +73,10 @@ def load_target(target: str) -> list[App]:
         except AttributeError:
             raise click.ClickException(f"cannot run {target!r}: {module_name} has no attribute {attr!r}") from None
     if callable(value) and not isinstance(value, App):
-        value = value()
+        try:
+            value = value()
+        except Exception as exc:
+            raise click.ClickException(f"cannot run {target!r}: calling {attr} failed: {type(exc).__name__}: {exc}") from exc
     apps = [value] if isinstance(value, App) else list(value) if isinstance(value, list | tuple) else []
     if not apps or not all(isinstance(a, App) for a in apps):
         raise click.ClickException(f"cannot run {target!r}: {attr!r} is not an App or a list of Apps")
@@ -198,4 +201,6 @@ def main(argv: list[str] | None = None) -> Any:
     return cli.main(args=argv, prog_name="mesh")
 
 
-_: Callable[..., Any] = main
+
+if __name__ == "__main__":
+    sys.exit(main())
