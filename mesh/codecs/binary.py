@@ -17,15 +17,16 @@ instances of it. Everything here is pure: no broker client is imported.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from types import MappingProxyType
+from functools import lru_cache
+from typing import Any, NamedTuple
 
 import orjson
 
 from mesh.codecs.data import canonical, decode_data, encode_data, format_time, is_json, parse_time
 from mesh.codecs.structured import CONTENT_TYPE, from_structured, to_structured
 from mesh.errors import DecodeError
-from mesh.event import READ_NAME, Event, ExtensionValue
+from mesh.event import READ_NAME, Event
 
 __all__ = [
     "LEGACY_TYPE",
@@ -46,46 +47,87 @@ LEGACY_TYPE = "mesh.legacy.message"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 
 
-@dataclass(frozen=True, slots=True)
-class WireMessage:
-    """One message as a broker carries it."""
+class WireMessage(NamedTuple):
+    """One message as a broker carries it (a named tuple: cheap to make on the hot path)."""
 
     body: bytes
-    headers: Mapping[str, str | bytes] = field(default_factory=dict)
+    headers: Mapping[str, str | bytes] = MappingProxyType({})
     key: str | None = None
     content_type: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class Binding:
-    """How one protocol names CloudEvents attributes in its headers."""
+    """How one protocol names CloudEvents attributes in its headers (header names precomputed)."""
 
-    write_prefix: str
-    read_prefixes: tuple[str, ...] = ()
-    content_mode: str = "binary"
+    __slots__ = (
+        "_names",
+        "content_mode",
+        "h_dataschema",
+        "h_id",
+        "h_source",
+        "h_specversion",
+        "h_subject",
+        "h_time",
+        "h_type",
+        "read_prefixes",
+        "write_prefix",
+    )
+
+    def __init__(self, write_prefix: str, read_prefixes: tuple[str, ...] = (), content_mode: str = "binary") -> None:
+        self.write_prefix = write_prefix
+        self.read_prefixes = read_prefixes
+        self.content_mode = content_mode
+        self._names: dict[str, str] = {}
+        p = write_prefix
+        self.h_specversion, self.h_id, self.h_source, self.h_type = (
+            p + "specversion", p + "id", p + "source", p + "type"
+        )
+        self.h_time, self.h_subject, self.h_dataschema = p + "time", p + "subject", p + "dataschema"
+
+    def header(self, name: str) -> str:
+        """The header that carries attribute ``name``."""
+        header = self._names.get(name)
+        if header is None:
+            header = self._names[name] = self.write_prefix + name
+        return header
 
     def prefixes(self) -> tuple[str, ...]:
         """Every prefix read, the written one first."""
         return (self.write_prefix, *self.read_prefixes)
 
+    def __repr__(self) -> str:
+        return f"Binding({self.write_prefix!r}, {self.read_prefixes!r}, {self.content_mode!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Binding):
+            return NotImplemented
+        return (self.write_prefix, self.read_prefixes, self.content_mode) == (
+            other.write_prefix, other.read_prefixes, other.content_mode
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.write_prefix, self.read_prefixes, self.content_mode))
+
 
 def to_binary(event: Event, binding: Binding) -> WireMessage:
     """Attributes as prefixed headers of canonical strings, data as the body."""
-    p = binding.write_prefix
+    b = binding
     headers: dict[str, str | bytes] = {
-        p + "specversion": event.specversion,
-        p + "id": event.id,
-        p + "source": event.source,
-        p + "type": event.type,
+        b.h_specversion: event.specversion,
+        b.h_id: event.id,
+        b.h_source: event.source,
+        b.h_type: event.type,
     }
     if event.time is not None:
-        headers[p + "time"] = format_time(event.time)
+        headers[b.h_time] = format_time(event.time)
     if event.subject is not None:
-        headers[p + "subject"] = event.subject
+        headers[b.h_subject] = event.subject
     if event.dataschema is not None:
-        headers[p + "dataschema"] = event.dataschema
+        headers[b.h_dataschema] = event.dataschema
+    names = b._names
     for name, value in event.extensions.items():
-        headers[p + name] = value if type(value) is str else canonical(value)
+        header = names.get(name) or b.header(name)
+        headers[header] = value if type(value) is str else canonical(value)
     return WireMessage(encode_data(event), headers, event.partitionkey, event.datacontenttype)
 
 
@@ -110,38 +152,48 @@ def _text(value: str | bytes, name: str) -> str:
         raise DecodeError(f"header {name!r} is not UTF-8") from exc
 
 
-def from_binary(msg: WireMessage, binding: Binding) -> Event:
-    """An event from prefixed headers and a body; raises :class:`DecodeError` when unreadable."""
+def _attributes(msg: WireMessage, binding: Binding) -> dict[str, str]:
+    """The CloudEvents attributes among the headers, by the first prefix that has any."""
+    prefix = binding.write_prefix
+    n = len(prefix)
     attrs: dict[str, str] = {}
-    for prefix in binding.prefixes():
-        n = len(prefix)
-        for raw_name, value in msg.headers.items():
-            name = raw_name.lower()
-            if name.startswith(prefix.lower()):
-                attr = name[n:]
-                if attr and attr not in attrs:
-                    attrs[attr] = _text(value, raw_name)
+    for name, value in msg.headers.items():  # fast path: the written prefix, exact case
+        if name.startswith(prefix):
+            attrs[name[n:]] = value if type(value) is str else _text(value, name)
+    if attrs:
+        return attrs
+    for prefix in (binding.write_prefix, *binding.read_prefixes):  # any case, every listed prefix
+        low = prefix.lower()
+        n = len(low)
+        for name, value in msg.headers.items():
+            lname = name.lower()
+            if lname.startswith(low) and lname[n:] not in attrs:
+                attrs[lname[n:]] = value if type(value) is str else _text(value, name)
         if attrs:
             break
+    return attrs
+
+
+def from_binary(msg: WireMessage, binding: Binding) -> Event:
+    """An event from prefixed headers and a body; raises :class:`DecodeError` when unreadable."""
+    attrs = _attributes(msg, binding)
     specversion = attrs.pop("specversion", None)
     if specversion != "1.0":
         raise DecodeError(f"unsupported or missing specversion {specversion!r}")
-    missing = [name for name in ("id", "source", "type") if not attrs.get(name)]
-    if missing:
+    ev_id = attrs.pop("id", None)
+    source = attrs.pop("source", None)
+    ev_type = attrs.pop("type", None)
+    if not ev_id or not source or not ev_type:
+        missing = [k for k, v in (("id", ev_id), ("source", source), ("type", ev_type)) if not v]
         raise DecodeError(f"missing required attribute(s): {', '.join(missing)}")
     time = attrs.pop("time", None)
     attrs.pop("datacontenttype", None)  # the transport's content-type slot wins
-    content_type = msg.content_type
-    ev_id = attrs.pop("id")
-    source = attrs.pop("source")
-    ev_type = attrs.pop("type")
     subject = attrs.pop("subject", None)
     dataschema = attrs.pop("dataschema", None)
-    extensions: dict[str, ExtensionValue] = {}
-    for name, value in attrs.items():
+    for name in attrs:
         if not READ_NAME.match(name):
             raise DecodeError(f"invalid attribute name {name!r}")
-        extensions[name] = value
+    content_type = msg.content_type
     return Event._trusted(
         type=ev_type,
         source=source,
@@ -151,13 +203,18 @@ def from_binary(msg: WireMessage, binding: Binding) -> Event:
         time=parse_time(time) if time else None,
         datacontenttype=content_type,
         dataschema=dataschema,
-        extensions=extensions,
+        extensions=attrs,  # type: ignore[arg-type]
     )
+
+
+@lru_cache(maxsize=256)
+def _base_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
 
 
 def is_cloudevent(msg: WireMessage, binding: Binding) -> bool:
     """Whether the message claims to be a CloudEvent in either content mode."""
-    ct = (msg.content_type or "").split(";", 1)[0].strip().lower()
+    ct = _base_type(msg.content_type)
     if ct in (CONTENT_TYPE, BATCH_CONTENT_TYPE):
         return True
     names = {n.lower() for n in msg.headers}
@@ -202,7 +259,9 @@ def decode(
     claims to be a CloudEvent and is not a valid one, or whose data does not match its type.
     """
     try:
-        ct = (msg.content_type or "").split(";", 1)[0].strip().lower()
+        if binding.h_specversion in msg.headers:  # the common case first
+            return from_binary(msg, binding)
+        ct = _base_type(msg.content_type)
         if ct == CONTENT_TYPE:
             return from_structured(msg.body)
         if ct == BATCH_CONTENT_TYPE:

@@ -29,4 +29,10 @@ def for_broker(broker: str, content_mode: str = "binary") -> Binding:
     base = _BY_BROKER[broker]
     if content_mode == base.content_mode:
         return base
-    return Binding(base.write_prefix, base.read_prefixes, content_mode)
+    key = (broker, content_mode)
+    if key not in _VARIANTS:
+        _VARIANTS[key] = Binding(base.write_prefix, base.read_prefixes, content_mode)
+    return _VARIANTS[key]
+
+
+_VARIANTS: dict[tuple[str, str], Binding] = {}

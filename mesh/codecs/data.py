@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -22,6 +23,7 @@ __all__ = [
 ]
 
 
+@lru_cache(maxsize=256)
 def is_json(content_type: str | None) -> bool:
     """Whether a content type carries JSON (``application/json``, ``*/*+json``, ``text/json``)."""
     if content_type is None:
@@ -54,6 +56,9 @@ def json_dumps(value: Any) -> bytes:
 def encode_data(event: Event) -> bytes:
     """The event's data as body bytes, following its ``datacontenttype``."""
     data = event.data
+    kind = type(data)
+    if (kind is dict or kind is list) and is_json(event.datacontenttype):
+        return json_dumps(data)
     if data is None:
         return b""
     if isinstance(data, bytes):

@@ -1,0 +1,14 @@
+"""Smoke tests: the benchmark commands keep working (tiny sizes; no timing is asserted)."""
+
+from __future__ import annotations
+
+from benchmarks import codec
+
+
+def test_codec_benchmark_reports_rates_and_the_ratio_to_the_sdk(capsys) -> None:  # type: ignore[no-untyped-def]
+    codec.main(["--n", "300"])
+    out = capsys.readouterr().out
+    assert "binary" in out and "structured" in out and "x" in out
+    rows = codec.run(300)
+    assert {r["mode"] for r in rows} == {"binary", "structured"}
+    assert all(r["mesh"] > 0 and r["sdk"] and r["ratio"] for r in rows)
