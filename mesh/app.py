@@ -75,6 +75,7 @@ class App:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._publish: Publish = self.broker.publish
         self._attribute_hooks = False
+        self.outcome_hooks = False
         self.failures = FailureMemory()
         self.started = False
         self.plugins.call("mesh_configure", app=self, config=self.config)
@@ -196,6 +197,7 @@ class App:
         if self.started:
             return
         self._attribute_hooks = bool(self.plugins.implementations("mesh_publish_attributes"))
+        self.outcome_hooks = bool(self.plugins.implementations("mesh_delivery_outcome"))
         publish: Publish = self.broker.publish
         for layer in reversed(self.plugins.call("mesh_publish_layers", app=self)):
             publish = layer(publish)

@@ -282,6 +282,8 @@ class Route:
                 break
         else:
             await delivery.ack()
+            if self.app.outcome_hooks:
+                outcome(Context(self.app, delivery, event, self.undecodable_info), "skipped", None)
             return
         ctx = Context(self.app, delivery, event, info)
         try:
@@ -292,6 +294,16 @@ class Route:
             await failed(ctx, exc)
             return
         await delivery.ack()
+        if self.app.outcome_hooks:
+            outcome(ctx, "handled", None)
+
+
+def outcome(ctx: Context, what: str, error: BaseException | None) -> None:
+    """Tell plugins how a delivery was settled (``mesh_delivery_outcome``); never raises."""
+    try:
+        ctx.app.plugins.call("mesh_delivery_outcome", context=ctx, outcome=what, error=error)
+    except PluginError:
+        log.exception("a plugin failed in mesh_delivery_outcome")
 
 
 class FailureMemory:
@@ -327,11 +339,15 @@ async def failed(ctx: Context, exc: BaseException) -> None:
     except PluginError:
         log.exception("retry decision failed; the delivery comes back in %ss", FALLBACK_REDELIVERY)
         await ctx.delivery.nack(delay=FALLBACK_REDELIVERY)
+        if ctx.app.outcome_hooks:
+            outcome(ctx, "returned", exc)
         return
     if decision is None:
         decision = Decision.dead_letter(str(exc))
     if decision.action == "retry":
         await ctx.delivery.nack(delay=decision.delay or None)
+        if ctx.app.outcome_hooks:
+            outcome(ctx, "retry", exc)
         return
     if not isinstance(exc, DeadLetter):
         reason, cause = decision.reason or str(exc), exc
@@ -353,6 +369,8 @@ async def dead_letter(ctx: Context, error: BaseException | None) -> None:
                 FALLBACK_REDELIVERY,
             )
             await ctx.delivery.nack(delay=FALLBACK_REDELIVERY)
+            if app.outcome_hooks:
+                outcome(ctx, "returned", error)
             return
         event = app.plugins.first("mesh_dead_letter_event", context=ctx, error=error, target=target)
         if event is None:
@@ -365,9 +383,13 @@ async def dead_letter(ctx: Context, error: BaseException | None) -> None:
     except Exception:
         log.exception("dead-lettering from %s failed; the delivery comes back", ctx.topic)
         await ctx.delivery.nack(delay=1.0)
+        if app.outcome_hooks:
+            outcome(ctx, "returned", error)
         return
     await ctx.delivery.ack()
     app.failures.forget(ctx)
+    if app.outcome_hooks:
+        outcome(ctx, "dead_letter", error)
     try:
         app.plugins.call("mesh_event_dead_lettered", context=ctx, event=event, target=target)
     except PluginError:

@@ -135,6 +135,18 @@ def mesh_dead_letter_event(context: Context, error: BaseException | None, target
 
 
 @hookspec
+def mesh_delivery_outcome(context: Context, outcome: str, error: BaseException | None) -> None:
+    """Called once per delivery when the pipeline has settled it. Collect-all; return nothing.
+
+    ``outcome`` is ``"handled"`` (acked after success), ``"skipped"`` (no handler matched; acked),
+    ``"retry"`` (nacked for a later attempt), ``"dead_letter"`` (written to the dead-letter
+    destination, then acked) or ``"returned"`` (given back after a failure to dead-letter).
+    ``context.state`` carries what layers noted (the retry plugin sets ``"immediate_retries"``).
+    Must be cheap: it runs on the hot path.
+    """
+
+
+@hookspec
 def mesh_event_dead_lettered(context: Context, event: Event, target: str) -> None:
     """Called after an event was written to its dead-letter destination. Collect-all; return nothing."""
 

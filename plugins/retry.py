@@ -74,6 +74,7 @@ def mesh_handler_layers(subscription: SubscriptionInfo) -> HandlerLayer:
                     if left <= 0 or ctx.attempt >= policy.attempts or never_retried(policy, exc):
                         raise
                     left -= 1
+                    ctx.state["immediate_retries"] = ctx.state.get("immediate_retries", 0) + 1
                     await asyncio.sleep(min(backoff(policy, ctx.attempt), policy.immediate_max))
                     ctx.attempt += 1
 

@@ -316,3 +316,31 @@ def test_cli_plugins_lists_hooks_in_call_order(installed_plugin: str) -> None:
     out = CliRunner().invoke(__import__("mesh.cli", fromlist=["cli"]).cli, ["plugins"]).output
     assert out.index("retry") < out.index("deadletter") < out.index("giveup")
     assert "mesh_retry_decision  (position 1 of 2)" in out.split("giveup")[1]
+
+
+async def test_mesh_delivery_outcome_reports_each_settlement(hub: str) -> None:
+    outcomes: list[tuple[str, str, int]] = []
+
+    class Count:
+        @hookimpl
+        def mesh_delivery_outcome(self, context: Context, outcome: str, error: BaseException | None) -> None:
+            outcomes.append((outcome, type(error).__name__, context.state.get("immediate_retries", 0)))
+
+    app = App("svc", config=config(hub, defaults={"retry": {"attempts": 3, "immediate": 1, "initial": "1ms"}}), plugins=[Count()])
+
+    @app.subscribe("jobs", type="job")
+    async def work(event: Event) -> None:
+        if event.data["fail"]:
+            raise RuntimeError("boom")
+
+    async with app:
+        await app.publish("jobs", {"fail": False}, type="job")
+        await app.publish("jobs", {"fail": False}, type="other")
+        await app.publish("jobs", {"fail": True}, type="job")
+        await app.join()
+    assert outcomes == [
+        ("handled", "NoneType", 0),
+        ("skipped", "NoneType", 0),
+        ("retry", "RuntimeError", 1),
+        ("dead_letter", "DeadLetter", 0),
+    ]

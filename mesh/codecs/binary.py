@@ -46,6 +46,10 @@ LEGACY_TYPE = "mesh.legacy.message"
 
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+"""Extensions written as the plain W3C Trace Context headers (not prefixed), so any
+OpenTelemetry-instrumented consumer finds them; read from either form."""
+
 
 class WireMessage(NamedTuple):
     """One message as a broker carries it (a named tuple: cheap to make on the hot path)."""
@@ -88,7 +92,8 @@ class Binding:
         """The header that carries attribute ``name``."""
         header = self._names.get(name)
         if header is None:
-            header = self._names[name] = self.write_prefix + name
+            header = name if name in TRACE_HEADERS else self.write_prefix + name
+            self._names[name] = header
         return header
 
     def prefixes(self) -> tuple[str, ...]:
@@ -161,6 +166,7 @@ def _attributes(msg: WireMessage, binding: Binding) -> dict[str, str]:
         if name.startswith(prefix):
             attrs[name[n:]] = value if type(value) is str else _text(value, name)
     if attrs:
+        _trace_headers(msg, attrs)
         return attrs
     for prefix in (binding.write_prefix, *binding.read_prefixes):  # any case, every listed prefix
         low = prefix.lower()
@@ -171,7 +177,16 @@ def _attributes(msg: WireMessage, binding: Binding) -> dict[str, str]:
                 attrs[lname[n:]] = value if type(value) is str else _text(value, name)
         if attrs:
             break
+    _trace_headers(msg, attrs)
     return attrs
+
+
+def _trace_headers(msg: WireMessage, attrs: dict[str, str]) -> None:
+    headers = msg.headers
+    if "traceparent" in headers and "traceparent" not in attrs:
+        attrs["traceparent"] = _text(headers["traceparent"], "traceparent")
+        if "tracestate" in headers and "tracestate" not in attrs:
+            attrs["tracestate"] = _text(headers["tracestate"], "tracestate")
 
 
 def from_binary(msg: WireMessage, binding: Binding) -> Event:

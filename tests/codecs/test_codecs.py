@@ -133,3 +133,13 @@ def test_structured_bytes_travel_as_data_base64() -> None:
 def test_from_binary_prefers_the_transport_content_type() -> None:
     msg = WireMessage(b"hi", {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t", "ce_datacontenttype": "application/json"}, None, "text/plain")
     assert from_binary(msg, KAFKA).data == "hi"
+
+
+def test_trace_context_travels_as_plain_w3c_headers() -> None:
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    msg = to_binary(Event(type="t", source="/s", extensions={"traceparent": tp, "tracestate": "a=b"}), NATS)
+    assert msg.headers["traceparent"] == tp and msg.headers["tracestate"] == "a=b"
+    assert "ce-traceparent" not in msg.headers
+    assert decode(msg, NATS).extensions == {"traceparent": tp, "tracestate": "a=b"}
+    prefixed = WireMessage(b"", {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t", "ce_traceparent": tp})
+    assert decode(prefixed, KAFKA).extensions["traceparent"] == tp
