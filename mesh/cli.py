@@ -109,10 +109,13 @@ def cli() -> None:
 @cli.command()
 @click.argument("targets", nargs=-1, required=True)
 @click.option("--config", "-c", "config", type=click.Path(dir_okay=False), help="Config file (default $MESH_CONFIG or ./mesh.yaml).")
-def run(targets: tuple[str, ...], config: str | None) -> None:
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+def run(targets: tuple[str, ...], config: str | None, metrics_port: int | None) -> None:
     """Run apps given as MODULE:APP (or file.py:APP) until Ctrl-C, then drain and exit 0."""
     if config:
         os.environ["MESH_CONFIG"] = config
+    if metrics_port is not None:
+        os.environ["MESH_METRICS_PORT"] = str(metrics_port)  # read by the metrics plugin
     with _errors():
         apps = [app for target in targets for app in load_target(target)]
         try:
