@@ -13,7 +13,7 @@ import argparse
 import gc
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from mesh.codecs import decode, encode
@@ -21,7 +21,7 @@ from mesh.codecs.bindings import KAFKA, for_broker
 from mesh.event import Event
 
 DATA = {"id": "A1", "customer": "ada", "sku": "espresso", "qty": 2, "price": 3.5}
-WHEN = datetime(2026, 11, 20, 10, 0, 1, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 20, 10, 0, 1, tzinfo=UTC)
 
 
 def mesh_event() -> Event:
@@ -113,7 +113,10 @@ def rate(loop: Callable[[], Any], n: int) -> float:
 def run(n: int = 200_000) -> list[dict[str, Any]]:
     """Every row: mode, mesh rate, SDK rate, ratio."""
     rows = []
-    for mode, ours, theirs in (("binary", mesh_binary(), sdk_binary()), ("structured", mesh_structured(), sdk_structured())):
+    for mode, ours, theirs in (
+        ("binary", mesh_binary(), sdk_binary()),
+        ("structured", mesh_structured(), sdk_structured()),
+    ):
         mine = rate(ours, n)
         sdk = rate(theirs, max(1, n // 4)) if theirs is not None else None
         rows.append({"mode": mode, "mesh": mine, "sdk": sdk, "ratio": mine / sdk if sdk else None})

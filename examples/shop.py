@@ -86,9 +86,7 @@ ORDERS = [
 
 def build(config: Any = None) -> tuple[App, App, App, dict[str, Any]]:
     """The three services and a shared record of what happened (for the summary and tests)."""
-    orders, inventory, notifications = (
-        App(name, config=config) for name in ("orders", "inventory", "notifications")
-    )
+    orders, inventory, notifications = (App(name, config=config) for name in ("orders", "inventory", "notifications"))
     stock = dict(CATALOG)
     seen: dict[str, Any] = {"outcomes": {}, "mails": Counter(), "bounces": 0, "done": asyncio.Event()}
     customers: dict[str, str] = {}
@@ -146,9 +144,7 @@ def build(config: Any = None) -> tuple[App, App, App, dict[str, Any]]:
     return orders, inventory, notifications, seen
 
 
-async def main(
-    config: Any = None, serve: bool = False, timeout: float = 60.0, pace: float = 0.0
-) -> dict[str, Any]:
+async def main(config: Any = None, serve: bool = False, timeout: float = 60.0, pace: float = 0.0) -> dict[str, Any]:
     """Run the story; returns what happened."""
     orders, inventory, notifications, seen = build(config)
     broker = orders.config.broker

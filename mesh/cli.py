@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,9 @@ def load_target(target: str) -> list[App]:
         try:
             value = value()
         except Exception as exc:
-            raise click.ClickException(f"cannot run {target!r}: calling {attr} failed: {type(exc).__name__}: {exc}") from exc
+            raise click.ClickException(
+                f"cannot run {target!r}: calling {attr} failed: {type(exc).__name__}: {exc}"
+            ) from exc
     apps = [value] if isinstance(value, App) else list(value) if isinstance(value, list | tuple) else []
     if not apps or not all(isinstance(a, App) for a in apps):
         raise click.ClickException(f"cannot run {target!r}: {attr!r} is not an App or a list of Apps")
@@ -108,8 +110,16 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("targets", nargs=-1, required=True)
-@click.option("--config", "-c", "config", type=click.Path(dir_okay=False), help="Config file (default $MESH_CONFIG or ./mesh.yaml).")
-@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+@click.option(
+    "--config",
+    "-c",
+    "config",
+    type=click.Path(dir_okay=False),
+    help="Config file (default $MESH_CONFIG or ./mesh.yaml).",
+)
+@click.option(
+    "--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT."
+)
 def run(targets: tuple[str, ...], config: str | None, metrics_port: int | None) -> None:
     """Run apps given as MODULE:APP (or file.py:APP) until Ctrl-C, then drain and exit 0."""
     if config:
@@ -202,7 +212,6 @@ def main(argv: list[str] | None = None) -> Any:
     """Entry point of the ``mesh`` console script."""
     _add_plugin_commands(cli)
     return cli.main(args=argv, prog_name="mesh")
-
 
 
 if __name__ == "__main__":

@@ -277,7 +277,7 @@ class Route:
             ctx = Context(self.app, delivery, None, self.undecodable_info)
             await dead_letter(ctx, delivery.error)
             return
-        for spec, info, handle in self.handlers:
+        for spec, info, handle in self.handlers:  # noqa: B007 - the match is used after the loop
             if spec.matches(event):
                 break
         else:

@@ -113,9 +113,7 @@ class BrokerNotInstalled(BrokerError, ImportError):
     def __init__(self, broker: str, extra: str) -> None:
         self.broker = broker
         self.extra = extra
-        super().__init__(
-            f"the {broker} broker needs its client library: pip install 'event-mesh[{extra}]'"
-        )
+        super().__init__(f"the {broker} broker needs its client library: pip install 'event-mesh[{extra}]'")
 
 
 class BrokerConnectionError(BrokerError, ConnectionError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -24,9 +24,7 @@ __all__ = ["Event", "ExtensionValue", "new_id", "now"]
 WRITE_NAME = re.compile(r"^[a-z][a-z0-9]{0,19}\Z")
 READ_NAME = re.compile(r"^[a-z0-9]+\Z")
 
-CORE_ATTRIBUTES = frozenset(
-    {"id", "source", "specversion", "type", "subject", "time", "datacontenttype", "dataschema"}
-)
+CORE_ATTRIBUTES = frozenset({"id", "source", "specversion", "type", "subject", "time", "datacontenttype", "dataschema"})
 RESERVED = CORE_ATTRIBUTES | {"data", "data_base64"}
 
 ExtensionValue = str | int | bool | bytes | datetime
@@ -41,7 +39,7 @@ def new_id() -> str:
 
 def now() -> datetime:
     """The current time in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _default_content_type(data: Any) -> str | None:
@@ -105,7 +103,7 @@ class Event:
         self.id = id or new_id()
         self.specversion = specversion
         self.subject = subject
-        self.time = time if time is not None else now()
+        self.time: datetime | None = time if time is not None else now()
         self.data = data
         self.datacontenttype = datacontenttype or _default_content_type(data)
         self.dataschema = dataschema
@@ -219,14 +217,11 @@ def _check_value(name: str, value: Any) -> ExtensionValue:
     if isinstance(value, str | int | bool | bytes | datetime):
         return value
     raise InvalidEvent(
-        f"extension {name!r} has a value of type {type(value).__name__}: "
-        "use str, int, bool, bytes or datetime"
+        f"extension {name!r} has a value of type {type(value).__name__}: use str, int, bool, bytes or datetime"
     )
 
 
-def _check_extensions(
-    extensions: dict[str, Any], strict: bool = True
-) -> dict[str, ExtensionValue]:
+def _check_extensions(extensions: dict[str, Any], strict: bool = True) -> dict[str, ExtensionValue]:
     rule = WRITE_NAME if strict else READ_NAME
     out: dict[str, ExtensionValue] = {}
     for name, value in extensions.items():

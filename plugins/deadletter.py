@@ -41,6 +41,7 @@ FAILURE_EXTENSIONS = (
 )
 """The extensions this plugin adds; redrive removes them."""
 
+
 @hookimpl(trylast=True)
 def mesh_dead_letter_target(context: Context) -> str:
     return context.subscription.config.dead_letter or f"{context.topic}.dlq"

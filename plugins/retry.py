@@ -42,7 +42,7 @@ def backoff(policy: RetryPolicy, attempt: int) -> float:
         delay = policy.initial * (2 ** max(0, attempt - 1))
     delay = min(delay, policy.max)
     if policy.jitter:
-        delay = random.uniform(delay / 2, delay)  # noqa: S311 - jitter, not crypto
+        delay = random.uniform(delay / 2, delay)
     return delay
 
 

@@ -66,9 +66,7 @@ async def make_broker(broker_spec: BrokerSpec) -> AsyncIterator[Callable[..., An
     made: list[Broker] = []
 
     async def factory(**options: Any) -> Broker:
-        broker = create_broker(
-            broker_spec.type, broker_spec.url, options={**broker_spec.options, **options}
-        )
+        broker = create_broker(broker_spec.type, broker_spec.url, options={**broker_spec.options, **options})
         await broker.connect()
         made.append(broker)
         return broker

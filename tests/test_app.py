@@ -23,7 +23,10 @@ class Order(BaseModel):
 @pytest.fixture
 def cfg(request: pytest.FixtureRequest) -> Any:
     hub = f"app-{request.node.name}"
-    yield {"broker": {"type": "memory", "options": {"name": hub}}, "defaults": {"retry": {"initial": "1ms", "max": "5ms"}}}
+    yield {
+        "broker": {"type": "memory", "options": {"name": hub}},
+        "defaults": {"retry": {"initial": "1ms", "max": "5ms"}},
+    }
     MemoryBroker.reset(hub)
 
 
@@ -34,7 +37,12 @@ def with_retry(cfg: dict[str, Any], **retry: Any) -> dict[str, Any]:
 async def test_publish_returns_the_event_with_key_and_source(cfg: dict[str, Any]) -> None:
     async with App("orders", config=cfg) as app:
         event = await app.publish("orders", Order(id="A1", qty=1), type="shop.order.created", key="A1", subject="A1")
-    assert (event.type, event.source, event.subject, event.partitionkey) == ("shop.order.created", "/orders", "A1", "A1")
+    assert (event.type, event.source, event.subject, event.partitionkey) == (
+        "shop.order.created",
+        "/orders",
+        "A1",
+        "A1",
+    )
     assert isinstance(event.data, Order)
 
 
@@ -194,7 +202,12 @@ async def test_undecodable_message_is_dead_lettered_with_raw_bytes(cfg: dict[str
     async def work(event: Event) -> None:
         handled.append(event.data)
 
-    raw = WireMessage(b"{not json", {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/x", "ce_type": "t"}, None, "application/json")
+    raw = WireMessage(
+        b"{not json",
+        {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/x", "ce_type": "t"},
+        None,
+        "application/json",
+    )
     async with app:
         await app.broker.publish_raw("jobs", raw)  # type: ignore[attr-defined]
         await app.publish("jobs", {"ok": True}, type="t")

@@ -22,7 +22,9 @@ def test_version() -> None:
 
 
 def test_publish_prints_the_event(tmp_path: Path) -> None:
-    result = CliRunner().invoke(cli, ["publish", "orders", "--type", "shop.order.created", "--data", '{"id": "A1"}', "--key", "A1"])
+    result = CliRunner().invoke(
+        cli, ["publish", "orders", "--type", "shop.order.created", "--data", '{"id": "A1"}', "--key", "A1"]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.startswith("published shop.order.created id=") and "to orders (memory)" in result.output
 

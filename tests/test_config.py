@@ -71,7 +71,7 @@ def test_every_problem_is_reported_with_path_and_line(tmp_path: Path) -> None:
 
 
 def test_unknown_broker_type_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="broker.type"):
+    with pytest.raises(ConfigError, match=r"broker\.type"):
         load_config({"broker": {"type": "kafkaa"}})
 
 
@@ -117,7 +117,10 @@ def test_unresolvable_secrets_are_reported(tmp_path: Path, monkeypatch: pytest.M
 
 def test_subscription_settings_overlay_defaults() -> None:
     cfg = load_config(
-        {"defaults": {"concurrency": 2, "retry": {"attempts": 4}}, "subscriptions": {"pay": {"dead_letter": "pay.failed"}}}
+        {
+            "defaults": {"concurrency": 2, "retry": {"attempts": 4}},
+            "subscriptions": {"pay": {"dead_letter": "pay.failed"}},
+        }
     )
     pay = cfg.for_topic("pay")
     assert (pay.concurrency, pay.retry.attempts if pay.retry else None, pay.dead_letter) == (2, 4, "pay.failed")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from pydantic import BaseModel
@@ -23,7 +23,12 @@ def test_defaults_fill_id_time_specversion_and_content_type() -> None:
 
 @pytest.mark.parametrize(
     ("data", "content_type"),
-    [(b"x", "application/octet-stream"), ("x", "text/plain; charset=utf-8"), (Item(sku="a"), "application/json"), (None, None)],
+    [
+        (b"x", "application/octet-stream"),
+        ("x", "text/plain; charset=utf-8"),
+        (Item(sku="a"), "application/json"),
+        (None, None),
+    ],
 )
 def test_content_type_defaults_from_data(data: object, content_type: str | None) -> None:
     assert Event(type="t", source="/s", data=data).datacontenttype == content_type
@@ -49,7 +54,7 @@ def test_required_attributes_are_checked(kwargs: dict[str, str]) -> None:
 
 def test_naive_time_is_refused() -> None:
     with pytest.raises(InvalidEvent, match="timezone"):
-        Event(type="t", source="/s", time=datetime(2026, 1, 1))  # noqa: DTZ001
+        Event(type="t", source="/s", time=datetime(2026, 1, 1))
 
 
 def test_with_extensions_copies_and_removes() -> None:
@@ -61,7 +66,7 @@ def test_with_extensions_copies_and_removes() -> None:
 
 
 def test_equality_compares_attributes_and_data() -> None:
-    t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    t = datetime(2026, 1, 1, tzinfo=UTC)
     a = Event(type="t", source="/s", id="1", time=t, data=Item(sku="x"))
     b = Event(type="t", source="/s", id="1", time=t, data={"sku": "x"})
     assert a == b

@@ -67,7 +67,10 @@ async def test_mesh_register_components_adds_a_secret_store_and_a_broker(hub: st
 
     app = App(
         "svc",
-        config={"secrets": {"vault": {"prefix": "ns-"}}, "broker": {"namespace": {"secretKeyRef": {"store": "vault", "name": "x"}}}},
+        config={
+            "secrets": {"vault": {"prefix": "ns-"}},
+            "broker": {"namespace": {"secretKeyRef": {"store": "vault", "name": "x"}}},
+        },
         plugins=[Vault()],
     )
     assert app.config.broker.namespace == "ns-x"
@@ -246,8 +249,8 @@ async def test_a_plugin_raising_in_a_hook_is_named_and_the_message_is_not_lost(
     assert "plugin 'broken' failed in hook mesh_retry_decision: KeyError" in caplog.text
     assert len(calls) == 2, "the delivery came back after the plugin failed"
     assert len(app.broker.dead_letters("jobs")) == 1  # type: ignore[attr-defined]
+    raised.clear()
     with pytest.raises(PluginError, match="plugin 'broken' failed in hook mesh_retry_decision"):
-        raised.clear()
         app.plugins.first("mesh_retry_decision", context=None, error=RuntimeError())
 
 
@@ -326,7 +329,11 @@ async def test_mesh_delivery_outcome_reports_each_settlement(hub: str) -> None:
         def mesh_delivery_outcome(self, context: Context, outcome: str, error: BaseException | None) -> None:
             outcomes.append((outcome, type(error).__name__, context.state.get("immediate_retries", 0)))
 
-    app = App("svc", config=config(hub, defaults={"retry": {"attempts": 3, "immediate": 1, "initial": "1ms"}}), plugins=[Count()])
+    app = App(
+        "svc",
+        config=config(hub, defaults={"retry": {"attempts": 3, "immediate": 1, "initial": "1ms"}}),
+        plugins=[Count()],
+    )
 
     @app.subscribe("jobs", type="job")
     async def work(event: Event) -> None:

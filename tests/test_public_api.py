@@ -28,7 +28,15 @@ def test_import_mesh_loads_no_broker_client() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["mesh.event", "mesh.app", "mesh.codecs.binary", "mesh.codecs.structured", "mesh.brokers.memory", "mesh.config", "mesh"],
+    [
+        "mesh.event",
+        "mesh.app",
+        "mesh.codecs.binary",
+        "mesh.codecs.structured",
+        "mesh.brokers.memory",
+        "mesh.config",
+        "mesh",
+    ],
 )
 def test_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module))

@@ -34,22 +34,22 @@ BROKER_TYPES: dict[str, tuple[str, str, str, str | None]] = {
 }
 
 
-def broker_class(type: str) -> type[Broker]:
+def broker_class(kind: str) -> type[Broker]:
     """The adapter class for a broker type, imported now."""
     try:
-        module_name, class_name, extra, client = BROKER_TYPES[type]
+        module_name, class_name, extra, client = BROKER_TYPES[kind]
     except KeyError:
         known = ", ".join(BROKER_TYPES)
-        raise ConfigError([("broker.type", f"unknown broker type {type!r} (one of: {known})")]) from None
+        raise ConfigError([("broker.type", f"unknown broker type {kind!r} (one of: {known})")]) from None
     if client is not None:
         try:
             importlib.import_module(client)
         except ImportError as exc:
-            raise BrokerNotInstalled(type, extra) from exc
+            raise BrokerNotInstalled(kind, extra) from exc
     cls: type[Broker] = getattr(importlib.import_module(module_name), class_name)
     return cls
 
 
-def create_broker(type: str, url: str | None = None, **kwargs: Any) -> Broker:
-    """A new, unconnected broker of the given type."""
-    return broker_class(type)(url, **kwargs)
+def create_broker(kind: str, url: str | None = None, **kwargs: Any) -> Broker:
+    """A new, unconnected broker of the given type (``memory``, ``kafka``, ...)."""
+    return broker_class(kind)(url, **kwargs)

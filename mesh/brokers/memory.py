@@ -236,8 +236,11 @@ class _Consumer(Subscription):
     @property
     def pending(self) -> int:
         state = self._state
-        return max(0, self._log.end - state.next) + len(state.redeliver) + len(state.unacked) + len(
-            [t for t in self._timers if not t.cancelled() and t.when() > asyncio.get_running_loop().time()]
+        return (
+            max(0, self._log.end - state.next)
+            + len(state.redeliver)
+            + len(state.unacked)
+            + len([t for t in self._timers if not t.cancelled() and t.when() > asyncio.get_running_loop().time()])
         )
 
 

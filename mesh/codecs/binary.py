@@ -17,8 +17,9 @@ instances of it. Everything here is pure: no broker client is imported.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
+from datetime import datetime
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import orjson
@@ -84,7 +85,10 @@ class Binding:
         self._names: dict[str, str] = {}
         p = write_prefix
         self.h_specversion, self.h_id, self.h_source, self.h_type = (
-            p + "specversion", p + "id", p + "source", p + "type"
+            p + "specversion",
+            p + "id",
+            p + "source",
+            p + "type",
         )
         self.h_time, self.h_subject, self.h_dataschema = p + "time", p + "subject", p + "dataschema"
 
@@ -107,7 +111,9 @@ class Binding:
         if not isinstance(other, Binding):
             return NotImplemented
         return (self.write_prefix, self.read_prefixes, self.content_mode) == (
-            other.write_prefix, other.read_prefixes, other.content_mode
+            other.write_prefix,
+            other.read_prefixes,
+            other.content_mode,
         )
 
     def __hash__(self) -> int:
@@ -148,13 +154,18 @@ def encode(event: Event, binding: Binding) -> WireMessage:
     return to_binary(event, binding)
 
 
-def _text(value: str | bytes, name: str) -> str:
-    if type(value) is str:
+def _text(value: object, name: str) -> str:
+    """A header value as text: bytes are UTF-8; AMQP's typed values get their canonical form."""
+    if isinstance(value, str):
         return value
-    try:
-        return bytes(value).decode()
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"header {name!r} is not UTF-8") from exc
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError as exc:
+            raise DecodeError(f"header {name!r} is not UTF-8") from exc
+    if isinstance(value, bool | int | datetime):
+        return canonical(value)
+    return str(value)
 
 
 def _attributes(msg: WireMessage, binding: Binding) -> dict[str, str]:
@@ -265,9 +276,7 @@ def wrap_legacy(msg: WireMessage, topic: str, fallback_id: str | None = None) ->
     )
 
 
-def decode(
-    msg: WireMessage, binding: Binding, topic: str = "", fallback_id: str | None = None
-) -> Event:
+def decode(msg: WireMessage, binding: Binding, topic: str = "", fallback_id: str | None = None) -> Event:
     """Read any form: structured, binary with any listed prefix, or a legacy message (wrapped).
 
     Raises :class:`DecodeError`, with the raw bytes and headers attached, for a message that
@@ -294,7 +303,7 @@ def decode(
         exc.raw = bytes(msg.body)
         exc.headers = {k: v if isinstance(v, str) else v.decode("utf-8", "replace") for k, v in msg.headers.items()}
         raise
-    except Exception as exc:  # noqa: BLE001 - anything odd in foreign input is a decode error
+    except Exception as exc:
         raise DecodeError(f"unreadable message: {type(exc).__name__}: {exc}", bytes(msg.body)) from exc
 
 

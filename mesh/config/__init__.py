@@ -121,9 +121,9 @@ def load_config(
             loc = tuple(err["loc"])
             if len(loc) > 1 and loc[0] == "broker" and loc[1] not in BrokerConfig.model_fields:
                 loc = ("broker", "options", *loc[1:])  # raised by the broker's options model
-            path = _loc(loc)
-            if not any(r == path or r.startswith(path + ".") for r in reported):  # one report per cause
-                problems.append((path, _message(err)))
+            where = _loc(loc)
+            if not any(r == where or r.startswith(where + ".") for r in reported):  # one report per cause
+                problems.append((where, _message(err)))
         config = None
     if problems:
         raise ConfigError([(_with_line(p, lines), m) for p, m in problems], name)

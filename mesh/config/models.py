@@ -76,9 +76,7 @@ class RetryPolicy(_Frozen):
     never: tuple[str, ...] = ()
     """Exception type names (``ValueError`` or ``pkg.mod.Error``) that are never retried."""
 
-    _durations = field_validator("initial", "max", "immediate_max", mode="before")(
-        lambda v: parse_duration(v)
-    )
+    _durations = field_validator("initial", "max", "immediate_max", mode="before")(lambda v: parse_duration(v))
 
 
 class SubscriptionConfig(_Frozen):
@@ -105,7 +103,7 @@ class MeshConfig(_Frozen):
     """The whole ``mesh.yaml``."""
 
     broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    defaults: SubscriptionConfig = Field(default_factory=SubscriptionConfig)
+    defaults: SubscriptionConfig = Field(default_factory=lambda: SubscriptionConfig())
     subscriptions: dict[str, SubscriptionConfig] = Field(default_factory=dict)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     secrets: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -50,7 +50,7 @@ async def test_publish_subscribe_round_trip(make_broker) -> None:
         source="/orders",
         subject="A1",
         data={"id": "A1", "qty": 2, "tags": ["x"], "price": 9.5},
-        time=datetime(2026, 11, 20, 10, 0, 1, tzinfo=timezone.utc),
+        time=datetime(2026, 11, 20, 10, 0, 1, tzinfo=UTC),
         extensions={"partitionkey": "A1", "tenant": "acme"},
     )
     await broker.publish(topic, sent)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -29,7 +29,9 @@ json_values = st.recursive(
     max_leaves=12,
 )
 ext_names = st.from_regex(r"\A[a-z][a-z0-9]{0,19}\Z").filter(
-    lambda n: n not in {"data", "id", "source", "type", "subject", "time", "specversion", "dataschema", "datacontenttype"}
+    lambda n: (
+        n not in {"data", "id", "source", "type", "subject", "time", "specversion", "dataschema", "datacontenttype"}
+    )
 )
 events = st.builds(
     lambda data, ext, subject, ms: Event(
@@ -38,9 +40,11 @@ events = st.builds(
         data=data,
         subject=subject,
         extensions=ext,
-        time=datetime(2026, 1, 1, tzinfo=timezone.utc).replace(microsecond=ms),
+        time=datetime(2026, 1, 1, tzinfo=UTC).replace(microsecond=ms),
     ),
-    data=st.one_of(st.dictionaries(st.text(max_size=8), json_values, max_size=5), st.binary(max_size=40), st.text(max_size=40)),
+    data=st.one_of(
+        st.dictionaries(st.text(max_size=8), json_values, max_size=5), st.binary(max_size=40), st.text(max_size=40)
+    ),
     ext=st.dictionaries(ext_names, st.text(min_size=0, max_size=10), max_size=4),
     subject=st.none() | st.text(min_size=1, max_size=10),
     ms=st.integers(0, 999_999),
@@ -60,7 +64,7 @@ def test_binary_round_trip(event: Event, binding) -> None:  # type: ignore[no-un
 
 
 def test_binary_writes_canonical_strings() -> None:
-    when = datetime(2026, 11, 20, 10, 0, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
     e = Event(type="t", source="/s", id="1", extensions={"flag": True, "count": 3, "at": when, "raw": b"\x01"})
     h = to_binary(e, KAFKA).headers
     assert (h["ce_flag"], h["ce_count"], h["ce_at"], h["ce_raw"]) == ("true", "3", "2026-11-20T10:00:00Z", "AQ==")
@@ -80,7 +84,12 @@ def test_content_mode_structured_is_selectable() -> None:
 
 def test_amqp_reads_every_listed_prefix() -> None:
     for prefix in ("ce-", "cloudEvents_", "cloudEvents:"):
-        msg = WireMessage(b'{"a":1}', {f"{prefix}specversion": "1.0", f"{prefix}id": "1", f"{prefix}source": "/s", f"{prefix}type": "t"}, None, "application/json")
+        msg = WireMessage(
+            b'{"a":1}',
+            {f"{prefix}specversion": "1.0", f"{prefix}id": "1", f"{prefix}source": "/s", f"{prefix}type": "t"},
+            None,
+            "application/json",
+        )
         assert decode(msg, AMQP).type == "t", prefix
 
 
@@ -96,12 +105,33 @@ def test_legacy_json_and_bytes_are_wrapped() -> None:
 @pytest.mark.parametrize(
     ("message", "reason"),
     [
-        (WireMessage(b"{", {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t"}, None, "application/json"), "invalid JSON"),
+        (
+            WireMessage(
+                b"{",
+                {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t"},
+                None,
+                "application/json",
+            ),
+            "invalid JSON",
+        ),
         (WireMessage(b"", {"ce_specversion": "1.0", "ce_source": "/s", "ce_type": "t"}), "missing required"),
         (WireMessage(b"", {"ce_specversion": "0.3", "ce_id": "1", "ce_source": "/s", "ce_type": "t"}), "specversion"),
         (WireMessage(b"", {"ce_specversion": b"1.0", "ce_id": b"\xff", "ce_source": "/s", "ce_type": "t"}), "UTF-8"),
-        (WireMessage(b"", {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t", "ce_time": "yesterday"}), "RFC 3339"),
-        (WireMessage(b"\xff\xfe", {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t"}, None, "text/plain"), "UTF-8"),
+        (
+            WireMessage(
+                b"", {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t", "ce_time": "yesterday"}
+            ),
+            "RFC 3339",
+        ),
+        (
+            WireMessage(
+                b"\xff\xfe",
+                {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t"},
+                None,
+                "text/plain",
+            ),
+            "UTF-8",
+        ),
         (WireMessage(b"[1]", {}, None, "application/cloudevents+json"), "JSON object"),
         (WireMessage(b'{"specversion": "1.0"}', {}, None, "application/cloudevents+json"), "missing"),
         (WireMessage(b"{oops", {}, None, "application/cloudevents+json"), "invalid JSON"),
@@ -131,7 +161,18 @@ def test_structured_bytes_travel_as_data_base64() -> None:
 
 
 def test_from_binary_prefers_the_transport_content_type() -> None:
-    msg = WireMessage(b"hi", {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t", "ce_datacontenttype": "application/json"}, None, "text/plain")
+    msg = WireMessage(
+        b"hi",
+        {
+            "ce_specversion": "1.0",
+            "ce_id": "1",
+            "ce_source": "/s",
+            "ce_type": "t",
+            "ce_datacontenttype": "application/json",
+        },
+        None,
+        "text/plain",
+    )
     assert from_binary(msg, KAFKA).data == "hi"
 
 
@@ -141,5 +182,13 @@ def test_trace_context_travels_as_plain_w3c_headers() -> None:
     assert msg.headers["traceparent"] == tp and msg.headers["tracestate"] == "a=b"
     assert "ce-traceparent" not in msg.headers
     assert decode(msg, NATS).extensions == {"traceparent": tp, "tracestate": "a=b"}
-    prefixed = WireMessage(b"", {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t", "ce_traceparent": tp})
+    prefixed = WireMessage(
+        b"", {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t", "ce_traceparent": tp}
+    )
     assert decode(prefixed, KAFKA).extensions["traceparent"] == tp
+
+
+def test_typed_header_values_are_read_in_canonical_form() -> None:
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    msg = WireMessage(b"", {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t", "ce-n": 3, "ce-ok": True, "ce-at": when})  # type: ignore[dict-item]
+    assert decode(msg, AMQP).extensions == {"n": "3", "ok": "true", "at": "2026-01-01T00:00:00Z"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
@@ -14,11 +14,25 @@ FORMAT = JSONFormat()
 
 
 def test_sdk_reads_mesh_structured_json() -> None:
-    when = datetime(2026, 11, 20, 10, 0, 1, tzinfo=timezone.utc)
-    ours = Event(type="shop.order.created", source="/orders", id="42", time=when, subject="A1", data={"qty": 2}, extensions={"tenant": "acme"})
+    when = datetime(2026, 11, 20, 10, 0, 1, tzinfo=UTC)
+    ours = Event(
+        type="shop.order.created",
+        source="/orders",
+        id="42",
+        time=when,
+        subject="A1",
+        data={"qty": 2},
+        extensions={"tenant": "acme"},
+    )
     theirs = FORMAT.read(None, to_structured(ours))
     attrs = theirs.get_attributes()
-    assert (attrs["id"], attrs["type"], attrs["source"], attrs["subject"], attrs["tenant"]) == ("42", "shop.order.created", "/orders", "A1", "acme")
+    assert (attrs["id"], attrs["type"], attrs["source"], attrs["subject"], attrs["tenant"]) == (
+        "42",
+        "shop.order.created",
+        "/orders",
+        "A1",
+        "acme",
+    )
     assert attrs["time"] == when
     assert theirs.get_data() == {"qty": 2}
 
@@ -29,13 +43,26 @@ def test_sdk_reads_mesh_binary_data_as_base64() -> None:
 
 
 def test_mesh_reads_sdk_structured_json() -> None:
-    when = datetime(2026, 11, 20, 10, 0, 1, tzinfo=timezone.utc)
+    when = datetime(2026, 11, 20, 10, 0, 1, tzinfo=UTC)
     theirs = CloudEvent(
-        {"type": "shop.order.created", "source": "/orders", "id": "7", "time": when, "datacontenttype": "application/json", "tenant": "acme"},
+        {
+            "type": "shop.order.created",
+            "source": "/orders",
+            "id": "7",
+            "time": when,
+            "datacontenttype": "application/json",
+            "tenant": "acme",
+        },
         {"qty": 2},
     )
     ours = from_structured(FORMAT.write(theirs))
-    assert (ours.id, ours.type, ours.source, ours.time, ours.data) == ("7", "shop.order.created", "/orders", when, {"qty": 2})
+    assert (ours.id, ours.type, ours.source, ours.time, ours.data) == (
+        "7",
+        "shop.order.created",
+        "/orders",
+        when,
+        {"qty": 2},
+    )
     assert ours.extensions == {"tenant": "acme"}
 
 

@@ -43,7 +43,12 @@ async def test_same_demo_runs_unchanged_on_every_broker(broker_spec: BrokerSpec)
     seen = await shop.main(config=config, timeout=120)
     assert seen["mails"] == {"confirmed": 5, "cancelled": 2}
     assert seen["outcomes"] == {
-        "A01": "confirmed", "A02": "confirmed", "A03": "confirmed", "A04": "confirmed",
-        "A05": "cancelled", "A06": "confirmed", "A07": "cancelled",
+        "A01": "confirmed",
+        "A02": "confirmed",
+        "A03": "confirmed",
+        "A04": "confirmed",
+        "A05": "cancelled",
+        "A06": "confirmed",
+        "A07": "cancelled",
     }
     assert seen["bounces"] == 2
