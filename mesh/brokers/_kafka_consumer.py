@@ -1,0 +1,398 @@
+"""The consuming half of the Kafka adapter: one subscription = one consumer in a group.
+
+A :class:`KafkaSubscription` reads its topic and its retry topic, hands each record to a
+:class:`~mesh.brokers.base.HandlerRunner` as a :class:`KafkaDelivery`, and commits by hand:
+per partition, :class:`PartitionOffsets` tracks the offsets handed out and commits only below
+the lowest one not yet acked (handlers running with ``concurrency > 1`` finish out of order),
+every ``commit_interval_ms``, when idle, on stop and when a rebalance revokes partitions.
+
+``nack()`` hands the same record to the handler again, in process, before later records.
+``nack(delay)`` writes a copy to the retry topic with the due time and next attempt in internal
+headers, then acks the original; a retry partition whose head record is not due yet is paused
+at that record until it is, so nothing else waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from mesh.brokers.base import RESERVED_PREFIX, Delivery, DeliveryHandler, HandlerRunner, Subscription
+from mesh.codecs.binary import WireMessage, decode
+from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
+from mesh.event import Event
+
+if TYPE_CHECKING:
+    from mesh.brokers.kafka import KafkaBroker
+
+__all__ = ["KafkaDelivery", "KafkaSubscription", "PartitionOffsets", "quietly", "reason"]
+
+log = logging.getLogger("mesh.broker.kafka")
+
+CONTENT_TYPE = "content-type"
+ORIGIN_HEADER = RESERVED_PREFIX + "origin"
+"""``topic:partition:offset`` of the first delivery: a stable id for wrapped legacy messages."""
+DUE_HEADER = RESERVED_PREFIX + "due"
+"""Epoch milliseconds when a retry copy may be delivered."""
+ATTEMPT_HEADER = RESERVED_PREFIX + "attempt"
+"""The attempt number the retry copy is delivered with."""
+POLL_MS = 100
+"""How long one fetch round waits when nothing arrives (bounds how late an async nack is seen)."""
+
+
+class KafkaDelivery(Delivery):
+    """A record handed to a handler; ack marks its offset committable."""
+
+    __slots__ = ("_part", "_record", "_sub")
+
+    def __init__(
+        self,
+        sub: KafkaSubscription,
+        part: PartitionOffsets,
+        record: Any,
+        event: Event | None,
+        raw: WireMessage | None,
+        error: DecodeError | None,
+        attempt: int,
+    ) -> None:
+        super().__init__(sub.topic, sub.group, event, raw, error, attempt)
+        self._sub = sub
+        self._part = part
+        self._record = record
+
+    async def _ack(self) -> None:
+        self._part.ack(self._record.offset)
+
+    async def _nack(self, delay: float | None) -> None:
+        await self._sub.give_back(self, delay)
+
+
+class PartitionOffsets:
+    """Offsets in flight in one assigned partition and the boundary safe to commit."""
+
+    __slots__ = ("acked", "boundary", "committed", "inflight", "live", "tp")
+
+    def __init__(self, tp: TopicPartition) -> None:
+        self.tp = tp
+        self.inflight: deque[int] = deque()  # offsets handed out, in fetch (= offset) order
+        self.acked: set[int] = set()  # acked offsets above the lowest unacked one
+        self.boundary = -1  # next offset to commit: everything below it was acked
+        self.committed = -1
+        self.live = True
+
+    def ack(self, offset: int) -> None:
+        """Mark one offset done; move the boundary past every done offset at the front."""
+        inflight = self.inflight
+        if not inflight:
+            return
+        if inflight[0] != offset:
+            self.acked.add(offset)
+            return
+        inflight.popleft()
+        acked = self.acked
+        while inflight and inflight[0] in acked:
+            offset = inflight.popleft()
+            acked.discard(offset)
+        self.boundary = inflight[0] if inflight else offset + 1
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells the subscription when the group takes partitions away and hands them out."""
+
+    def __init__(self, sub: KafkaSubscription) -> None:
+        self._sub = sub
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self._sub.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self._sub.assigned(assigned)
+
+
+class KafkaSubscription(Subscription):
+    """One consumer in ``group`` reading ``topic`` and its retry topic (see the module docstring)."""
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        topic: str,
+        group: str,
+        retry_topic: str,
+        consumer: AIOKafkaConsumer,
+        handler: DeliveryHandler,
+        concurrency: int,
+    ) -> None:
+        self.topic = topic
+        self.group = group
+        self.retry_topic = retry_topic
+        self._broker = broker
+        self._consumer = consumer
+        self._runner = HandlerRunner(handler, concurrency, topic)
+        self._parts: dict[TopicPartition, PartitionOffsets] = {}
+        self._redeliver: deque[KafkaDelivery] = deque()
+        self._timers: dict[TopicPartition, asyncio.TimerHandle] = {}
+        self._assigned = asyncio.Event()
+        self._running = True
+        self._fetching = False
+        self._task: asyncio.Task[None] | None = None
+        self._commit_every = broker.opts.commit_interval_ms / 1000
+        self._last_commit = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self, name: str, join_timeout: float, connect_timeout: float) -> None:
+        """Connect, join the group and return once it assigned this member its partitions."""
+        consumer = self._consumer
+        try:
+            async with asyncio.timeout(connect_timeout):
+                await consumer.start()  # connects only: it is not subscribed yet
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await quietly(consumer.stop())
+            raise BrokerConnectionError("kafka", self._broker.address, reason(exc, connect_timeout)) from exc
+        consumer.subscribe([name, self.retry_topic], listener=_Listener(self))  # joins in the background
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._loop(), name=f"mesh-kafka:{name}:{self.group}")
+        try:
+            await asyncio.wait_for(self._assigned.wait(), join_timeout)
+        except TimeoutError:
+            await self.stop(drain=False)
+            raise BrokerError(
+                f"kafka group {self.group!r} assigned no partitions of {name!r} within {join_timeout:g}s"
+            ) from None
+
+    async def stop(self, drain: bool = True) -> None:
+        if not self._running:
+            return
+        self._running = False
+        task = self._task
+        if task is not None:
+            if self._fetching or not drain:
+                task.cancel()  # waiting for records, or told not to wait: nothing to finish
+            with contextlib.suppress(asyncio.CancelledError):
+                await task  # with drain, the loop finishes the handler it is running
+        if drain:
+            await self._runner.drain()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._redeliver.clear()
+        await self._commit()
+        await quietly(self._consumer.stop())  # leaves the group: uncommitted records go back
+        self._broker.forget(self)
+
+    # -- the fetch loop --------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        consumer = self._consumer
+        runner = self._runner
+        binding = self._broker.binding
+        topic = self.topic
+        retry_topic = self.retry_topic
+        loop = asyncio.get_running_loop()
+        redeliver = self._redeliver
+        while self._running:
+            if redeliver:
+                await self._redeliver_now()
+                continue
+            self._fetching = True
+            try:
+                batch = await consumer.getmany(timeout_ms=POLL_MS)
+            except KafkaError as exc:
+                log.warning("kafka fetch for %s failed, retrying: %s", topic, exc)
+                await asyncio.sleep(0.5)
+                continue
+            except Exception:  # keep consuming whatever the client throws
+                log.exception("kafka fetch for %s failed unexpectedly, retrying", topic)
+                await asyncio.sleep(0.5)
+                continue
+            finally:
+                self._fetching = False
+            parts = self._parts
+            for tp, records in batch.items():
+                part = parts.get(tp)
+                if part is None:
+                    continue
+                is_retry = tp.topic == retry_topic
+                for record in records:
+                    if not part.live or not self._running:
+                        break
+                    attempt = 1
+                    origin = None
+                    if is_retry:
+                        due, attempt, origin = _retry_headers(record.headers)
+                        if due > time.time() * 1000:
+                            self._defer(tp, record.offset, due)
+                            break
+                    part.inflight.append(record.offset)
+                    headers = dict(record.headers)  # values stay bytes: the codec decodes lazily
+                    ctype = headers.get(CONTENT_TYPE)
+                    error = None
+                    if ctype is not None:
+                        try:
+                            ctype = ctype.decode()
+                        except UnicodeDecodeError:
+                            ctype = None
+                            error = DecodeError("content-type header is not UTF-8", record.value or b"")
+                    key = record.key
+                    if key is not None:
+                        key = key.decode("utf-8", "replace")
+                    msg = WireMessage(record.value or b"", headers, key, ctype)
+                    if error is None:
+                        fallback = origin or f"{record.topic}:{record.partition}:{record.offset}"
+                        try:
+                            delivery = KafkaDelivery(
+                                self, part, record, decode(msg, binding, topic, fallback), msg, None, attempt
+                            )
+                        except DecodeError as exc:
+                            delivery = KafkaDelivery(self, part, record, None, msg, exc, attempt)
+                    else:
+                        delivery = KafkaDelivery(self, part, record, None, msg, error, attempt)
+                    await runner.submit(delivery)
+                    if redeliver:
+                        await self._redeliver_now()
+            if not batch or loop.time() - self._last_commit >= self._commit_every:
+                await self._commit()
+
+    async def _redeliver_now(self) -> None:
+        redeliver = self._redeliver
+        while redeliver and self._running:
+            d = redeliver.popleft()
+            if d._part.live:
+                await self._runner.submit(
+                    KafkaDelivery(self, d._part, d._record, d.event, d.raw, d.error, d.attempt + 1)
+                )
+
+    def _defer(self, tp: TopicPartition, offset: int, due: float) -> None:
+        """Hold a retry partition at a record that is not due yet; resume it when it is."""
+        try:
+            self._consumer.seek(tp, offset)
+            self._consumer.pause(tp)
+        except KafkaError:  # revoked meanwhile: the next owner defers it
+            return
+        old = self._timers.pop(tp, None)
+        if old is not None:
+            old.cancel()
+        wait = max(0.0, due / 1000 - time.time())
+        self._timers[tp] = asyncio.get_running_loop().call_later(wait, self._resume, tp)
+
+    def _resume(self, tp: TopicPartition) -> None:
+        self._timers.pop(tp, None)
+        if self._running and tp in self._parts:
+            with contextlib.suppress(KafkaError):
+                self._consumer.resume(tp)
+
+    # -- acks, nacks and commits -------------------------------------------------------------------
+
+    async def give_back(self, delivery: KafkaDelivery, delay: float | None) -> None:
+        """Immediate: handle it again in process. Delayed: via the retry topic, then ack."""
+        if not delay or delay <= 0:
+            self._redeliver.append(delivery)
+            return
+        record = delivery._record
+        headers = [(k, v) for k, v in record.headers if not k.startswith(RESERVED_PREFIX)]
+        origin = _header(record.headers, ORIGIN_HEADER)
+        headers.append(
+            (ORIGIN_HEADER, origin or f"{record.topic}:{record.partition}:{record.offset}".encode())
+        )
+        headers.append((DUE_HEADER, str(int((time.time() + delay) * 1000)).encode()))
+        headers.append((ATTEMPT_HEADER, str(delivery.attempt + 1).encode()))
+        try:
+            await self._broker.send(self.retry_topic, record.value, record.key, headers)
+        except PublishError as exc:  # keep it unacked and retry in process instead
+            log.warning("cannot write a retry for %s, redelivering in process: %s", self.topic, exc)
+            loop = asyncio.get_running_loop()
+            loop.call_later(delay, self._redeliver.append, delivery)
+            return
+        delivery._part.ack(record.offset)
+
+    async def _commit(self, only: Any = None) -> None:
+        self._last_commit = asyncio.get_running_loop().time()
+        offsets = {}
+        for tp, part in self._parts.items():
+            if part.boundary > part.committed and (only is None or tp in only):
+                offsets[tp] = part.boundary
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except KafkaError as exc:
+            log.info("kafka commit for group %s failed (redelivered later): %s", self.group, exc)
+            return
+        for tp, offset in offsets.items():
+            current = self._parts.get(tp)
+            if current is not None:
+                current.committed = max(current.committed, offset)
+
+    async def revoked(self, revoked: Any) -> None:
+        """A rebalance takes partitions away: commit what was acked in them, then forget them."""
+        self._assigned.clear()
+        await self._commit(revoked)
+        for tp in revoked:
+            part = self._parts.pop(tp, None)
+            if part is not None:
+                part.live = False
+            timer = self._timers.pop(tp, None)
+            if timer is not None:
+                timer.cancel()
+
+    def assigned(self, assigned: Any) -> None:
+        """The group handed out partitions: track offsets in each from scratch."""
+        for tp in assigned:
+            if tp not in self._parts:
+                self._parts[tp] = PartitionOffsets(tp)
+        self._assigned.set()
+
+    @property
+    def is_assigned(self) -> asyncio.Event:
+        """Set while the group has given this member its partitions (cleared during a rebalance)."""
+        return self._assigned
+
+    @property
+    def running(self) -> bool:
+        """Whether the subscription still consumes."""
+        return self._running
+
+
+def _header(headers: Any, name: str) -> bytes | None:
+    for k, v in headers:
+        if k == name:
+            return v  # type: ignore[no-any-return]
+    return None
+
+
+def _retry_headers(headers: Any) -> tuple[float, int, str | None]:
+    """Due time (epoch ms), attempt and origin id of a retry copy; lenient with foreign input."""
+    due, attempt, origin = 0.0, 2, None
+    for k, v in headers:
+        try:
+            if k == DUE_HEADER:
+                due = float(v)
+            elif k == ATTEMPT_HEADER:
+                attempt = int(v)
+            elif k == ORIGIN_HEADER:
+                origin = v.decode()
+        except (ValueError, UnicodeDecodeError):
+            continue
+    return due, attempt, origin
+
+
+def reason(exc: BaseException, timeout: float | None = None) -> str:
+    """A client error as one short line for a mesh error message."""
+    if isinstance(exc, TimeoutError) and timeout is not None:
+        return f"no answer within {timeout:g}s"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def quietly(aw: Any) -> None:
+    """Await a close step; log and forget its failure."""
+    try:
+        await aw
+    except Exception as exc:  # best effort while closing
+        log.debug("kafka close step failed: %s", exc)
