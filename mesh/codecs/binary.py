@@ -27,7 +27,7 @@ import orjson
 from mesh.codecs.data import canonical, decode_data, encode_data, format_time, is_json, parse_time
 from mesh.codecs.structured import CONTENT_TYPE, from_structured, to_structured
 from mesh.errors import DecodeError
-from mesh.event import READ_NAME, Event
+from mesh.event import READ_NAME, Event, new_id
 
 __all__ = [
     "LEGACY_TYPE",
@@ -213,13 +213,13 @@ def from_binary(msg: WireMessage, binding: Binding) -> Event:
         missing = [k for k, v in (("id", ev_id), ("source", source), ("type", ev_type)) if not v]
         raise DecodeError(f"missing required attribute(s): {', '.join(missing)}")
     time = attrs.pop("time", None)
-    attrs.pop("datacontenttype", None)  # the transport's content-type slot wins
+    declared = attrs.pop("datacontenttype", None)  # the transport's content-type slot wins
     subject = attrs.pop("subject", None)
     dataschema = attrs.pop("dataschema", None)
     for name in attrs:
         if not READ_NAME.match(name):
             raise DecodeError(f"invalid attribute name {name!r}")
-    content_type = msg.content_type
+    content_type = msg.content_type or declared
     return Event._trusted(
         type=ev_type,
         source=source,
@@ -261,8 +261,6 @@ def wrap_legacy(msg: WireMessage, topic: str, fallback_id: str | None = None) ->
             content_type = "application/octet-stream"
     else:
         data = decode_data(body, content_type)
-    from mesh.event import new_id
-
     return Event._trusted(
         type=LEGACY_TYPE,
         source=f"/mesh/legacy/{topic}",
