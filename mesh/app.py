@@ -77,6 +77,9 @@ class App:
         self._attribute_hooks = False
         self.outcome_hooks = False
         self.failures = FailureMemory()
+        self.plugin_state: dict[str, Any] = {}
+        """Per-app state of plugins, by plugin name."""
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self.started = False
         self.plugins.call("mesh_configure", app=self, config=self.config)
 
@@ -229,6 +232,11 @@ class App:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for callback in reversed(self._on_stop):
+                try:
+                    await callback()
+                except Exception:
+                    log.exception("a stop callback of %s failed", self.id)
             await self.broker.close()
 
     async def __aenter__(self) -> App:
@@ -244,6 +252,10 @@ class App:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def on_stop(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Await ``callback()`` when the app stops, after its handlers drained (last added runs first)."""
+        self._on_stop.append(callback)
 
     async def join(self, timeout: float = 10.0) -> None:
         """Wait until the broker has no pending deliveries (memory broker; for demos and tests)."""

@@ -24,8 +24,11 @@ __all__ = ["BUILTIN_PLUGINS", "PluginManager", "Registry"]
 log = logging.getLogger("mesh.plugins")
 
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("tracing", "mesh_plugins.tracing"),
     ("retry", "mesh_plugins.retry"),
     ("deadletter", "mesh_plugins.deadletter"),
+    ("metrics", "mesh_plugins.metrics"),
+    ("idempotency", "mesh_plugins.idempotency"),
 )
 """(name, module) of the built-in plugins, registered in this order before any other."""
 
@@ -121,6 +124,8 @@ class PluginManager:
         for plugin, function in self.implementations(hook):
             try:
                 result = function(**_args(function, kwargs))
+            except ConfigError:
+                raise  # a plugin's own settings are wrong: report them as config problems
             except Exception as exc:
                 raise PluginError(plugin, hook, exc) from exc
             if result is not None:

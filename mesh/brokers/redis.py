@@ -33,7 +33,6 @@ from contextlib import suppress
 from typing import Any, ClassVar, cast
 from urllib.parse import urlsplit
 
-import orjson
 from pydantic import ValidationError
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
@@ -51,7 +50,7 @@ from mesh.brokers.base import (
 from mesh.brokers.options.redis import RedisOptions
 from mesh.codecs.binary import WireMessage, decode, encode
 from mesh.codecs.bindings import REDIS, for_broker
-from mesh.codecs.structured import CONTENT_TYPE
+from mesh.codecs.redis import from_fields, lossy, to_fields
 from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
 from mesh.event import Event
 
@@ -68,61 +67,6 @@ FORGET_INTERVAL = 60.0
 PIPELINE_MAX = 1000
 """Most publishes sent in one pipeline when concurrent publishes are coalesced."""
 RENEW_CHUNK = 500
-
-
-_PREFIX = REDIS.write_prefix
-_SPECVERSION = _PREFIX + "specversion"
-_DATACONTENTTYPE = _PREFIX + "datacontenttype"
-
-
-def _text(value: bytes, what: str) -> str:
-    try:
-        return value.decode()
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"{what} is not UTF-8", bytes(value)) from exc
-
-
-def to_wire(fields: dict[bytes, bytes]) -> WireMessage:
-    """The wire message an entry's fields stand for (see ``schemas/redis-binding.md``).
-
-    Binary entries (a ``ce_specversion`` field): headers = every field but ``data`` and
-    ``content-type``. An entry whose only field is ``event``: structured. Anything else is a
-    legacy entry: its ``data`` field (with ``content-type``) if present, else the fields as a
-    JSON object. Raises :class:`DecodeError` for field names or texts that are not UTF-8.
-    """
-    if len(fields) == 1 and b"event" in fields:
-        return WireMessage(fields[b"event"], {}, None, CONTENT_TYPE)
-    headers: dict[str, bytes] = {}
-    body = b""
-    content_type: str | None = None
-    try:
-        for name, value in fields.items():
-            if name == b"data":
-                body = value
-            elif name == b"content-type":
-                content_type = value.decode()
-            else:
-                headers[name.decode()] = value
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"a field name or the content-type is not UTF-8: {exc}", exc.object) from exc
-    if _SPECVERSION in headers:
-        if content_type is None and _DATACONTENTTYPE in headers:  # a writer that used the attribute
-            content_type = _text(headers[_DATACONTENTTYPE], "field 'ce_datacontenttype'")
-        return WireMessage(body, headers, None, content_type)
-    if b"data" in fields:
-        return WireMessage(body, headers, None, content_type)
-    obj = {name: _text(value, f"field {name!r}") for name, value in headers.items()}
-    if content_type is not None:
-        obj["content-type"] = content_type
-    return WireMessage(orjson.dumps(obj), headers, None, "application/json")
-
-
-def _lossy(fields: dict[bytes, bytes]) -> WireMessage:
-    """The raw entry for a delivery that could not be decoded."""
-    headers: dict[str, str | bytes] = {
-        k.decode("utf-8", "replace"): v for k, v in fields.items() if k not in (b"data", b"event")
-    }
-    return WireMessage(fields.get(b"data", fields.get(b"event", b"")), headers)
 
 
 def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -279,11 +223,11 @@ class _Consumer(Subscription):
 
     def _delivery(self, entry_id: bytes, fields: dict[bytes, bytes], attempt: int) -> RedisDelivery:
         try:
-            msg = to_wire(fields)
+            msg = from_fields(fields)
         except DecodeError as exc:
-            return RedisDelivery(self, entry_id, None, _lossy(fields), exc, attempt)
+            return RedisDelivery(self, entry_id, None, lossy(fields), exc, attempt)
         try:
-            fallback = None if _SPECVERSION in msg.headers else f"{self.stream}:{entry_id.decode()}"
+            fallback = None if REDIS.h_specversion in msg.headers else f"{self.stream}:{entry_id.decode()}"
             event = decode(msg, REDIS, self.topic, fallback)
         except DecodeError as exc:
             return RedisDelivery(self, entry_id, None, msg, exc, attempt)
@@ -427,13 +371,7 @@ class RedisBroker(Broker):
     @property
     def address(self) -> str:
         """Where the broker is, without credentials: ``host:port/db``."""
-        try:
-            parts = urlsplit(self.url or DEFAULT_URL)
-            host = parts.hostname or "localhost"
-            port = parts.port or 6379
-        except ValueError:
-            return repr(self.url)
-        return f"{host}:{port}{parts.path or '/0'}"
+        return _redact(self.url or DEFAULT_URL)
 
     @property
     def client(self) -> Redis:
@@ -503,16 +441,7 @@ class RedisBroker(Broker):
     async def publish(self, topic: str, event: Event) -> None:
         msg = encode(event, self._binding)
         stream = self.name_of(topic)
-        args: list[Any] = ["XADD", stream, *self._trim, "*"]
-        if msg.headers:
-            for item in msg.headers.items():
-                args += item
-            if msg.content_type is not None:
-                args += ("content-type", msg.content_type)
-            if msg.body:
-                args += ("data", msg.body)
-        else:
-            args += ("event", msg.body)
+        args: list[Any] = ["XADD", stream, *self._trim, "*", *to_fields(msg)]
         if self._sending or self._queue:
             await self._enqueue(args)  # another publish is on the wire: ride the next pipeline
             return
@@ -599,3 +528,44 @@ class RedisBroker(Broker):
         sub = _Consumer(self, topic, group, name, handler, concurrency)
         self._subs.append(sub)
         return sub
+
+
+def _redact(url: str) -> str:
+    """``host:port/db`` of a Redis URL, without credentials."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = parts.port or 6379
+    except ValueError:
+        return repr(url)
+    return f"{host}:{port}{parts.path or '/0'}"
+
+
+class RedisKeyStore:
+    """Keys with an expiry in Redis, for plugins (the idempotency record shared by instances).
+
+    It lives here because this module is the only one that imports the Redis client.
+    """
+
+    def __init__(self, url: str = DEFAULT_URL, *, prefix: str = "_mesh.idem:") -> None:
+        self._client = Redis.from_url(url)
+        self._prefix = prefix
+        self._url = url
+
+    async def seen(self, key: str) -> bool:
+        """Whether the key is recorded and not expired."""
+        try:
+            return bool(await self._client.exists(self._prefix + key))
+        except RedisError as exc:
+            raise BrokerError(f"redis key store at {_redact(self._url)}: {exc}") from exc
+
+    async def remember(self, key: str, ttl: float) -> None:
+        """Record the key for ``ttl`` seconds."""
+        try:
+            await self._client.set(self._prefix + key, b"1", px=max(1, int(ttl * 1000)))
+        except RedisError as exc:
+            raise BrokerError(f"redis key store at {_redact(self._url)}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the connections."""
+        await self._client.aclose()

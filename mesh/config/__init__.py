@@ -16,9 +16,9 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from mesh.config.loader import Problems, parse_yaml, resolve_secrets, substitute
 from mesh.config.models import (
@@ -42,9 +42,12 @@ __all__ = [
     "find_config",
     "load_config",
     "parse_duration",
+    "plugin_settings",
 ]
 
 DEFAULT_FILE = "mesh.yaml"
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
@@ -138,6 +141,15 @@ def _message(err: Any) -> str:
     if err["type"] == "value_error":
         msg = msg.removeprefix("Value error, ")
     return msg
+
+
+def plugin_settings(model: type[M], config: MeshConfig, plugin: str) -> M:
+    """Validate ``plugins.config.<plugin>`` with a plugin's pydantic model; problems name their path."""
+    try:
+        return model.model_validate(config.plugins.config.get(plugin, {}))
+    except ValidationError as exc:
+        prefix = ("plugins", "config", plugin)
+        raise ConfigError([(_loc((*prefix, *err["loc"])), _message(err)) for err in exc.errors()]) from None
 
 
 def config_schema() -> str:

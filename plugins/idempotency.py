@@ -1,0 +1,131 @@
+"""Built-in idempotency plugin: drop redeliveries of an event a group already handled.
+
+At-least-once delivery plus this plugin gives an exactly-once *effect* for handlers that opt in::
+
+    subscriptions:
+      payments: {idempotent: true}          # or defaults: {idempotent: true} for every topic
+    plugins:
+      config:
+        idempotency: {store: memory, window: 1h, max_keys: 100000}
+        # or {store: redis, url: redis://127.0.0.1:6379/0} to share the record between instances
+
+The key is the group, the event's ``source`` and ``id`` (the CloudEvents identity). An event is
+recorded only after its handler succeeded, so a failure is retried as usual; a second delivery
+of a recorded event within ``window`` is acked without calling the handler. Two deliveries of one
+event that run at the same moment on two instances may both run (the record is written after
+success): keep handlers safe for that rare case, or use a store with a lock of your own.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mesh.config import MeshConfig, parse_duration, plugin_settings
+from mesh.dispatch import Context, Handle, HandlerLayer, SubscriptionInfo
+from mesh.hookspecs import hookimpl
+
+name = "idempotency"
+
+
+class Settings(BaseModel):
+    """``plugins.config.idempotency``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    store: Literal["memory", "redis"] = "memory"
+    url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL, for ``store: redis``."""
+    window: float = 3600.0
+    """How long an event is remembered (seconds or '1h', '7d')."""
+    max_keys: int = Field(100_000, ge=1)
+    """Memory store: most events remembered (oldest forgotten first)."""
+    prefix: str = "_mesh.idem:"
+    """Redis store: key prefix."""
+
+    _duration = field_validator("window", mode="before")(lambda v: parse_duration(v))
+
+
+class Store(Protocol):
+    """Where handled event keys are remembered."""
+
+    async def seen(self, key: str) -> bool:
+        """Whether the key was remembered and has not expired."""
+        ...
+
+    async def remember(self, key: str, ttl: float) -> None:
+        """Remember the key for ``ttl`` seconds."""
+        ...
+
+
+class MemoryStore:
+    """In-process record with expiry, bounded to ``max_keys`` (oldest dropped first)."""
+
+    def __init__(self, max_keys: int) -> None:
+        self._keys: OrderedDict[str, float] = OrderedDict()
+        self._max = max_keys
+
+    async def seen(self, key: str) -> bool:
+        expires = self._keys.get(key)
+        if expires is None:
+            return False
+        if expires < time.monotonic():
+            del self._keys[key]
+            return False
+        return True
+
+    async def remember(self, key: str, ttl: float) -> None:
+        self._keys[key] = time.monotonic() + ttl
+        self._keys.move_to_end(key)
+        while len(self._keys) > self._max:
+            self._keys.popitem(last=False)
+
+
+def _open_store(settings: Settings) -> Store:
+    if settings.store == "redis":
+        from mesh.brokers import broker_class
+
+        module = __import__(broker_class("redis").__module__, fromlist=["RedisKeyStore"])
+        store: Store = module.RedisKeyStore(settings.url, prefix=settings.prefix)
+        return store
+    return MemoryStore(settings.max_keys)
+
+
+@hookimpl
+def mesh_configure(app: Any, config: MeshConfig) -> None:
+    wanted = bool(config.defaults.idempotent) or any(s.idempotent for s in config.subscriptions.values())
+    if wanted:
+        settings = plugin_settings(Settings, config, name)
+        store = _open_store(settings)
+        app.plugin_state[name] = (settings, store)
+        close = getattr(store, "close", None)
+        if close is not None:
+            app.on_stop(close)
+
+
+@hookimpl
+def mesh_handler_layers(app: Any, subscription: SubscriptionInfo) -> HandlerLayer | None:
+    if not subscription.config.idempotent or name not in app.plugin_state:
+        return None
+    settings, store = app.plugin_state[name]
+    group, ttl = subscription.group, settings.window
+
+    def layer(next_: Handle) -> Handle:
+        async def handle(ctx: Context) -> Any:
+            event = ctx.event
+            assert event is not None
+            key = f"{group}:{event.source}:{event.id}"
+            if await store.seen(key):
+                ctx.state["duplicate"] = True
+                return None
+            result = await next_(ctx)
+            await store.remember(key, ttl)
+            return result
+
+        return handle
+
+    return layer
+
