@@ -55,7 +55,7 @@ def test_every_hook_is_documented_and_tested() -> None:
 
 
 def test_builtins_load_first_in_order() -> None:
-    assert PluginManager(entry_points=False).names()[:2] == ["retry", "deadletter"]
+    assert PluginManager(entry_points=False).names()[:4] == ["tracing", "retry", "deadletter", "metrics"]
 
 
 async def test_mesh_register_components_adds_a_secret_store_and_a_broker(hub: str) -> None:

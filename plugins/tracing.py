@@ -1,0 +1,281 @@
+"""Built-in tracing plugin: W3C trace context on every hop and OpenTelemetry messaging spans.
+
+Publishing runs inside a ``send <topic>`` span (kind PRODUCER) whose context is written into the
+event as the ``traceparent``/``tracestate`` extensions (the codecs put them on the wire as the
+plain W3C headers). Handling runs inside a ``process <topic>`` span (kind CONSUMER): a child of
+the producer's context read back from the event, with a link to it. The process layer is
+``tryfirst``, so its span wraps the retry layer; when a handler fails, the span stays open until
+the delivery is settled, so a dead-letter publish is a ``send <topic>.dlq`` child of it and a
+delayed retry is a new ``process`` span in the same trace.
+
+Only ``opentelemetry-api`` is required. Without an SDK tracer provider no span is made, but an
+incoming ``traceparent`` is made current while the handler runs and is forwarded on every event
+the handler publishes; with no context to forward, the layers only pass the call on. Whether an
+App makes spans is decided when it is created and started (set the tracer provider first), so
+no event pays for a provider lookup. See ``docs/plugins/tracing.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+
+from mesh import __version__
+from mesh.dispatch import Context, Handle, HandlerLayer, Publish, PublishLayer, SubscriptionInfo
+from mesh.event import Event, ExtensionValue
+from mesh.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from mesh.app import App
+    from mesh.config import MeshConfig
+
+name = "tracing"
+
+TRACER_NAME = "mesh"
+SETTLEMENT_PLUGIN = "tracing.settlement"
+"""Name of the per-App helper that ends failed ``process`` spans once the delivery is settled."""
+SYSTEMS = {"jetstream": "nats"}
+"""``messaging.system`` for broker types whose name differs from the system's."""
+
+_STATE_KEY = "tracing.span"
+_EMPTY = otel_context.Context()
+_tracer: trace.Tracer | None = None
+# the process span this task left open for settlement; a new delivery ends it if settlement never came
+_unsettled: ContextVar[tuple[Span, Token[otel_context.Context]] | None] = ContextVar("mesh_unsettled", default=None)
+
+
+class ExtensionsGetter(Getter[Mapping[str, ExtensionValue]]):
+    """Reads W3C trace context from an event's extensions (bytes are decoded, as Kafka gives them)."""
+
+    def get(self, carrier: Mapping[str, ExtensionValue], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bytes):
+            return [value.decode("latin-1")]
+        return [str(value)]
+
+    def keys(self, carrier: Mapping[str, ExtensionValue]) -> list[str]:
+        return list(carrier)
+
+
+GETTER = ExtensionsGetter()
+
+
+def sdk_tracer() -> trace.Tracer | None:
+    """The mesh tracer once a real tracer provider is set; ``None`` while spans would be no-ops."""
+    global _tracer
+    if _tracer is None:
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+            return None
+        _tracer = trace.get_tracer(TRACER_NAME, __version__)
+    return _tracer
+
+
+def extract(event: Event) -> otel_context.Context:
+    """The trace context an event carries (empty when it has none); never the ambient one."""
+    if "traceparent" not in event.extensions:
+        return _EMPTY
+    return propagate.extract(event.extensions, context=_EMPTY, getter=GETTER)
+
+
+def inject(event: Event) -> Event:
+    """The event with the current trace context as ``traceparent``/``tracestate``."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    traceparent = carrier.get("traceparent")
+    if traceparent is None:
+        return event
+    ext = event.extensions
+    tracestate = carrier.get("tracestate")
+    if ext.get("traceparent") == traceparent and ext.get("tracestate") == tracestate:
+        return event
+    return event.with_extensions(traceparent=traceparent, tracestate=tracestate)
+
+
+def system_of(app: App) -> str:
+    """``messaging.system`` of the App's broker (``jetstream`` is ``nats``)."""
+    kind = app.config.broker.type
+    return SYSTEMS.get(kind, kind)
+
+
+def event_attributes(event: Event) -> dict[str, str]:
+    """The per-event attributes of the messaging and CloudEvents conventions."""
+    attrs = {
+        "messaging.message.id": event.id,
+        "cloudevents.event_id": event.id,
+        "cloudevents.event_type": event.type,
+        "cloudevents.event_source": event.source,
+        "cloudevents.event_spec_version": event.specversion,
+    }
+    if event.subject is not None:
+        attrs["cloudevents.event_subject"] = event.subject
+    return attrs
+
+
+def _end_unsettled() -> None:
+    held = _unsettled.get()
+    if held is not None:
+        _unsettled.set(None)
+        span, token = held
+        otel_context.detach(token)
+        span.set_attribute("mesh.outcome", "unsettled")
+        span.end()
+
+
+# -- publishing ----------------------------------------------------------------------------
+
+
+@hookimpl(tryfirst=True)
+def mesh_publish_layers(app: App) -> PublishLayer:
+    tracer = sdk_tracer()  # decided once per App, at start: no provider lookup per event
+    if tracer is None:
+        return _forward_context
+    system = system_of(app)
+
+    def layer(next_: Publish) -> Publish:
+        async def publish(topic: str, event: Event) -> None:
+            parent = otel_context.get_current()
+            if not trace.get_current_span(parent).get_span_context().is_valid:
+                parent = extract(event)  # outside a handler: continue the trace the event carries
+            attributes = event_attributes(event)
+            attributes["messaging.system"] = system
+            attributes["messaging.destination.name"] = topic
+            attributes["messaging.operation.type"] = "send"
+            attributes["messaging.operation.name"] = "send"
+            with tracer.start_as_current_span(
+                f"send {topic}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes
+            ):
+                await next_(topic, inject(event))
+
+        return publish
+
+    return layer
+
+
+def _forward_context(next_: Publish) -> Publish:
+    """The publish layer without an SDK: write the current context into the event, if there is one."""
+
+    async def publish(topic: str, event: Event) -> None:
+        if otel_context.get_current() and trace.get_current_span().get_span_context().is_valid:
+            event = inject(event)
+        await next_(topic, event)
+
+    return publish
+
+
+# -- handling ------------------------------------------------------------------------------
+
+
+@hookimpl
+def mesh_configure(app: App, config: MeshConfig) -> None:
+    if sdk_tracer() is not None:
+        # only then pay for the outcome hook: it keeps failed process spans open until settled
+        app.plugins.register(Settlement(), name=SETTLEMENT_PLUGIN)
+
+
+@hookimpl(tryfirst=True)
+def mesh_handler_layers(app: App, subscription: SubscriptionInfo) -> HandlerLayer:
+    tracer = sdk_tracer()  # decided once per subscription, at start
+    if tracer is None:
+        return _attach_context
+    settles = app.plugins.pm.has_plugin(SETTLEMENT_PLUGIN)
+    span_name = f"process {subscription.topic}"
+    static = {
+        "messaging.system": system_of(app),
+        "messaging.destination.name": subscription.topic,
+        "messaging.consumer.group.name": subscription.group,
+        "messaging.operation.type": "process",
+        "messaging.operation.name": "process",
+    }
+
+    def layer(next_: Handle) -> Handle:
+        async def handle(ctx: Context) -> Any:
+            event = ctx.event
+            assert event is not None  # layers only see decoded events
+            if settles:
+                _end_unsettled()
+            parent = extract(event)
+            producer = trace.get_current_span(parent).get_span_context()
+            attributes: dict[str, Any] = {**static, **event_attributes(event)}
+            attributes["mesh.delivery.attempt"] = ctx.delivery.attempt
+            span = tracer.start_span(
+                span_name,
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+                links=[Link(producer)] if producer.is_valid else None,
+            )
+            token = otel_context.attach(trace.set_span_in_context(span, parent))
+            try:
+                result = await next_(ctx)
+            except Exception as exc:
+                _annotate(span, ctx)
+                span.record_exception(exc)
+                span.set_attribute("error.type", type(exc).__qualname__)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                if settles:  # stays current and open until mesh_delivery_outcome
+                    ctx.state[_STATE_KEY] = held = (span, token)
+                    _unsettled.set(held)
+                else:
+                    otel_context.detach(token)
+                    span.end()
+                raise
+            except BaseException:  # cancelled: end the span, never keep it
+                otel_context.detach(token)
+                span.end()
+                raise
+            _annotate(span, ctx)
+            otel_context.detach(token)
+            span.end()
+            return result
+
+        return handle
+
+    return layer
+
+
+def _attach_context(next_: Handle) -> Handle:
+    """The handler layer without an SDK: the incoming context is current while the handler runs."""
+
+    async def handle(ctx: Context) -> Any:
+        event = ctx.event
+        if event is None or "traceparent" not in event.extensions:
+            return await next_(ctx)
+        token = otel_context.attach(extract(event))
+        try:
+            return await next_(ctx)
+        finally:
+            otel_context.detach(token)
+
+    return handle
+
+
+def _annotate(span: Span, ctx: Context) -> None:
+    span.set_attribute("mesh.attempt", ctx.attempt)
+    retries = ctx.state.get("immediate_retries", 0)
+    if retries:
+        span.set_attribute("mesh.immediate_retries", retries)
+
+
+class Settlement:
+    """Per-App helper (registered only with an SDK provider): ends a failed process span when settled."""
+
+    @hookimpl
+    def mesh_delivery_outcome(self, context: Context, outcome: str, error: BaseException | None) -> None:
+        held = context.state.pop(_STATE_KEY, None)
+        if held is None:
+            return
+        span, token = held
+        if _unsettled.get() is held:
+            _unsettled.set(None)
+        otel_context.detach(token)
+        span.set_attribute("mesh.outcome", outcome)
+        span.end()
