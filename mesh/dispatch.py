@@ -89,7 +89,17 @@ class Context:
     ``state`` is a dict plugins may use to pass values along one delivery.
     """
 
-    __slots__ = ("app", "attempt", "delivery", "event", "first_failure", "state", "subscription")
+    __slots__ = (
+        "app",
+        "attempt",
+        "delivery",
+        "error",
+        "event",
+        "first_failure",
+        "outcome",
+        "state",
+        "subscription",
+    )
 
     def __init__(self, app: App, delivery: Delivery, event: Event | None, subscription: SubscriptionInfo) -> None:
         self.app = app
@@ -98,6 +108,10 @@ class Context:
         self.subscription = subscription
         self.attempt = delivery.attempt
         self.first_failure: datetime | None = None
+        self.error: BaseException | None = None
+        """The handler's exception, once it failed."""
+        self.outcome = ""
+        """How the delivery was settled: handled, skipped, retry, dead_letter or returned."""
         self.state: dict[str, Any] = {}
 
     @property
@@ -258,11 +272,19 @@ class Route:
         self.handlers.append((spec, info, spec.call))
 
     def build(self) -> None:
-        """Ask plugins for handler layers and compose each handler's pipeline."""
+        """Ask plugins for layers and compose each handler's pipeline: delivery layers around
+        handling plus settlement, handler layers around the handler call."""
         built = []
+        plugins = self.app.plugins
         for spec, info, _ in self.handlers:
-            layers = self.app.plugins.call("mesh_handler_layers", app=self.app, subscription=info)
-            built.append((spec, info, _compose(layers, spec.call)))
+            handle = _compose(plugins.call("mesh_handler_layers", app=self.app, subscription=info), spec.call)
+            built.append(
+                (
+                    spec,
+                    info,
+                    _compose(plugins.call("mesh_delivery_layers", app=self.app, subscription=info), _settling(handle)),
+                )
+            )
         self.handlers = built
 
     @property
@@ -285,21 +307,32 @@ class Route:
             if self.app.outcome_hooks:
                 outcome(Context(self.app, delivery, event, self.undecodable_info), "skipped", None)
             return
-        ctx = Context(self.app, delivery, event, info)
+        await handle(Context(self.app, delivery, event, info))
+
+
+def _settling(handle: Handle) -> Handle:
+    """Run the handler pipeline, then settle the delivery: ack, or retry / dead-letter on failure."""
+
+    async def process(ctx: Context) -> None:
         try:
             await handle(ctx)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            ctx.error = exc
             await failed(ctx, exc)
             return
-        await delivery.ack()
-        if self.app.outcome_hooks:
+        await ctx.delivery.ack()
+        ctx.outcome = "handled"
+        if ctx.app.outcome_hooks:
             outcome(ctx, "handled", None)
+
+    return process
 
 
 def outcome(ctx: Context, what: str, error: BaseException | None) -> None:
     """Tell plugins how a delivery was settled (``mesh_delivery_outcome``); never raises."""
+    ctx.outcome = what
     try:
         ctx.app.plugins.call("mesh_delivery_outcome", context=ctx, outcome=what, error=error)
     except PluginError:
@@ -339,6 +372,7 @@ async def failed(ctx: Context, exc: BaseException) -> None:
     except PluginError:
         log.exception("retry decision failed; the delivery comes back in %ss", FALLBACK_REDELIVERY)
         await ctx.delivery.nack(delay=FALLBACK_REDELIVERY)
+        ctx.outcome = "returned"
         if ctx.app.outcome_hooks:
             outcome(ctx, "returned", exc)
         return
@@ -346,6 +380,7 @@ async def failed(ctx: Context, exc: BaseException) -> None:
         decision = Decision.dead_letter(str(exc))
     if decision.action == "retry":
         await ctx.delivery.nack(delay=decision.delay or None)
+        ctx.outcome = "retry"
         if ctx.app.outcome_hooks:
             outcome(ctx, "retry", exc)
         return
@@ -369,6 +404,7 @@ async def dead_letter(ctx: Context, error: BaseException | None) -> None:
                 FALLBACK_REDELIVERY,
             )
             await ctx.delivery.nack(delay=FALLBACK_REDELIVERY)
+            ctx.outcome = "returned"
             if app.outcome_hooks:
                 outcome(ctx, "returned", error)
             return
@@ -383,11 +419,13 @@ async def dead_letter(ctx: Context, error: BaseException | None) -> None:
     except Exception:
         log.exception("dead-lettering from %s failed; the delivery comes back", ctx.topic)
         await ctx.delivery.nack(delay=1.0)
+        ctx.outcome = "returned"
         if app.outcome_hooks:
             outcome(ctx, "returned", error)
         return
     await ctx.delivery.ack()
     app.failures.forget(ctx)
+    ctx.outcome = "dead_letter"
     if app.outcome_hooks:
         outcome(ctx, "dead_letter", error)
     try:

@@ -103,6 +103,18 @@ def mesh_handler_layers(app: App, subscription: SubscriptionInfo) -> HandlerLaye
     """
 
 
+@hookspec
+def mesh_delivery_layers(app: App, subscription: SubscriptionInfo) -> HandlerLayer | None:
+    """A layer around a whole delivery: the handler *and* its settlement (ack, retry or dead-letter).
+
+    Called once per subscription at start; return the layer or ``None``. The layer's ``next``
+    never raises for a handler failure: after it returns, ``context.error`` holds the handler's
+    exception (or ``None``) and ``context.outcome`` how the delivery was settled. Use it for what
+    must cover dead-lettering too, like a tracing span. Collect-all: the first plugin's layer is
+    outermost. Undecodable messages do not pass through it.
+    """
+
+
 @hookspec(firstresult=True)
 def mesh_retry_decision(context: Context, error: BaseException) -> Decision | None:
     """Decide what happens to a delivery whose handler failed: retry later or dead-letter.

@@ -68,6 +68,7 @@ class PluginManager:
     ) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
+        self._cache: dict[str, list[tuple[str, Callable[..., Any], frozenset[str]]]] = {}
         self.disabled = set(disable) | disabled_by_env()
         for name, module in BUILTIN_PLUGINS:
             if name not in self.disabled:
@@ -86,6 +87,7 @@ class PluginManager:
             except Exception as exc:
                 raise PluginError(ep.name, "load", exc) from exc
             self.pm.register(plugin, name=ep.name)
+        self._cache.clear()
 
     def register(self, plugin: object, name: str | None = None) -> None:
         """Register a plugin (module, class instance or object with hook functions)."""
@@ -93,6 +95,7 @@ class PluginManager:
         if name in self.disabled:
             return
         self.pm.register(plugin, name=name)
+        self._cache.clear()
 
     def disable(self, names: Iterable[str]) -> None:
         """Unregister plugins by name (``plugins.disable`` in the config)."""
@@ -101,6 +104,7 @@ class PluginManager:
             plugin = self.pm.get_plugin(name)
             if plugin is not None:
                 self.pm.unregister(plugin)
+        self._cache.clear()
 
     def check(self) -> None:
         """Fail on a hook implementation whose name matches no hookspec."""
@@ -115,15 +119,25 @@ class PluginManager:
 
     def implementations(self, hook: str) -> list[tuple[str, Callable[..., Any]]]:
         """(plugin name, function) of a hook's implementations, in call order."""
-        caller = getattr(self.pm.hook, hook)
-        return [(impl.plugin_name, impl.function) for impl in reversed(caller.get_hookimpls())]
+        return [(plugin, function) for plugin, function, _ in self._impls(hook)]
+
+    def _impls(self, hook: str) -> list[tuple[str, Callable[..., Any], frozenset[str]]]:
+        impls = self._cache.get(hook)
+        if impls is None:
+            caller = getattr(self.pm.hook, hook)
+            impls = [
+                (impl.plugin_name, impl.function, frozenset(impl.argnames))
+                for impl in reversed(caller.get_hookimpls())
+            ]
+            self._cache[hook] = impls
+        return impls
 
     def call(self, hook: str, **kwargs: Any) -> list[Any]:
         """Call every implementation; the non-``None`` results in call order."""
         results = []
-        for plugin, function in self.implementations(hook):
+        for plugin, function, names in self._impls(hook):
             try:
-                result = function(**_args(function, kwargs))
+                result = function(**{k: v for k, v in kwargs.items() if k in names})
             except ConfigError:
                 raise  # a plugin's own settings are wrong: report them as config problems
             except Exception as exc:
@@ -134,27 +148,16 @@ class PluginManager:
 
     def first(self, hook: str, **kwargs: Any) -> Any:
         """Call implementations in order until one returns something other than ``None``."""
-        for plugin, function in self.implementations(hook):
+        for plugin, function, names in self._impls(hook):
             try:
-                result = function(**_args(function, kwargs))
+                result = function(**{k: v for k, v in kwargs.items() if k in names})
+            except ConfigError:
+                raise
             except Exception as exc:
                 raise PluginError(plugin, hook, exc) from exc
             if result is not None:
                 return result
         return None
-
-
-def _args(function: Callable[..., Any], kwargs: dict[str, Any]) -> dict[str, Any]:
-    # pluggy lets an implementation take a subset of the spec's arguments
-    names = getattr(function, "_mesh_argnames", None)
-    if names is None:
-        code = function.__code__
-        names = code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
-        try:
-            function._mesh_argnames = names  # type: ignore[attr-defined]
-        except AttributeError:
-            pass
-    return {k: v for k, v in kwargs.items() if k in names}
 
 
 def _default_name(plugin: object) -> str:

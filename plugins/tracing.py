@@ -4,9 +4,9 @@ Publishing runs inside a ``send <topic>`` span (kind PRODUCER) whose context is 
 event as the ``traceparent``/``tracestate`` extensions (the codecs put them on the wire as the
 plain W3C headers). Handling runs inside a ``process <topic>`` span (kind CONSUMER): a child of
 the producer's context read back from the event, with a link to it. The process layer is
-``tryfirst``, so its span wraps the retry layer; when a handler fails, the span stays open until
-the delivery is settled, so a dead-letter publish is a ``send <topic>.dlq`` child of it and a
-delayed retry is a new ``process`` span in the same trace.
+``tryfirst`` and a *delivery* layer, so its span wraps the retry layer and the settlement: a
+dead-letter publish is a ``send <topic>.dlq`` child of it, and a delayed retry is a new
+``process`` span in the same trace.
 
 Only ``opentelemetry-api`` is required. Without an SDK tracer provider no span is made, but an
 incoming ``traceparent`` is made current while the handler runs and is forwarded on every event
@@ -18,7 +18,6 @@ no event pays for a provider lookup. See ``docs/plugins/tracing.md``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -33,21 +32,15 @@ from mesh.hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from mesh.app import App
-    from mesh.config import MeshConfig
 
 name = "tracing"
 
 TRACER_NAME = "mesh"
-SETTLEMENT_PLUGIN = "tracing.settlement"
-"""Name of the per-App helper that ends failed ``process`` spans once the delivery is settled."""
 SYSTEMS = {"jetstream": "nats"}
 """``messaging.system`` for broker types whose name differs from the system's."""
 
-_STATE_KEY = "tracing.span"
 _EMPTY = otel_context.Context()
 _tracer: trace.Tracer | None = None
-# the process span this task left open for settlement; a new delivery ends it if settlement never came
-_unsettled: ContextVar[tuple[Span, Token[otel_context.Context]] | None] = ContextVar("mesh_unsettled", default=None)
 
 
 class ExtensionsGetter(Getter[Mapping[str, ExtensionValue]]):
@@ -120,16 +113,6 @@ def event_attributes(event: Event) -> dict[str, str]:
     return attrs
 
 
-def _end_unsettled() -> None:
-    held = _unsettled.get()
-    if held is not None:
-        _unsettled.set(None)
-        span, token = held
-        otel_context.detach(token)
-        span.set_attribute("mesh.outcome", "unsettled")
-        span.end()
-
-
 # -- publishing ----------------------------------------------------------------------------
 
 
@@ -174,19 +157,11 @@ def _forward_context(next_: Publish) -> Publish:
 # -- handling ------------------------------------------------------------------------------
 
 
-@hookimpl
-def mesh_configure(app: App, config: MeshConfig) -> None:
-    if sdk_tracer() is not None:
-        # only then pay for the outcome hook: it keeps failed process spans open until settled
-        app.plugins.register(Settlement(), name=SETTLEMENT_PLUGIN)
-
-
 @hookimpl(tryfirst=True)
-def mesh_handler_layers(app: App, subscription: SubscriptionInfo) -> HandlerLayer:
+def mesh_delivery_layers(app: App, subscription: SubscriptionInfo) -> HandlerLayer:
     tracer = sdk_tracer()  # decided once per subscription, at start
     if tracer is None:
         return _attach_context
-    settles = app.plugins.pm.has_plugin(SETTLEMENT_PLUGIN)
     span_name = f"process {subscription.topic}"
     static = {
         "messaging.system": system_of(app),
@@ -199,9 +174,7 @@ def mesh_handler_layers(app: App, subscription: SubscriptionInfo) -> HandlerLaye
     def layer(next_: Handle) -> Handle:
         async def handle(ctx: Context) -> Any:
             event = ctx.event
-            assert event is not None  # layers only see decoded events
-            if settles:
-                _end_unsettled()
+            assert event is not None  # undecodable messages do not pass through delivery layers
             parent = extract(event)
             producer = trace.get_current_span(parent).get_span_context()
             attributes: dict[str, Any] = {**static, **event_attributes(event)}
@@ -215,27 +188,16 @@ def mesh_handler_layers(app: App, subscription: SubscriptionInfo) -> HandlerLaye
             )
             token = otel_context.attach(trace.set_span_in_context(span, parent))
             try:
-                result = await next_(ctx)
-            except Exception as exc:
+                return await next_(ctx)  # the handler and its settlement: a dead letter is a child span
+            finally:
                 _annotate(span, ctx)
-                span.record_exception(exc)
-                span.set_attribute("error.type", type(exc).__qualname__)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-                if settles:  # stays current and open until mesh_delivery_outcome
-                    ctx.state[_STATE_KEY] = held = (span, token)
-                    _unsettled.set(held)
-                else:
-                    otel_context.detach(token)
-                    span.end()
-                raise
-            except BaseException:  # cancelled: end the span, never keep it
+                exc = ctx.error
+                if exc is not None:
+                    span.record_exception(exc)
+                    span.set_attribute("error.type", type(exc).__qualname__)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
                 otel_context.detach(token)
                 span.end()
-                raise
-            _annotate(span, ctx)
-            otel_context.detach(token)
-            span.end()
-            return result
 
         return handle
 
@@ -260,22 +222,8 @@ def _attach_context(next_: Handle) -> Handle:
 
 def _annotate(span: Span, ctx: Context) -> None:
     span.set_attribute("mesh.attempt", ctx.attempt)
+    if ctx.outcome:
+        span.set_attribute("mesh.outcome", ctx.outcome)
     retries = ctx.state.get("immediate_retries", 0)
     if retries:
         span.set_attribute("mesh.immediate_retries", retries)
-
-
-class Settlement:
-    """Per-App helper (registered only with an SDK provider): ends a failed process span when settled."""
-
-    @hookimpl
-    def mesh_delivery_outcome(self, context: Context, outcome: str, error: BaseException | None) -> None:
-        held = context.state.pop(_STATE_KEY, None)
-        if held is None:
-            return
-        span, token = held
-        if _unsettled.get() is held:
-            _unsettled.set(None)
-        otel_context.detach(token)
-        span.set_attribute("mesh.outcome", outcome)
-        span.end()

@@ -351,3 +351,34 @@ async def test_mesh_delivery_outcome_reports_each_settlement(hub: str) -> None:
         ("retry", "RuntimeError", 1),
         ("dead_letter", "DeadLetter", 0),
     ]
+
+
+async def test_mesh_delivery_layers_wrap_handling_and_settlement(hub: str) -> None:
+    seen: list[tuple[str, str, str]] = []
+
+    class Around:
+        @hookimpl
+        def mesh_delivery_layers(self, app: App, subscription: Any) -> Any:
+            def layer(next_: Any) -> Any:
+                async def handle(ctx: Context) -> Any:
+                    result = await next_(ctx)  # never raises for a handler failure
+                    dead = len(app.broker.dead_letters("jobs"))  # type: ignore[attr-defined]
+                    seen.append((ctx.outcome, type(ctx.error).__name__, f"dead letters {dead}"))
+                    return result
+
+                return handle
+
+            return layer
+
+    app = App("svc", config=config(hub, defaults={"retry": {"attempts": 1}}), plugins=[Around()])
+
+    @app.subscribe("jobs")
+    async def work(event: Event) -> None:
+        if event.data["fail"]:
+            raise RuntimeError("boom")
+
+    async with app:
+        await app.publish("jobs", {"fail": False}, type="x")
+        await app.publish("jobs", {"fail": True}, type="x")
+        await app.join()
+    assert seen == [("handled", "NoneType", "dead letters 0"), ("dead_letter", "RuntimeError", "dead letters 1")]

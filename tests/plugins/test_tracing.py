@@ -19,15 +19,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from mesh_plugins.tracing import SETTLEMENT_PLUGIN
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-import mesh.dispatch
-from mesh import App, Context, Event
+from mesh import App, Event
 from mesh.brokers.memory import MemoryBroker
 from tests.support import BrokerSpec, unique, wait_for
 
@@ -157,7 +155,6 @@ async def test_retries_and_the_dead_letter_stay_in_the_trace(
         "defaults": {"retry": {"attempts": 3, "immediate": 1, "initial": "1ms", "max": "5ms"}},
     }
     app = App(unique("svc"), config=cfg)
-    assert SETTLEMENT_PLUGIN in app.plugins.names()
 
     @app.subscribe(jobs)
     async def work(event: Event) -> None:
@@ -196,42 +193,6 @@ async def test_retries_and_the_dead_letter_stay_in_the_trace(
     assert (dlq_send.attributes or {})["messaging.message.id"] == sent.id, "the dead letter is the original event"
     assert ids_in(dead) == (trace_id(dlq_send), span_id(dlq_send)), "a redrive continues the trace"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], "each span ended and detached once"
-
-
-@pytest.mark.memory
-async def test_a_span_left_unsettled_is_ended_by_the_next_delivery(
-    memory_spec: BrokerSpec, exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """If settling a delivery raised before the outcome hook ran, the next delivery ends its span."""
-    skipped: list[str] = []
-
-    def lose_first_outcome(ctx: Context, what: str, error: BaseException | None) -> None:
-        if not skipped:
-            skipped.append(what)
-            return
-        real_outcome(ctx, what, error)
-
-    real_outcome = mesh.dispatch.outcome
-    monkeypatch.setattr(mesh.dispatch, "outcome", lose_first_outcome)
-    jobs = unique("jobs")
-    cfg = {"broker": memory_spec.config(), "defaults": {"retry": {"attempts": 2, "immediate": 0, "initial": "1ms"}}}
-    app = App(unique("svc"), config=cfg)
-    calls: list[int] = []
-
-    @app.subscribe(jobs)
-    async def work(event: Event) -> None:
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("boom")
-
-    async with app:
-        await app.publish(jobs, None, type="job")
-        await app.join()
-    MemoryBroker.reset(memory_spec.options["name"])
-    assert skipped == ["retry"]
-    first, second = [s for s in spans_on(exporter, jobs) if s.name.startswith("process")]
-    assert (first.attributes or {})["mesh.outcome"] == "unsettled"
-    assert second.status.status_code is StatusCode.UNSET and second.parent == first.parent
 
 
 @pytest.mark.memory
@@ -309,6 +270,6 @@ def test_api_only_forwards_the_incoming_trace_context() -> None:
     assert got["current"] == got["trace"], "the incoming context is current in the handler"
     assert got["out"] == {"traceparent": f"00-{got['trace']}-b7ad6b7169203331-01", "tracestate": "vendor=1"}
     assert got["plain"] == [], "no context, nothing written"
-    assert "tracing" in got["plugins"] and SETTLEMENT_PLUGIN not in got["plugins"]
+    assert "tracing" in got["plugins"]
     assert got["outcome_hooks"] is False, "without an SDK the plugins add no outcome hook"
     assert got["sdk_loaded"] is False
