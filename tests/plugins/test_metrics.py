@@ -14,17 +14,17 @@ import sys
 import textwrap
 from typing import Any
 
-import mesh_plugins.metrics
 import opentelemetry.metrics
 import pytest
-from mesh_plugins.metrics import APP_PLUGIN, EXTRA_HINT
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 
+import mesh_plugins.metrics
 from mesh import App, Event
 from mesh.brokers.memory import MemoryBroker
 from mesh.errors import ConfigError, PluginError
+from mesh_plugins.metrics import APP_PLUGIN, EXTRA_HINT
 from tests.support import BrokerSpec, free_port, unique
 
 pytestmark = [pytest.mark.memory, pytest.mark.timeout(60)]
