@@ -10,9 +10,21 @@ import pytest
 
 from mesh.brokers import Broker, create_broker
 from mesh.brokers.memory import MemoryBroker
+from tests.cleanup import purge
 from tests.support import ALL_BROKERS, DEFAULT_URLS, IN_CI, BrokerSpec, Tansu, reachable, unavailable, unique
 
 PORTS = {"rabbitmq": 5672, "nats": 4222, "jetstream": 4222, "redis": 6379}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _purge_leftovers() -> Iterator[None]:
+    """Remove test-made queues, streams and keys from the shared servers before and after the run."""
+    if os.environ.get("MESH_TEST_KEEP"):
+        yield
+        return
+    purge()
+    yield
+    purge()
 
 
 @pytest.fixture(scope="session")

@@ -49,8 +49,11 @@ class BrokerSpec:
 
 
 def unique(prefix: str = "t") -> str:
-    """A fresh topic or group name, so tests never see each other's messages."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+    """A fresh topic or group name, so tests never see each other's messages.
+
+    Every such name contains ``mt-`` so tests/cleanup.py can remove what a run left on the servers.
+    """
+    return f"mt-{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def reachable(url: str, default_port: int) -> bool:
