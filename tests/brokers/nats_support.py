@@ -1,0 +1,146 @@
+"""Helpers for the NATS and JetStream tests: a private nats-server, raw protocol publishing.
+
+A test that must stop or misconfigure a server starts its own on a free loopback port (never
+the machine's server on 4222), with its own JetStream store directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+from mesh.brokers import Broker, Delivery, create_broker
+from tests.support import DEFAULT_URLS, free_port, reachable, unavailable
+
+NATS_SERVER = os.environ.get("MESH_TEST_NATS_SERVER") or shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+
+def shared_url(kind: str) -> str:
+    """The machine's NATS server for ``kind`` (skipped locally when unreachable)."""
+    url = os.environ.get(f"MESH_TEST_{kind.upper()}_URL", DEFAULT_URLS[kind])
+    if not reachable(url, 4222):
+        unavailable(f"{kind} at {url}")
+    return url
+
+
+class NatsServer:
+    """A nats-server process of our own on a free loopback port; restartable on the same port."""
+
+    def __init__(
+        self, store: Path, *, jetstream: bool = True, user: str | None = None, password: str | None = None
+    ) -> None:
+        if not Path(NATS_SERVER).exists():
+            pytest.skip(f"no nats-server binary at {NATS_SERVER}")
+        self.port = free_port()
+        self.store = store
+        self.args = [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port)]
+        if jetstream:
+            self.args += ["-js", "-sd", str(store)]
+        if user is not None:
+            self.args += ["--user", user, "--pass", password or ""]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while not reachable(self.url, self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"nats-server on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def stop(self, kill: bool = False) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            if kill:
+                proc.kill()
+            else:
+                proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def restart(self, down_for: float = 0.0, kill: bool = False) -> None:
+        self.stop(kill)
+        time.sleep(down_for)
+        self.start()
+
+
+async def raw_publish(url: str, subject: str, body: bytes, header_lines: list[bytes] | None = None) -> None:
+    """Publish with the bare protocol, so header bytes need not be UTF-8; waits for the PONG."""
+    parsed = urlparse(url)
+    reader, writer = await asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222)
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}\r\n')
+        if header_lines is None:
+            writer.write(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(body), body))
+        else:
+            head = b"NATS/1.0\r\n" + b"".join(line + b"\r\n" for line in header_lines) + b"\r\n"
+            writer.write(b"HPUB %s %d %d\r\n" % (subject.encode(), len(head), len(head) + len(body)))
+            writer.write(head + body + b"\r\n")
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        while True:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            if line.startswith(b"PONG") or not line:
+                break
+            if line.startswith(b"-ERR"):
+                raise RuntimeError(line.decode(errors="replace"))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+class Recorder:
+    """A handler that keeps every delivery (decoded or not) and acks it."""
+
+    def __init__(self, ack: bool = True) -> None:
+        self.ack = ack
+        self.deliveries: list[Delivery] = []
+
+    async def __call__(self, delivery: Delivery) -> None:
+        self.deliveries.append(delivery)
+        if self.ack:
+            await delivery.ack()
+
+    @property
+    def events(self) -> list[Any]:
+        return [d.event for d in self.deliveries if d.event is not None]
+
+    @property
+    def errors(self) -> list[Delivery]:
+        return [d for d in self.deliveries if d.error is not None]
+
+
+async def brokers(kind: str, url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Body of a fixture: build connected brokers of ``kind``; all are closed afterwards."""
+    made: list[Broker] = []
+
+    async def factory(**options: Any) -> Broker:
+        """Keyword arguments are options, except ``url``, ``namespace`` and ``content_mode``."""
+        args = {k: options.pop(k) for k in ("namespace", "content_mode") if k in options}
+        broker = create_broker(kind, options.pop("url", url), options=options, **args)
+        await broker.connect()
+        made.append(broker)
+        return broker
+
+    yield factory
+    for broker in made:
+        await broker.close()

@@ -1,0 +1,312 @@
+"""Core NATS adapter: what the contract suite does not cover (foreign input, errors, reconnects)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from mesh.brokers import Delivery, broker_class
+from mesh.brokers.nats import NatsBroker
+from mesh.codecs.binary import LEGACY_TYPE
+from mesh.codecs.structured import to_structured
+from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, PublishError
+from mesh.event import Event
+from tests.brokers.nats_support import NatsServer, Recorder, brokers, raw_publish, shared_url
+from tests.support import free_port, unique, wait_for
+
+pytestmark = [pytest.mark.nats, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def url() -> str:
+    return shared_url("nats")
+
+
+@pytest.fixture
+async def make(url: str) -> AsyncIterator[Callable[..., Any]]:
+    async for factory in brokers("nats", url):
+        yield factory
+
+
+def ev(i: int = 0, **kw: Any) -> Event:
+    return Event(type="test.nats", source="/nats", data={"i": i}, **kw)
+
+
+def test_features_are_honest() -> None:
+    f = broker_class("nats").features
+    assert (f.persistent, f.history, f.history_by_time, f.order_by_key) == (False, False, False, False)
+    assert f.consumer_groups
+    assert f.headers
+    assert not f.redelivery_count
+    assert not f.native_delay
+
+
+def test_options_are_validated_with_their_path() -> None:
+    with pytest.raises(ConfigError) as info:
+        NatsBroker(options={"connect_timeout": -1, "batch": 5})
+    paths = {path for path, _ in info.value.problems}
+    assert paths == {"broker.options.connect_timeout", "broker.options.batch"}
+
+
+async def test_binary_headers_on_the_wire(make, url: str) -> None:
+    broker = await make()
+    topic = unique()
+    nc = await nats.connect(url)
+    try:
+        sub = await nc.subscribe(topic)
+        await nc.flush()
+        await broker.publish(topic, ev(1, subject="A1", extensions={"partitionkey": "k"}))
+        msg = await sub.next_msg(timeout=5)
+    finally:
+        await nc.close()
+    assert msg.headers is not None
+    assert msg.headers["ce-specversion"] == "1.0"
+    assert msg.headers["ce-type"] == "test.nats"
+    assert msg.headers["ce-subject"] == "A1"
+    assert msg.headers["ce-partitionkey"] == "k"
+    assert msg.headers["content-type"] == "application/json"
+    assert msg.data == b'{"i":1}'
+
+
+async def test_namespace_prefixes_the_subject(make, url: str) -> None:
+    ns = unique("ns") + "."
+    broker = await make(namespace=ns)
+    topic, got = unique(), Recorder()
+    await broker.subscribe(topic, "g", got)
+    nc = await nats.connect(url)
+    try:
+        await nc.publish(ns + topic, b'{"plain": true}')
+        await nc.flush()
+    finally:
+        await nc.close()
+    await wait_for(lambda: len(got.events) == 1, what="a message on the prefixed subject")
+
+
+async def test_legacy_json_and_bytes_are_wrapped(make, url: str) -> None:
+    broker = await make()
+    topic, got = unique(), Recorder()
+    await broker.subscribe(topic, unique("g"), got)
+    nc = await nats.connect(url)
+    try:
+        await nc.publish(topic, b'{"order": 7}')
+        await nc.publish(topic, b"\x00\x01 not json")
+        await nc.flush()
+    finally:
+        await nc.close()
+    await wait_for(lambda: len(got.events) == 2, what="two wrapped messages")
+    first, second = got.events
+    assert first.type == LEGACY_TYPE
+    assert first.data == {"order": 7}
+    assert second.type == LEGACY_TYPE
+    assert second.data == b"\x00\x01 not json"
+    assert first.source == f"/mesh/legacy/{topic}"
+
+
+async def test_structured_cloudevent_is_read(make, url: str) -> None:
+    broker = await make()
+    topic, got = unique(), Recorder()
+    await broker.subscribe(topic, unique("g"), got)
+    sent = ev(3, subject="s1", extensions={"tenant": "acme"})
+    nc = await nats.connect(url)
+    try:
+        await nc.publish(topic, to_structured(sent), headers={"content-type": "application/cloudevents+json"})
+        await nc.publish(topic, to_structured(sent))  # no content type at all: sniffed
+        await nc.flush()
+    finally:
+        await nc.close()
+    await wait_for(lambda: len(got.events) == 2, what="two structured events")
+    for received in got.events:
+        assert received.id == sent.id
+        assert received.data == {"i": 3}
+        assert received.extensions["tenant"] == "acme"
+
+
+async def test_structured_content_mode_round_trip(make) -> None:
+    broker = await make(content_mode="structured")
+    topic, got = unique(), Recorder()
+    await broker.subscribe(topic, unique("g"), got)
+    sent = ev(4)
+    await broker.publish(topic, sent)
+    await wait_for(lambda: len(got.events) == 1, what="a structured event")
+    assert got.events[0].id == sent.id
+    assert got.events[0].data == {"i": 4}
+
+
+async def test_corrupt_input_arrives_as_error_and_later_events_flow(make, url: str) -> None:
+    broker = await make()
+    topic, got = unique(), Recorder()
+    await broker.subscribe(topic, unique("g"), got)
+    good = [b"ce-specversion: 1.0", b"ce-source: /x", b"ce-type: t"]
+    await raw_publish(url, topic, b"{}", [*good, b"ce-id: \xff\xfe\xfd"])  # non-UTF-8 header
+    await raw_publish(url, topic, b"{not json", [*good, b"ce-id: 1", b"content-type: application/json"])
+    await raw_publish(url, topic, b"{not json", [b"content-type: application/json"])  # legacy, bad JSON
+    await raw_publish(url, topic, b"{}", [b"ce-specversion: 1.0", b"ce-source: /x", b"ce-type: t"])  # no id
+    await broker.publish(topic, ev(9))
+    await wait_for(lambda: len(got.deliveries) == 5, what="five deliveries")
+    errors = got.deliveries[:4]
+    assert all(d.event is None and d.error is not None and d.raw is not None for d in errors)
+    assert "UTF-8" in str(errors[0].error)
+    assert "JSON" in str(errors[1].error)
+    assert "JSON" in str(errors[2].error)
+    assert "id" in str(errors[3].error)
+    assert got.deliveries[4].event is not None
+    assert got.deliveries[4].event.data == {"i": 9}
+
+
+async def test_nack_rehandles_in_process_with_attempts(make) -> None:
+    broker = await make()
+    topic, seen = unique(), []
+    loop = asyncio.get_running_loop()
+
+    async def handler(d: Delivery) -> None:
+        seen.append((d.attempt, loop.time()))
+        if d.attempt == 1:
+            await d.nack()
+        elif d.attempt == 2:
+            await d.nack(delay=0.3)
+        else:
+            await d.ack()
+
+    await broker.subscribe(topic, unique("g"), handler)
+    await broker.publish(topic, ev())
+    await wait_for(lambda: len(seen) == 3, what="three attempts")
+    assert [a for a, _ in seen] == [1, 2, 3]
+    assert seen[2][1] - seen[1][1] >= 0.25
+
+
+async def test_stop_hands_unacked_and_delayed_to_a_live_member(make) -> None:
+    first, second = await make(), await make()
+    topic, group = unique(), unique("g")
+    held: list[Delivery] = []
+
+    async def holder(d: Delivery) -> None:
+        held.append(d)
+        if d.event is not None and d.event.data["i"] == 1:
+            await d.nack(delay=30)  # due long after the stop
+
+    other = Recorder()
+    sub = await first.subscribe(topic, group, holder)
+    for i in range(2):
+        await first.publish(topic, ev(i))
+    await wait_for(lambda: len(held) == 2, what="both held by the first member")
+    await second.subscribe(topic, group, other)
+    await sub.stop()
+    await wait_for(lambda: len(other.events) == 2, what="the held ones handed over")
+    assert sorted(e.data["i"] for e in other.events) == [0, 1]
+    assert {d.attempt for d in other.deliveries} == {2}
+    await held[0].ack()  # a late ack of the original is harmless
+
+
+async def test_groups_use_queue_groups_with_raw_clients(make, url: str) -> None:
+    broker = await make()
+    topic, group = unique(), unique("g")
+    got = Recorder()
+    await broker.subscribe(topic, group, got)
+    raw_got: list[bytes] = []
+    nc = await nats.connect(url)
+    try:
+
+        async def cb(msg: Any) -> None:
+            raw_got.append(msg.data)
+
+        await nc.subscribe(topic, queue=group, cb=cb)
+        await nc.flush()
+        for i in range(40):
+            await broker.publish(topic, ev(i))
+        await wait_for(lambda: len(got.events) + len(raw_got) == 40, what="40 shared deliveries")
+        await asyncio.sleep(0.2)
+        assert len(got.events) + len(raw_got) == 40
+        assert got.events, "the mesh member got work"
+        assert raw_got, "a raw member of the same queue group shares the work"
+    finally:
+        await nc.close()
+
+
+async def test_connection_refused_is_bounded() -> None:
+    port = free_port()
+    broker = NatsBroker(f"nats://127.0.0.1:{port}", options={"connect_timeout": 2})
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(BrokerConnectionError) as info:
+        await broker.connect()
+    assert loop.time() - start < 4
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert "nats" in str(info.value)
+    assert info.value.__cause__ is not None
+
+
+async def test_bad_host_is_bounded() -> None:
+    broker = NatsBroker("nats://no-such-host.invalid:4222,nats://127.0.0.1:1", options={"connect_timeout": 2})
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(BrokerConnectionError, match=r"no-such-host\.invalid"):
+        await broker.connect()
+    assert loop.time() - start < 4
+
+
+async def test_bad_credentials_are_refused(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path, jetstream=False, user="mesh", password="right")
+    try:
+        broker = NatsBroker(f"nats://mesh:wrong@127.0.0.1:{server.port}", options={"connect_timeout": 3})
+        with pytest.raises(BrokerConnectionError, match="authorization") as info:
+            await broker.connect()
+        assert "wrong" not in str(info.value), "the password is masked"
+        ok = NatsBroker(server.url, options={"user": "mesh", "password": "right"})
+        await ok.connect()
+        await ok.close()
+    finally:
+        server.stop()
+
+
+async def test_publish_without_connect_is_a_clear_error() -> None:
+    broker = NatsBroker("nats://127.0.0.1:1")
+    with pytest.raises(PublishError, match="not connected"):
+        await broker.publish("t", ev())
+    with pytest.raises(BrokerError, match="not connected"):
+        await broker.subscribe("t", "g", Recorder())
+
+
+async def test_publish_after_close_is_publish_error(make) -> None:
+    broker = await make()
+    await broker.close()
+    await broker.close()  # idempotent
+    with pytest.raises(PublishError):
+        await broker.publish(unique(), ev())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_reconnects_after_server_restart(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path, jetstream=False)
+    broker = NatsBroker(server.url, options={"reconnect_time_wait": 0.2})
+    publisher = NatsBroker(server.url, options={"reconnect_time_wait": 0.2})
+    try:
+        await broker.connect()
+        await publisher.connect()
+        topic, got = unique(), Recorder()
+        await broker.subscribe(topic, unique("g"), got)
+        await publisher.publish(topic, ev(0))
+        await wait_for(lambda: len(got.events) == 1, what="a message before the restart")
+        await asyncio.to_thread(server.restart, 0.5)
+
+        async def keep_publishing() -> None:
+            i = 1
+            while not any(e.data["i"] > 0 for e in got.events):
+                with contextlib.suppress(PublishError):
+                    await publisher.publish(topic, ev(i))
+                i += 1
+                await asyncio.sleep(0.1)
+
+        await asyncio.wait_for(keep_publishing(), 60)
+        assert broker._nc is not None
+        assert broker._nc.is_connected
+    finally:
+        await broker.close()
+        await publisher.close()
+        server.stop()
