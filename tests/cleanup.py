@@ -64,10 +64,17 @@ async def _jetstream() -> None:
         nc = await nats.connect("nats://127.0.0.1:4222", connect_timeout=2, max_reconnect_attempts=0)
         try:
             js = nc.jetstream()
-            for info in await js.streams_info():
-                if MARK in info.config.name.lower():
-                    with contextlib.suppress(Exception):
-                        await js.delete_stream(info.config.name)
+            doomed: list[str] = []
+            offset = 0
+            while True:  # the API pages by 256
+                page = await js.streams_info(offset=offset)
+                doomed += [i.config.name for i in page if i.config.name and MARK in i.config.name.lower()]
+                if len(page) < 256:
+                    break
+                offset += len(page)
+            for name in doomed:
+                with contextlib.suppress(Exception):
+                    await js.delete_stream(name)
         finally:
             await nc.close()
 
