@@ -11,7 +11,7 @@ import pytest
 from mesh.brokers import Broker, create_broker
 from mesh.brokers.memory import MemoryBroker
 from tests.cleanup import purge
-from tests.support import ALL_BROKERS, DEFAULT_URLS, IN_CI, BrokerSpec, Tansu, reachable, unavailable, unique
+from tests.support import ALL_BROKERS, DEFAULT_URLS, IN_CI, RUN, BrokerSpec, Tansu, reachable, unavailable, unique
 
 PORTS = {"rabbitmq": 5672, "nats": 4222, "jetstream": 4222, "redis": 6379}
 
@@ -22,9 +22,9 @@ def _purge_leftovers() -> Iterator[None]:
     if os.environ.get("MESH_TEST_KEEP"):
         yield
         return
-    purge()
+    purge(None)  # what killed runs left
     yield
-    purge()
+    purge(RUN)
 
 
 @pytest.fixture(scope="session")

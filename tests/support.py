@@ -48,12 +48,17 @@ class BrokerSpec:
         return {"type": self.type, "url": self.url, "options": {**self.options, **options}}
 
 
+RUN = f"{int(time.time()) // 60:x}"
+"""This test run's mark: its start in minutes since the epoch, in hex."""
+
+
 def unique(prefix: str = "t") -> str:
     """A fresh topic or group name, so tests never see each other's messages.
 
-    Every such name contains ``mt-`` so tests/cleanup.py can remove what a run left on the servers.
+    Every such name contains ``mt-<run>-`` so tests/cleanup.py can remove what this run (or an
+    old, killed run) left on the servers without touching a run going on beside it.
     """
-    return f"mt-{prefix}-{uuid.uuid4().hex[:10]}"
+    return f"mt-{RUN}-{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 def reachable(url: str, default_port: int) -> bool:

@@ -12,3 +12,11 @@ def test_codec_benchmark_reports_rates_and_the_ratio_to_the_sdk(capsys) -> None:
     rows = codec.run(300)
     assert {r["mode"] for r in rows} == {"binary", "structured"}
     assert all(r["mesh"] > 0 and r["sdk"] and r["ratio"] for r in rows)
+
+
+async def test_memory_benchmark_reports_rss() -> None:
+    from benchmarks import memory
+
+    result = await memory.run(events=2000, batch=500)
+    assert result["events"] == 2000
+    assert result["idle_mb"] > 0 and result["final_mb"] > 0
