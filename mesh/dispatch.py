@@ -162,14 +162,32 @@ def _data_adapter(annotation: Any) -> Callable[[Any], Any]:
     return adapter.validate_python
 
 
+def _resolve(fn: Callable[..., Any]) -> dict[str, Any]:
+    """The handler's annotations, resolved where possible (a name imported inside a function
+    cannot be: ``Event`` and ``Context`` are then recognised by name)."""
+    try:
+        return get_type_hints(fn)
+    except Exception:  # an annotation that does not resolve from the module: resolve one by one
+        out: dict[str, Any] = {}
+        namespace = dict(getattr(fn, "__globals__", {}))
+        for name, ann in getattr(fn, "__annotations__", {}).items():
+            if isinstance(ann, str):
+                ann = ann.strip("'\"")  # a quoted annotation under postponed evaluation
+                short = ann.rsplit(".", 1)[-1]
+                known = {"Event": Event, "Context": Context}.get(short)
+                try:
+                    ann = known or eval(ann, namespace)  # annotations are the author's own code
+                except Exception:
+                    ann = inspect.Parameter.empty  # unresolvable: the data is passed as it is
+                if isinstance(ann, str):
+                    ann = inspect.Parameter.empty
+            out[name] = ann
+        return out
+
+
 def _injection_plan(fn: Callable[..., Any]) -> list[tuple[str, str, Callable[[Any], Any] | None]]:
     """(parameter, kind, converter) per parameter: kind is event, context or data."""
-    from mesh.dispatch import Context as _Context  # resolve the forward names below
-
-    try:
-        hints = get_type_hints(fn)
-    except Exception:  # unresolvable annotations: fall back to the raw ones
-        hints = getattr(fn, "__annotations__", {})
+    hints = _resolve(fn)
     plan: list[tuple[str, str, Callable[[Any], Any] | None]] = []
     for name, param in inspect.signature(fn).parameters.items():
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -177,9 +195,9 @@ def _injection_plan(fn: Callable[..., Any]) -> list[tuple[str, str, Callable[[An
         ann = hints.get(name, inspect.Parameter.empty)
         if ann is Event or (ann is inspect.Parameter.empty and name in ("event", "e", "ev")):
             plan.append((name, "event", None))
-        elif ann is _Context:
+        elif ann is Context:
             plan.append((name, "context", None))
-        elif ann is inspect.Parameter.empty:
+        elif ann is inspect.Parameter.empty or ann is Any:
             plan.append((name, "data", None))
         else:
             plan.append((name, "data", _data_adapter(ann)))

@@ -326,3 +326,21 @@ async def test_run_stops_on_signal_event_and_drains(cfg: dict[str, Any]) -> None
     stop.set()
     await asyncio.wait_for(runner, 5)
     assert finished == [1] and not app.started
+
+
+async def test_handlers_whose_annotations_do_not_resolve(cfg: dict[str, Any]) -> None:
+    """Names imported inside a function (or unknown) cannot be resolved: Event and Context are
+    recognised by name, anything else gets the data as it is."""
+    got: list[Any] = []
+    namespace: dict[str, Any] = {"got": got}
+    exec(  # a module of its own, where Event, Context and Missing are not global names
+        "async def handle(event: 'Event', ctx: 'mesh.Context', data: 'Missing') -> None:\n"
+        "    got.append((event.type, ctx.topic, data))\n",
+        namespace,
+    )
+    app = App("svc", config=cfg)
+    app.subscribe("t")(namespace["handle"])
+    async with app:
+        await app.publish("t", {"a": 1}, type="x")
+        await app.join()
+    assert got == [("x", "t", {"a": 1})]
