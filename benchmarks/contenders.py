@@ -144,7 +144,7 @@ async def raw_consume(kind: str, url: str, topic: str, group: str, n: int, ready
         while not counter.finished.is_set():
             try:
                 msgs = await sub.fetch(batch=200, timeout=1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             for msg in msgs:
                 orjson.loads(msg.data)

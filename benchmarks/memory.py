@@ -49,7 +49,7 @@ async def run(events: int = 1_000_000, batch: int = 1000) -> dict[str, Any]:
             for j in range(batch):
                 await app.publish(f"topic{j % 10}", data, type="bench.event")
             await app.join(timeout=60)
-            if early == 0.0 and n + batch >= max(events // 10, warm):
+            if early == 0.0 and n + batch >= (max(events // 10, warm) if events > 2 * warm else events // 2):
                 gc.collect()
                 early = rss_mb()
         gc.collect()
