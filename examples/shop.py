@@ -8,10 +8,12 @@ or unchanged on any broker by config::
 
     python examples/shop.py --config examples/config/rabbitmq.yaml
 
-The orders service places orders; inventory reserves stock (or rejects the order when stock runs
-out); orders confirms or cancels; notifications e-mails the customer, and its mail server fails
-now and then, so you can watch retries work. It exits 0 once every order has been settled and
-notified (``--serve`` keeps the services running until Ctrl-C).
+Orders are placed as events; the orders service takes each one and *invokes* inventory's
+``reserve`` method (request/reply over the broker), which answers with the reservation or fails
+with an ``out_of_stock`` error; orders then publishes the order confirmed or cancelled, and
+notifications e-mails the customer. Its mail server fails now and then, so you can watch retries
+work. It exits 0 once every order has been settled and notified (``--serve`` keeps the services
+running until Ctrl-C).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel
 from rich.console import Console
 
-from mesh import App, Context, Event
+from mesh import App, Context, RemoteError
 
 console = Console(highlight=False)
 COLORS = {"orders": "cyan", "inventory": "magenta", "notifications": "green", "mesh": "bright_black"}
@@ -54,10 +56,10 @@ class Reservation(BaseModel):
     left: int
 
 
-class Rejection(BaseModel):
-    order_id: str
-    sku: str
-    reason: str
+class OutOfStock(Exception):
+    """Raised by inventory's ``reserve``: callers get a RemoteError with this code."""
+
+    code = "out_of_stock"
 
 
 class Outcome(BaseModel):
@@ -91,38 +93,31 @@ def build(config: Any = None) -> tuple[App, App, App, dict[str, Any]]:
     seen: dict[str, Any] = {"outcomes": {}, "mails": Counter(), "bounces": 0, "done": asyncio.Event()}
     customers: dict[str, str] = {}
 
-    @inventory.subscribe("orders", type="shop.order.placed")
-    async def reserve(order: Order) -> None:
+    @inventory.method("reserve")
+    async def reserve(order: Order) -> Reservation:
         left = stock.get(order.sku, 0)
         if left < order.qty:
             say("inventory", f"[red]✗[/] {order.id}: only {left} {order.sku} left, {order.qty} wanted")
-            await inventory.publish(
-                "stock",
-                Rejection(order_id=order.id, sku=order.sku, reason="out of stock"),
-                type="shop.stock.rejected",
-                key=order.id,
-            )
-            return
+            raise OutOfStock(f"only {left} {order.sku} left")
         stock[order.sku] = left - order.qty
         say("inventory", f"reserved {order.qty} × {order.sku} for {order.id} ({stock[order.sku]} left)")
-        await inventory.publish(
-            "stock",
-            Reservation(order_id=order.id, sku=order.sku, qty=order.qty, left=stock[order.sku]),
-            type="shop.stock.reserved",
-            key=order.id,
-        )
+        return Reservation(order_id=order.id, sku=order.sku, qty=order.qty, left=stock[order.sku])
 
-    @orders.subscribe("stock", type="shop.stock.*")
-    async def settle(event: Event) -> None:
-        order_id = event.data["order_id"]
-        status = "confirmed" if event.type == "shop.stock.reserved" else "cancelled"
-        mark = "[green]✓[/]" if status == "confirmed" else "[red]✗[/]"
-        say("orders", f"{mark} order {order_id} {status}")
+    @orders.subscribe("orders", type="shop.order.placed")
+    async def settle(order: Order) -> None:
+        try:  # a question that needs an answer now: request/reply
+            await orders.invoke("inventory", "reserve", order, result_type=Reservation, timeout=30)
+            status, mark = "confirmed", "[green]✓[/]"
+        except RemoteError as error:
+            if error.code != OutOfStock.code:
+                raise  # anything else: the retry plugin tries the order again
+            status, mark = "cancelled", "[red]✗[/]"
+        say("orders", f"{mark} order {order.id} {status}")
         await orders.publish(
             "orders",
-            Outcome(order_id=order_id, customer=customers.get(order_id, "?"), status=status),
+            Outcome(order_id=order.id, customer=order.customer, status=status),
             type=f"shop.order.{status}",
-            key=order_id,
+            key=order.id,
         )
 
     @notifications.subscribe("orders", type=["shop.order.confirmed", "shop.order.cancelled"])

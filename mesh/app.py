@@ -23,21 +23,26 @@ import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
+
+from pydantic import ValidationError
 
 from mesh.brokers import Broker, Subscription, create_broker
 from mesh.brokers.base import RESERVED_PREFIX
 from mesh.config import MeshConfig, load_config
-from mesh.dispatch import FailureMemory, HandlerSpec, Publish, Route
-from mesh.errors import ConfigError, MeshError
+from mesh.dispatch import FailureMemory, HandlerSpec, Publish, Route, _data_adapter
+from mesh.errors import ConfigError, InvocationError, MeshError
 from mesh.event import Event, ExtensionValue, new_id
+from mesh.invoke import Callee, Caller
 from mesh.plugin_manager import PluginManager, Registry
+from mesh.presence import Presence
 
 __all__ = ["App"]
 
 log = logging.getLogger("mesh.app")
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class App:
@@ -80,7 +85,14 @@ class App:
         self.plugin_state: dict[str, Any] = {}
         """Per-app state of plugins, by plugin name."""
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
+        self.callee = Callee(self)
+        """This app's methods and the subscription serving them."""
+        self.caller = Caller(self)
+        """This instance's outgoing calls: reply topic and pending replies."""
+        self.presence = Presence(self)
+        """Who is live on the mesh, and this instance's heartbeats."""
         self.started = False
+        self._invocable = False  # from start until handlers drained at stop (they may invoke)
         self.plugins.call("mesh_configure", app=self, config=self.config)
 
     def _make_broker(self) -> Broker:
@@ -135,6 +147,26 @@ class App:
 
         return register
 
+    def method(self, name: str | None = None, *, idempotent: bool = False) -> Callable[[F], F]:
+        """Register a handler other apps call with ``invoke(<this app id>, name, data)``.
+
+        Parameters are filled as for :meth:`subscribe` (typed data, :class:`~mesh.Event`,
+        :class:`~mesh.dispatch.Context`); the return value is the reply's data (a pydantic model
+        is sent as JSON) and an exception becomes an error reply (type, message and code; its
+        ``code`` attribute if it has a string one). Instances of the app share the calls.
+        ``idempotent=True`` tells callers it is safe to send a call again when an instance dies
+        with it in hand; leave it off for anything that must not run twice. ``name`` defaults
+        to the function's name.
+        """
+
+        def register(fn: F) -> F:
+            if self.started:
+                raise MeshError("register methods before the app starts")
+            self.callee.add(name or fn.__name__, fn, idempotent)
+            return fn
+
+        return register
+
     @property
     def routes(self) -> list[Route]:
         """Every (topic, group) this app consumes, with its handlers."""
@@ -183,15 +215,76 @@ class App:
     async def send(self, topic: str, event: Event) -> Event:
         """Publish a ready-made event (plugins' attributes are added); returns what was sent."""
         if self._attribute_hooks:
-            extra: dict[str, ExtensionValue] = {}
-            for attrs in self.plugins.call("mesh_publish_attributes", app=self, topic=topic, event=event):
-                for name, value in attrs.items():
-                    extra.setdefault(name, value)
-            new = {k: v for k, v in extra.items() if k not in event.extensions}
-            if new:
-                event = event.with_extensions(**new)
+            event = self.with_attributes(topic, event)
         await self._publish(topic, event)
         return event
+
+    def with_attributes(self, topic: str, event: Event) -> Event:
+        """The event with the extensions plugins add to what this app sends (``mesh_publish_attributes``)."""
+        extra: dict[str, ExtensionValue] = {}
+        for attrs in self.plugins.call("mesh_publish_attributes", app=self, topic=topic, event=event):
+            for name, value in attrs.items():
+                extra.setdefault(name, value)
+        new = {k: v for k, v in extra.items() if k not in event.extensions}
+        return event.with_extensions(**new) if new else event
+
+    # -- invocation --------------------------------------------------------------------------
+
+    @overload
+    async def invoke(
+        self,
+        app: str,
+        method: str,
+        data: Any = None,
+        *,
+        result_type: type[T],
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> T: ...
+
+    @overload
+    async def invoke(
+        self,
+        app: str,
+        method: str,
+        data: Any = None,
+        *,
+        result_type: None = None,
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> Any: ...
+
+    async def invoke(
+        self,
+        app: str,
+        method: str,
+        data: Any = None,
+        *,
+        result_type: Any = None,
+        timeout: float | None = None,
+        key: str | None = None,
+    ) -> Any:
+        """Call ``method`` of ``app`` with ``data`` and return the reply's data.
+
+        ``result_type`` (a pydantic model or any type) validates and converts the reply.
+        ``timeout`` defaults to ``invoke.timeout`` (10 s). ``key`` is the request's
+        ``partitionkey`` (calls with one key keep their order where the broker keeps it).
+        Raises :class:`~mesh.errors.InvocationTimeout` (a ``TimeoutError``),
+        :class:`~mesh.errors.NoResponders` when no instance of ``app`` is live, and the
+        callee's errors as :class:`~mesh.errors.RemoteError` (:class:`~mesh.errors.MethodNotFound`,
+        :class:`~mesh.errors.PermissionDenied`) with their type, message and code.
+        """
+        if not self._invocable:
+            raise MeshError(f"start {self.id} (async with app) before invoking")
+        data = await self.caller.invoke(app, method, data, timeout, key)
+        if result_type is None:
+            return data
+        try:
+            return _data_adapter(result_type)(data)
+        except ValidationError as exc:
+            raise InvocationError(
+                f"the reply of {app}.{method} is not a {getattr(result_type, '__name__', result_type)}: {exc}"
+            ) from exc
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -205,16 +298,20 @@ class App:
         for layer in reversed(self.plugins.call("mesh_publish_layers", app=self)):
             publish = layer(publish)
         self._publish = publish
+        self.caller.build()
         await self.broker.connect()
         try:
             for route in self._routes.values():
                 route.build()
                 sub = await self.broker.subscribe(route.topic, route.group, route, concurrency=route.concurrency)
                 self._subscriptions.append(sub)
+            await self.callee.start()
+            await self.presence.start(listen=bool(self.callee.methods))
         except BaseException:
+            await self.presence.close()
             await self.broker.close()
             raise
-        self.started = True
+        self.started = self._invocable = True
         self.plugins.call("mesh_app_started", app=self)
 
     async def stop(self) -> None:
@@ -225,9 +322,11 @@ class App:
         try:
             self.plugins.call("mesh_app_stopping", app=self)
         finally:
+            await self.presence.leave()  # callers stop choosing this instance; in-flight calls finish
             subs, self._subscriptions = self._subscriptions, []
             for sub in subs:
                 await sub.stop(drain=True)
+            await self.callee.stop()
             tasks, self._tasks = list(self._tasks), set()
             for task in tasks:
                 task.cancel()
@@ -237,6 +336,9 @@ class App:
                     await callback()
                 except Exception:
                     log.exception("a stop callback of %s failed", self.id)
+            self._invocable = False
+            await self.caller.close()
+            await self.presence.close()
             await self.broker.close()
 
     async def __aenter__(self) -> App:

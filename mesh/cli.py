@@ -1,4 +1,4 @@
-"""The ``mesh`` command: run apps, publish, check config, list plugins; plugins add more.
+"""The ``mesh`` command: run apps, publish, invoke, list apps, check config, list plugins; plugins add more.
 
 Every error the mesh knows becomes one clear line and exit status 1, never a traceback.
 """
@@ -20,8 +20,9 @@ import orjson
 
 from mesh.app import App
 from mesh.config import config_schema, find_config, load_config
-from mesh.errors import MeshError
+from mesh.errors import MeshError, RemoteError
 from mesh.plugin_manager import PluginManager
+from mesh.replay.cli import dlq, replay
 
 __all__ = ["cli", "load_target", "main"]
 
@@ -163,6 +164,88 @@ def publish(
     click.echo(f"published {event.type} id={event.id} to {topic} ({app.config.broker.type})")
 
 
+def _json_or_text(data: str | None) -> Any:
+    if data is None:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+
+
+@cli.command()
+@click.argument("app_id", metavar="APP")
+@click.argument("method")
+@click.option("--data", "-d", default=None, help="Request data as JSON (a plain string is sent as text).")
+@click.option("--timeout", "-t", type=click.FloatRange(min=0, min_open=True), default=None, help="Seconds to wait.")
+@click.option("--caller", default="mesh-cli", show_default=True, help="App id to call as (what access rules see).")
+@click.option("--config", "-c", "config", type=click.Path(dir_okay=False), help="Config file.")
+def invoke(app_id: str, method: str, data: str | None, timeout: float | None, caller: str, config: str | None) -> None:
+    """Call METHOD of APP and print the reply's data (exit 1 with the error if it fails)."""
+    payload = _json_or_text(data)
+    with _errors():
+        app = App(caller, config=config)
+
+        async def call() -> Any:
+            async with app:
+                return await app.invoke(app_id, method, payload, timeout=timeout)
+
+        try:
+            result = asyncio.run(call())
+        except RemoteError as exc:
+            raise click.ClickException(f"{app_id}.{method} failed: {exc}") from exc
+    if isinstance(result, bytes):
+        sys.stdout.buffer.write(result)
+    elif isinstance(result, str):
+        click.echo(result)
+    else:
+        click.echo(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())
+
+
+@cli.command()
+@click.option(
+    "--wait",
+    "-w",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds to listen (default: one heartbeat interval).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--config", "-c", "config", type=click.Path(dir_okay=False), help="Config file.")
+def apps(wait: float | None, as_json: bool, config: str | None) -> None:
+    """List the live apps: their instances, methods and subscriptions (from presence heartbeats)."""
+    with _errors():
+        app = App("mesh-cli", config=config)
+        if not app.config.presence.enabled:
+            raise click.ClickException("presence is disabled in this config: no app announces itself")
+
+        async def listen() -> dict[str, Any]:
+            async with app:
+                await app.presence.listen()  # running apps with methods answer the probe at once
+                await asyncio.sleep(app.presence.interval + 0.2 if wait is None else wait)
+                return {k: [i.as_dict() for i in v] for k, v in app.presence.apps().items()}
+
+        live = asyncio.run(listen())
+    if as_json:
+        click.echo(orjson.dumps(live, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not live:
+        click.echo(f"no live apps on {app.config.broker.type}")
+        return
+    for app_id, instances in live.items():
+        versions = sorted({i["version"] for i in instances})
+        count = f"{len(instances)} instance{'s' if len(instances) != 1 else ''}"
+        click.echo(f"{app_id}  ({count}, version {', '.join(versions)})")
+        click.echo(f"  instances:     {', '.join(i['instance'] for i in instances)}")
+        methods = {m["name"]: m["idempotent"] for i in instances for m in i["methods"]}
+        if methods:
+            shown = [f"{n} (idempotent)" if idem else n for n, idem in sorted(methods.items())]
+            click.echo(f"  methods:       {', '.join(shown)}")
+        subs = sorted({(s["topic"], s["group"]) for i in instances for s in i["subscriptions"]})
+        if subs:
+            click.echo(f"  subscriptions: {', '.join(f'{t} [{g}]' for t, g in subs)}")
+
+
 @cli.group()
 def config() -> None:
     """Check the config file or print its JSON Schema."""
@@ -199,6 +282,10 @@ def plugins() -> None:
         for hook in hooks:
             order = [p for p, _ in manager.implementations(hook)]
             click.echo(f"  {hook}  (position {order.index(name) + 1} of {len(order)})")
+
+
+cli.add_command(replay)
+cli.add_command(dlq)
 
 
 def _add_plugin_commands(group: click.Group) -> None:

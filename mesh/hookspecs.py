@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from mesh.config import MeshConfig
     from mesh.dispatch import Context, Decision, HandlerLayer, PublishLayer, SubscriptionInfo
     from mesh.event import Event, ExtensionValue
+    from mesh.invoke import InvokeLayer
     from mesh.plugin_manager import Registry
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
@@ -161,6 +162,33 @@ def mesh_delivery_outcome(context: Context, outcome: str, error: BaseException |
 @hookspec
 def mesh_event_dead_lettered(context: Context, event: Event, target: str) -> None:
     """Called after an event was written to its dead-letter destination. Collect-all; return nothing."""
+
+
+@hookspec
+def mesh_invoke_layers(app: App) -> InvokeLayer | None:
+    """A layer around each invocation the App makes: ``layer(next) -> invoke``, where
+    ``invoke(call)`` is async, takes a :class:`~mesh.invoke.Invocation` and returns the reply's data.
+
+    Called once per App at start; return the layer or ``None``. A layer may add extension
+    attributes to ``call.extensions`` before calling ``next`` (every attempt's request carries
+    them), and read ``call.outcome``, ``call.attempts`` and ``call.error`` after it returned or
+    raised. Requests and replies do not pass through the publish layers: this is where a plugin
+    sees invocations. Collect-all: the first plugin's layer is outermost.
+    """
+
+
+@hookspec
+def mesh_invocation_outcome(
+    app: App, side: str, method: str, peer: str, outcome: str, error: BaseException | None
+) -> None:
+    """Called once per request an App served, and per reply it dropped. Collect-all; return nothing.
+
+    ``side="callee"``: ``outcome`` is ``ok``, ``error`` (the method raised), ``method_not_found``
+    (``method`` is then ``"<unknown>"``), ``permission_denied``, ``invalid_argument``,
+    ``expired`` (the deadline had passed: not run, no reply) or ``malformed``; ``peer`` is the
+    caller's app id. ``side="caller"``: ``late_reply`` (its call had ended) or
+    ``malformed_reply``; ``peer`` is the replying app. Must be cheap: it runs on the hot path.
+    """
 
 
 def hook_names() -> list[str]:

@@ -29,6 +29,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("deadletter", "mesh_plugins.deadletter"),
     ("metrics", "mesh_plugins.metrics"),
     ("idempotency", "mesh_plugins.idempotency"),
+    ("archive", "mesh_plugins.archive"),
 )
 """(name, module) of the built-in plugins, registered in this order before any other."""
 

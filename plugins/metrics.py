@@ -8,9 +8,15 @@
 ``mesh.events.retried``         counter    retries: immediate ones in process and delayed ones
 ``mesh.events.dead_lettered``   counter    deliveries written to the dead-letter destination
 ``mesh.handler.duration``       histogram  seconds per handler call
+``mesh.invoke.duration``        histogram  seconds per invocation this App made, by ``outcome``
+``mesh.invoke.served``          counter    requests this App's methods got, by ``outcome``
+                                           (``ok``, ``error``, ``permission_denied``, ``expired``...)
+``mesh.invoke.replies_dropped`` counter    replies dropped by the caller, by ``reason``
+                                           (``late_reply``, ``malformed_reply``)
 ==============================  =========  ===================================================
 
-Every point has the attributes ``topic``, ``app`` (the app id) and ``broker`` (its type).
+Every point has the attributes ``app`` (the app id) and ``broker`` (its type); event points add
+``topic``, invocation points ``target`` (the called app, on the caller) and ``method``.
 
 Instruments come from ``opentelemetry.metrics.get_meter("mesh")``. The plugin is active for an
 App when, as the App is created, a meter provider is set, a Prometheus port is configured, or
@@ -40,6 +46,7 @@ from mesh.dispatch import Context, Handle, HandlerLayer, Publish, PublishLayer, 
 from mesh.errors import ConfigError
 from mesh.event import Event
 from mesh.hookspecs import hookimpl
+from mesh.invoke import Invocation, InvokeHandle, InvokeLayer
 
 if TYPE_CHECKING:
     from mesh.app import App
@@ -84,6 +91,18 @@ class Instruments:
             "s",
             "Duration of one handler call",
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )
+        self.invoke_duration = meter.create_histogram(
+            "mesh.invoke.duration",
+            "s",
+            "Duration of one invocation, request to reply (every attempt)",
+            explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+        )
+        self.invoke_served = meter.create_counter(
+            "mesh.invoke.served", "{request}", "Invocation requests served, by outcome"
+        )
+        self.invoke_dropped = meter.create_counter(
+            "mesh.invoke.replies_dropped", "{reply}", "Replies dropped by the caller, by reason"
         )
 
 
@@ -249,3 +268,38 @@ class AppMetrics:
                 i.dead_lettered.add(1, attrs)
         if retries:
             i.retried.add(retries, attrs)
+
+    # -- invocation ----------------------------------------------------------------------------
+
+    @hookimpl(trylast=True)
+    def mesh_invoke_layers(self, app: App) -> InvokeLayer:
+        histogram = self.i.invoke_duration
+
+        def layer(next_: InvokeHandle) -> InvokeHandle:
+            async def invoke(call: Invocation) -> Any:
+                start = perf_counter()
+                try:
+                    return await next_(call)
+                finally:
+                    attrs = {
+                        "app": self.app_id,
+                        "broker": self.broker,
+                        "target": call.target,
+                        "method": call.method,
+                        "outcome": call.outcome or "failed",
+                    }
+                    histogram.record(perf_counter() - start, attrs)
+
+            return invoke
+
+        return layer
+
+    @hookimpl
+    def mesh_invocation_outcome(
+        self, app: App, side: str, method: str, peer: str, outcome: str, error: BaseException | None
+    ) -> None:
+        if side == "callee":
+            attrs = {"app": self.app_id, "broker": self.broker, "method": method, "outcome": outcome}
+            self.i.invoke_served.add(1, attrs)
+        else:
+            self.i.invoke_dropped.add(1, {"app": self.app_id, "broker": self.broker, "reason": outcome})

@@ -12,7 +12,13 @@ Only ``opentelemetry-api`` is required. Without an SDK tracer provider no span i
 incoming ``traceparent`` is made current while the handler runs and is forwarded on every event
 the handler publishes; with no context to forward, the layers only pass the call on. Whether an
 App makes spans is decided when it is created and started (set the tracer provider first), so
-no event pays for a provider lookup. See ``docs/plugins/tracing.md``.
+no event pays for a provider lookup.
+
+Invocation follows the RPC conventions: a call is one ``<app>/<method>`` span of kind CLIENT
+around the whole round trip (every attempt), whose context its requests carry; the callee
+handles each request inside a ``<app>/<method>`` span of kind SERVER, its child. Requests and
+replies skip the publish layers, so there is no ``send`` span between the two. See
+``docs/plugins/tracing.md``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from mesh import __version__
 from mesh.dispatch import Context, Handle, HandlerLayer, Publish, PublishLayer, SubscriptionInfo
 from mesh.event import Event, ExtensionValue
 from mesh.hookspecs import hookimpl
+from mesh.invoke import Invocation, InvokeHandle, InvokeLayer
+from mesh.invoke.protocol import INVOKE_PREFIX
 
 if TYPE_CHECKING:
     from mesh.app import App
@@ -36,6 +44,8 @@ if TYPE_CHECKING:
 name = "tracing"
 
 TRACER_NAME = "mesh"
+RPC_SYSTEM = "mesh"
+"""``rpc.system`` of invocation spans."""
 SYSTEMS = {"jetstream": "nats"}
 """``messaging.system`` for broker types whose name differs from the system's."""
 
@@ -170,6 +180,9 @@ def mesh_delivery_layers(app: App, subscription: SubscriptionInfo) -> HandlerLay
         "messaging.operation.type": "process",
         "messaging.operation.name": "process",
     }
+    serving = subscription.topic.startswith(INVOKE_PREFIX)  # the app's methods: RPC server spans
+    if serving:
+        static.update({"rpc.system": RPC_SYSTEM, "rpc.service": app.id})
 
     def layer(next_: Handle) -> Handle:
         async def handle(ctx: Context) -> Any:
@@ -179,10 +192,14 @@ def mesh_delivery_layers(app: App, subscription: SubscriptionInfo) -> HandlerLay
             producer = trace.get_current_span(parent).get_span_context()
             attributes: dict[str, Any] = {**static, **event_attributes(event)}
             attributes["mesh.delivery.attempt"] = ctx.delivery.attempt
+            name, kind = span_name, SpanKind.CONSUMER
+            if serving:
+                name, kind = f"{app.id}/{event.subject}", SpanKind.SERVER
+                attributes["rpc.method"] = event.subject or ""
             span = tracer.start_span(
-                span_name,
+                name,
                 context=parent,
-                kind=SpanKind.CONSUMER,
+                kind=kind,
                 attributes=attributes,
                 links=[Link(producer)] if producer.is_valid else None,
             )
@@ -227,3 +244,69 @@ def _annotate(span: Span, ctx: Context) -> None:
     retries = ctx.state.get("immediate_retries", 0)
     if retries:
         span.set_attribute("mesh.immediate_retries", retries)
+
+
+# -- invocation ----------------------------------------------------------------------------
+
+
+@hookimpl(tryfirst=True)
+def mesh_invoke_layers(app: App) -> InvokeLayer:
+    tracer = sdk_tracer()  # decided once per App, at start
+    if tracer is None:
+        return _forward_invoke_context
+    system = system_of(app)
+
+    def layer(next_: InvokeHandle) -> InvokeHandle:
+        async def invoke(call: Invocation) -> Any:
+            attributes = {
+                "rpc.system": RPC_SYSTEM,
+                "rpc.service": call.target,
+                "rpc.method": call.method,
+                "messaging.system": system,
+                "messaging.destination.name": INVOKE_PREFIX + call.target,
+            }
+            with tracer.start_as_current_span(
+                f"{call.target}/{call.method}",
+                kind=SpanKind.CLIENT,
+                attributes=attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span:
+                _inject_into(call)
+                try:
+                    return await next_(call)
+                finally:
+                    span.set_attribute("mesh.invoke.attempts", call.attempts)
+                    if call.outcome:
+                        span.set_attribute("mesh.invoke.outcome", call.outcome)
+                    if call.request_id:
+                        span.set_attribute("messaging.message.id", call.request_id)
+                    exc = call.error
+                    if exc is not None:
+                        span.record_exception(exc)
+                        span.set_attribute("error.type", getattr(exc, "type", None) or type(exc).__qualname__)
+                        span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+        return invoke
+
+    return layer
+
+
+def _forward_invoke_context(next_: InvokeHandle) -> InvokeHandle:
+    """The invoke layer without an SDK: the current context, if any, travels with the requests."""
+
+    async def invoke(call: Invocation) -> Any:
+        if otel_context.get_current() and trace.get_current_span().get_span_context().is_valid:
+            _inject_into(call)
+        return await next_(call)
+
+    return invoke
+
+
+def _inject_into(call: Invocation) -> None:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    for key in ("traceparent", "tracestate"):
+        value = carrier.get(key)
+        if value:
+            call.extensions[key] = value

@@ -4,6 +4,12 @@ An adapter has five parts: :attr:`Broker.features`, :meth:`Broker.connect`,
 :meth:`Broker.publish`, :meth:`Broker.subscribe` and :meth:`Broker.close`. Everything clever
 (retries, dead letters, request/reply, tracing, replay) sits above it and is written once.
 
+One optional capability serves the mesh's own short-lived traffic (invocation requests and
+replies, presence): :meth:`Broker.subscribe_ephemeral` and :meth:`Broker.publish_ephemeral`,
+with :meth:`Broker.publish_request` for brokers that report "no responders" natively. The base
+class falls back to ordinary durable groups; adapters that can do better say so with
+``Features.ephemeral``.
+
 Who acks: the adapter calls the handler with a :class:`Delivery`; the handler (the core's
 dispatch) must end every delivery with exactly one :meth:`Delivery.ack` or
 :meth:`Delivery.nack`. A delivery never ended is held by the broker and redelivered when the
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -58,11 +65,15 @@ class Features:
     native_delay: bool = False
     """``nack(delay=...)`` is done by the broker itself, without holding the consumer."""
     native_request_reply: bool = False
-    """The broker has its own request/reply (reply inboxes, no-responders)."""
+    """The broker has its own request/reply: it reports "no responders" for a request at once
+    (:meth:`Broker.publish_request` returns a future for that)."""
     headers: bool = True
     """Messages carry headers (binary content mode)."""
     redelivery_count: bool = False
     """Deliveries say how often the broker delivered them."""
+    ephemeral: bool = False
+    """``subscribe_ephemeral`` is native: nothing durable is made per subscriber or left behind
+    (otherwise the base class falls back to an ordinary group, see :meth:`Broker.subscribe_ephemeral`)."""
 
 
 class Delivery:
@@ -174,6 +185,53 @@ class Broker(ABC):
 
     async def ensure_topic(self, topic: str) -> None:  # noqa: B027 - optional hook
         """Create the topic's broker-side objects if the broker needs them to exist first."""
+
+    # -- optional capability: ephemeral destinations ----------------------------------------------
+
+    async def subscribe_ephemeral(
+        self,
+        topic: str,
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        exclusive: bool = False,
+        concurrency: int = 1,
+    ) -> Subscription:
+        """Receive what :meth:`publish_ephemeral` sends to ``topic`` from now on; keep nothing.
+
+        For the mesh's own short-lived traffic (replies, presence, invocation requests), under
+        :data:`RESERVED_PREFIX`. Without ``group`` every ephemeral subscription of the topic gets
+        every message (fan-out to every instance); with one, the subscriptions of that group
+        share them (competing consumers). ``exclusive`` says the topic is this subscription's
+        alone (a reply inbox): the broker removes the topic itself at stop. A message sent while
+        nobody listens may be dropped, and nothing durable is left per subscriber.
+
+        Deliveries are at most once where the broker allows it; ``ack`` must still be called.
+        The fallback (``Features.ephemeral`` false) is an ordinary :meth:`subscribe`, with a
+        group of its own per subscription when ``group`` is None: it works, but leaves that
+        group behind on brokers that keep groups.
+        """
+        if group is None:
+            group = f"{RESERVED_PREFIX}ephemeral.{self.client_id}.{os.urandom(4).hex()}"
+        return await self.subscribe(topic, group, handler, concurrency=concurrency)
+
+    async def publish_ephemeral(self, topic: str, event: Event) -> None:
+        """Send to the ephemeral subscriptions of ``topic``; dropped if there are none.
+
+        Never creates durable broker objects for ``topic`` (a reply to a caller that is gone
+        must not bring its inbox back). The fallback is :meth:`publish`.
+        """
+        await self.publish(topic, event)
+
+    async def publish_request(self, topic: str, event: Event) -> asyncio.Future[None] | None:
+        """:meth:`publish_ephemeral` a request; where the broker reports "no responders" natively
+        (``Features.native_request_reply``), also return a future that fails with
+        :class:`~mesh.errors.NoResponders` as soon as the broker says nobody listens on ``topic``.
+
+        The caller cancels the future once it has its reply. The fallback returns ``None``.
+        """
+        await self.publish_ephemeral(topic, event)
+        return None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r})"

@@ -61,6 +61,7 @@ from mesh.brokers._nats_common import (
     to_headers,
     validate_options,
 )
+from mesh.brokers._nats_ephemeral import NatsEphemeral
 from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Subscription
 from mesh.brokers.base import Delivery as _Delivery
 from mesh.brokers.options.nats import JetStreamOptions
@@ -335,9 +336,10 @@ class JetStreamBroker(Broker):
         history=True,
         history_by_time=True,
         native_delay=True,
-        native_request_reply=False,
+        native_request_reply=True,  # no-responders, for invocation (see _nats_ephemeral)
         headers=True,
         redelivery_count=True,
+        ephemeral=True,
     )
     api_prefix: ClassVar[str] = "$JS.API"
 
@@ -349,6 +351,7 @@ class JetStreamBroker(Broker):
             self.features = dataclasses.replace(type(self).features, order_by_key=True)  # type: ignore[misc]
         self.address = display_address(servers_of(url))
         self._binding = for_broker(self.type, self.content_mode)
+        self._ephemeral = NatsEphemeral(self, self._binding)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._streams: dict[str, str] = {}  # subject -> stream that covers it
@@ -387,6 +390,7 @@ class JetStreamBroker(Broker):
         return self._js
 
     async def close(self) -> None:
+        await self._ephemeral.close()
         subs, self._subs = self._subs, []
         for sub in subs:
             await sub.stop()
@@ -507,3 +511,22 @@ class JetStreamBroker(Broker):
             raise BrokerError(f"jetstream at {self.address}: cannot subscribe to {topic!r}: {exc!r}") from exc
         self._subs.append(sub)
         return sub
+
+    # -- ephemeral destinations: core NATS (see _nats_ephemeral) --------------------------------
+
+    async def subscribe_ephemeral(
+        self,
+        topic: str,
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        exclusive: bool = False,
+        concurrency: int = 1,
+    ) -> Subscription:
+        return await self._ephemeral.subscribe(topic, handler, group, concurrency)
+
+    async def publish_ephemeral(self, topic: str, event: Event) -> None:
+        await self._ephemeral.publish(topic, event)
+
+    async def publish_request(self, topic: str, event: Event) -> asyncio.Future[None] | None:
+        return await self._ephemeral.request(topic, event)

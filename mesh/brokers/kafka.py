@@ -30,6 +30,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
 from mesh.brokers._kafka_consumer import KafkaDelivery, KafkaSubscription, quietly, reason
+from mesh.brokers._kafka_ephemeral import EphemeralSubscription
 from mesh.brokers.base import RESERVED_PREFIX, Broker, DeliveryHandler, Features, Subscription
 from mesh.brokers.options.kafka import KafkaOptions
 from mesh.codecs.binary import encode
@@ -45,6 +46,8 @@ TOPIC_EXISTS = 36
 """Kafka's error code for creating a topic that exists (fine: ensure means 'exists after')."""
 UNKEYED_RUN = 100
 """Unkeyed records sent to one partition before the partitioner moves on."""
+ABSENT_RECHECK = 1.0
+"""Seconds an ephemeral publish trusts that a topic does not exist before asking again."""
 _keyed = DefaultPartitioner()
 _ILLEGAL = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -107,6 +110,7 @@ class KafkaBroker(Broker):
         native_request_reply=False,
         headers=True,
         redelivery_count=False,
+        ephemeral=True,
     )
     # Members of one group in this process, to wait for a rebalance a new member causes.
     _members: ClassVar[dict[tuple[int, str, str], weakref.WeakSet[KafkaSubscription]]] = {}
@@ -127,6 +131,8 @@ class KafkaBroker(Broker):
         self._known: set[str] = set()
         self._create_lock = asyncio.Lock()
         self._subs: list[KafkaSubscription] = []
+        self._ephemeral: list[EphemeralSubscription] = []
+        self._absent: dict[str, float] = {}
 
     # -- connection ------------------------------------------------------------------------------
 
@@ -182,6 +188,9 @@ class KafkaBroker(Broker):
         self._producer, self._admin = producer, admin
 
     async def close(self) -> None:
+        ephemeral, self._ephemeral = self._ephemeral, []
+        for eph in ephemeral:
+            await eph.stop()
         subs, self._subs = self._subs, []
         for sub in subs:
             await sub.stop()
@@ -318,3 +327,100 @@ class KafkaBroker(Broker):
             if not members:
                 del self._members[key]
 
+    # -- ephemeral destinations (invocation replies and requests, presence) ---------------------
+
+    async def subscribe_ephemeral(
+        self,
+        topic: str,
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        exclusive: bool = False,
+        concurrency: int = 1,
+    ) -> Subscription:
+        """With a group, an ordinary subscription (Kafka has no lighter shared consumer). Without,
+        a group-less consumer of every partition from the end (see :mod:`._kafka_ephemeral`); the
+        mesh creates the topic with one partition and deletes an exclusive one at stop."""
+        if group is not None:
+            return await self.subscribe(topic, group, handler, concurrency=concurrency)
+        name = self.name_of(topic)
+        await self._ensure(name, 1, {})
+        o = self.opts
+        consumer = AIOKafkaConsumer(
+            **self._client_config(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=o.ephemeral_fetch_max_wait_ms,
+            max_poll_records=o.max_poll_records,
+        )
+        sub = EphemeralSubscription(self, topic, name, consumer, handler, concurrency, exclusive)
+        await sub.start(o.connect_timeout)
+        self._ephemeral.append(sub)
+        return sub
+
+    async def forget_ephemeral(self, sub: EphemeralSubscription) -> None:
+        """Called by a stopped ephemeral subscription: an exclusive topic is deleted."""
+        if sub in self._ephemeral:
+            self._ephemeral.remove(sub)
+        if not sub.exclusive:
+            return
+        self._known.discard(sub.name)
+        self._absent[sub.name] = asyncio.get_running_loop().time()  # this client's metadata still has it
+        admin = self._admin
+        if admin is not None:
+            try:
+                async with asyncio.timeout(self.opts.connect_timeout):
+                    await admin.delete_topics([sub.name], timeout_ms=self.opts.request_timeout_ms)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("could not delete the kafka topic %s: %s", sub.name, reason(exc))
+
+    async def publish_ephemeral(self, topic: str, event: Event) -> None:
+        """Send to an existing topic; a topic that does not exist (its reader is gone) is never
+        created: the event is dropped. Bounded by ``connect_timeout``."""
+        name = self.name_of(topic)
+        if not await self._exists(name):
+            log.debug("kafka topic %s does not exist: dropped %s", name, event.type)
+            return
+        msg = encode(event, self.binding)
+        headers = [(k, v.encode() if type(v) is str else v) for k, v in msg.headers.items()]
+        if msg.content_type is not None:
+            headers.append(("content-type", msg.content_type.encode()))
+        key = None if msg.key is None else msg.key.encode()
+        try:
+            async with asyncio.timeout(self.opts.connect_timeout):
+                await self.send(name, msg.body, key, headers)
+        except (PublishError, TimeoutError) as exc:
+            if not await self._exists(name, fresh=True):  # deleted since this client last saw it: dropped
+                log.debug("kafka topic %s is gone: dropped %s", name, event.type)
+                return
+            raise PublishError(f"kafka did not take the record for {name!r}: {exc}") from exc
+
+    async def _exists(self, name: str, fresh: bool = False) -> bool:
+        """Whether a topic exists, asking the cluster at most once a second per missing name
+        (with the admin API: a metadata request naming the topic could create it where
+        auto-creation is on); ``fresh`` asks now."""
+        if name in self._known and not fresh:
+            return True
+        producer = self._producer
+        if producer is None:
+            raise PublishError("the kafka broker is not connected: call connect() first")
+        loop = asyncio.get_running_loop()
+        if not fresh:
+            if producer.client.cluster.partitions_for_topic(name) is not None and name not in self._absent:
+                return True
+            checked = self._absent.get(name)
+            if checked is not None and loop.time() - checked < ABSENT_RECHECK:
+                return False
+        admin = self._admin
+        try:
+            names = set(await admin.list_topics()) if admin is not None else set()
+        except KafkaError as exc:
+            raise PublishError(f"kafka: cannot list topics: {reason(exc)}") from exc
+        if name in names:
+            self._absent.pop(name, None)
+            return True
+        if len(self._absent) > 10_000:
+            self._absent.clear()
+        self._absent[name] = loop.time()
+        return False

@@ -25,30 +25,43 @@ event a stopped consumer never acked goes back to its group.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from typing import Any, ClassVar
 
 import orjson
 
-from mesh.brokers.base import Broker, Delivery, DeliveryHandler, Features, HandlerRunner, Subscription
+from mesh.brokers.base import (
+    RESERVED_PREFIX,
+    Broker,
+    Delivery,
+    DeliveryHandler,
+    Features,
+    HandlerRunner,
+    Subscription,
+)
+from mesh.brokers.capabilities import Cursor, HistoryRecord
 from mesh.codecs.binary import WireMessage, decode
 from mesh.codecs.bindings import KAFKA
 from mesh.codecs.data import encode_data, is_json
-from mesh.errors import DecodeError
+from mesh.errors import BrokerError, DecodeError
 from mesh.event import Event, now
 
 __all__ = ["MemoryBroker"]
 
 DEFAULT_RETENTION = 10_000
+EPHEMERAL_KEEP = 256
+"""An ephemeral topic (replies, presence) forgets events every group is done with beyond this many."""
+_ephemeral_ids = itertools.count()
 
 Item = Event | WireMessage
 
 
 class _Group:
-    __slots__ = ("attempts", "consumers", "next", "redeliver", "unacked", "waiters")
+    __slots__ = ("attempts", "consumers", "next", "private", "private_next", "redeliver", "unacked", "waiters")
 
     def __init__(self, start: int) -> None:
         self.next = start
@@ -57,6 +70,8 @@ class _Group:
         self.attempts: dict[int, int] = {}
         self.waiters: set[asyncio.Event] = set()
         self.consumers = 0
+        self.private: dict[int, Item] = {}  # negative offset -> item for this group only (a replay)
+        self.private_next = -1
 
     def wake(self) -> None:
         for waiter in self.waiters:
@@ -93,6 +108,8 @@ class _Topic:
         held = group.unacked.get(offset)
         if held is not None:
             return held
+        if offset < 0:
+            return group.private.get(offset)
         if offset < self.base:
             return None
         return self.items[offset - self.base]
@@ -195,6 +212,8 @@ class _Consumer(Subscription):
         self._mine.discard(offset)
         self._state.unacked.pop(offset, None)
         self._state.attempts.pop(offset, None)
+        if offset < 0:
+            self._state.private.pop(offset, None)
 
     def give_back(self, offset: int, delay: float | None) -> None:
         self._mine.discard(offset)
@@ -244,6 +263,33 @@ class _Consumer(Subscription):
         )
 
 
+class _EphemeralConsumer(_Consumer):
+    """A consumer whose group (and then topic) is removed when it stops, if nobody else uses it."""
+
+    def __init__(self, hub: _Hub, name: str, *args: Any) -> None:
+        super().__init__(*args)
+        self._hub = hub
+        self._name = name
+
+    def settle(self, offset: int) -> None:
+        super().settle(offset)
+        log = self._log
+        if len(log.items) > EPHEMERAL_KEEP:  # nobody replays an ephemeral topic: drop what all groups are done with
+            done = min(min([g.next, *g.unacked, *g.redeliver]) for g in log.groups.values())
+            while log.base < done and len(log.items) > EPHEMERAL_KEEP // 2:
+                log.items.popleft()
+                log.times.popleft()
+                log.base += 1
+
+    async def stop(self, drain: bool = True) -> None:
+        await super().stop(drain)
+        log = self._log
+        if self._state.consumers == 0 and log.groups.get(self.group) is self._state:
+            del log.groups[self.group]
+        if not log.groups and self._hub.topics.get(self._name) is log:
+            del self._hub.topics[self._name]
+
+
 class MemoryBroker(Broker):
     """In-process broker shared by name; see the module docstring.
 
@@ -263,6 +309,7 @@ class MemoryBroker(Broker):
         native_request_reply=False,
         headers=True,
         redelivery_count=True,
+        ephemeral=True,
     )
     _hubs: ClassVar[dict[str, _Hub]] = {}
 
@@ -293,11 +340,7 @@ class MemoryBroker(Broker):
             await sub.stop()
 
     async def publish(self, topic: str, event: Event) -> None:
-        data = event.data
-        if data is not None and not isinstance(data, str | bytes) and is_json(event.datacontenttype):
-            # subscribers get JSON data as every other broker gives it (a model arrives as a dict)
-            event = event.replace(data=orjson.loads(encode_data(event)))
-        self._hub.topic(self.name_of(topic), self.retention).append(event)
+        self._hub.topic(self.name_of(topic), self.retention).append(_as_delivered(event))
 
     async def publish_raw(self, topic: str, message: WireMessage) -> None:
         """Put raw bytes on a topic, as a foreign producer would (decoded on delivery)."""
@@ -313,6 +356,100 @@ class MemoryBroker(Broker):
         sub = _Consumer(topic, group, log, state, handler, concurrency)
         self._subs.append(sub)
         return sub
+
+    # -- ephemeral destinations ------------------------------------------------------------------
+
+    async def subscribe_ephemeral(
+        self,
+        topic: str,
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        exclusive: bool = False,
+        concurrency: int = 1,
+    ) -> Subscription:
+        """A group that starts at the end of the topic and is forgotten with its last member;
+        the topic goes with its last group (see :meth:`Broker.subscribe_ephemeral`)."""
+        name = self.name_of(topic)
+        log = self._hub.topic(name, self.retention)
+        key = group if group is not None else f"{RESERVED_PREFIX}ephemeral.{next(_ephemeral_ids)}"
+        state = log.groups.get(key)
+        if state is None:
+            state = log.groups[key] = _Group(log.end)
+        sub = _EphemeralConsumer(self._hub, name, topic, key, log, state, handler, concurrency)
+        self._subs.append(sub)
+        return sub
+
+    async def publish_ephemeral(self, topic: str, event: Event) -> None:
+        log = self._hub.topics.get(self.name_of(topic))
+        if log is not None and log.groups:  # nobody listens: dropped, as on a network broker
+            log.append(_as_delivered(event))
+
+    # -- replay capabilities (mesh.brokers.capabilities) ---------------------------------------
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether the hub has a log for the topic."""
+        return self.name_of(topic) in self._hub.topics
+
+    async def read_history(
+        self,
+        topic: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: Cursor | None = None,
+        batch: int = 500,
+    ) -> AsyncIterator[list[HistoryRecord]]:
+        """The retained log, from ``cursor`` (``{"offset": n}``) or the first event at/after ``since``."""
+        log = self._hub.topics.get(self.name_of(topic))
+        if log is None:
+            return
+        end = log.end
+        if cursor is not None:
+            offset = int(cursor["offset"])
+        elif since is not None:
+            offset = log.base + bisect.bisect_left(log.times, since)
+        else:
+            offset = log.base
+        while offset < end:
+            out: list[HistoryRecord] = []
+            while offset < end and len(out) < batch:
+                offset = max(offset, log.base)  # retention may have moved on meanwhile
+                if offset >= end:
+                    break
+                item, taken = log.items[offset - log.base], log.times[offset - log.base]
+                if until is not None and taken > until:
+                    end = offset
+                    break
+                offset += 1
+                if isinstance(item, Event):
+                    out.append(HistoryRecord(item, taken, {"offset": offset}))
+                else:
+                    try:
+                        event = decode(item, KAFKA, topic, f"{topic}:{offset - 1}")
+                        out.append(HistoryRecord(event, taken, {"offset": offset}))
+                    except DecodeError as exc:
+                        out.append(HistoryRecord(None, taken, {"offset": offset}, str(exc)))
+            if out:
+                yield out
+            await asyncio.sleep(0)
+
+    async def has_group(self, topic: str, group: str) -> bool:
+        """Whether the group ever subscribed to the topic on this hub."""
+        log = self._hub.topics.get(self.name_of(topic))
+        return log is not None and group in log.groups
+
+    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
+        """Queue the event for ``group`` alone (ahead of the log), as a replay to one group."""
+        log = self._hub.topics.get(self.name_of(topic))
+        state = None if log is None else log.groups.get(group)
+        if state is None:
+            raise BrokerError(f"memory broker {self.hub_name!r}: no group {group!r} subscribes to {topic!r}")
+        offset = state.private_next
+        state.private_next -= 1
+        state.private[offset] = _as_delivered(event)
+        state.redeliver.append(offset)
+        state.wake()
 
     # -- helpers for tests and demos ---------------------------------------------------------
 
@@ -348,6 +485,14 @@ class MemoryBroker(Broker):
             if loop.time() > deadline:
                 raise TimeoutError(f"memory broker {self.hub_name!r} still has {self.pending()} pending")
             await asyncio.sleep(0.002)
+
+
+def _as_delivered(event: Event) -> Event:
+    """Subscribers get JSON data as every other broker gives it (a model arrives as a dict)."""
+    data = event.data
+    if data is not None and not isinstance(data, str | bytes) and is_json(event.datacontenttype):
+        return event.replace(data=orjson.loads(encode_data(event)))
+    return event
 
 
 def _events(items: deque[Item]) -> Iterator[Event]:

@@ -39,6 +39,7 @@ from mesh.brokers._nats_common import (
     to_headers,
     validate_options,
 )
+from mesh.brokers._nats_ephemeral import NatsEphemeral
 from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Subscription
 from mesh.brokers.base import Delivery as _Delivery
 from mesh.brokers.options.nats import NatsOptions
@@ -259,9 +260,10 @@ class NatsBroker(Broker):
         history=False,
         history_by_time=False,
         native_delay=False,  # nack(delay) is an in-process timer, lost with the process
-        native_request_reply=False,
+        native_request_reply=True,  # no-responders, for invocation (see _nats_ephemeral)
         headers=True,
         redelivery_count=False,  # attempts are counted in process, not by the server
+        ephemeral=True,
     )
 
     def __init__(self, url: str | None = None, **kwargs: Any) -> None:
@@ -269,6 +271,7 @@ class NatsBroker(Broker):
         self.settings = validate_options(NatsOptions, self.options)
         self.address = display_address(servers_of(url))
         self._binding = for_broker(self.type, self.content_mode)
+        self._ephemeral = NatsEphemeral(self, self._binding)
         self._nc: Client | None = None
         self._subs: list[_NatsSubscription] = []
 
@@ -287,6 +290,7 @@ class NatsBroker(Broker):
         return nc
 
     async def close(self) -> None:
+        await self._ephemeral.close()
         subs, self._subs = self._subs, []
         for sub in subs:
             await sub.stop()
@@ -310,3 +314,22 @@ class NatsBroker(Broker):
             raise BrokerError(f"nats at {self.address}: cannot subscribe to {topic!r}: {exc!r}") from exc
         self._subs.append(sub)
         return sub
+
+    # -- ephemeral destinations: core NATS (see _nats_ephemeral) --------------------------------
+
+    async def subscribe_ephemeral(
+        self,
+        topic: str,
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        exclusive: bool = False,
+        concurrency: int = 1,
+    ) -> Subscription:
+        return await self._ephemeral.subscribe(topic, handler, group, concurrency)
+
+    async def publish_ephemeral(self, topic: str, event: Event) -> None:
+        await self._ephemeral.publish(topic, event)
+
+    async def publish_request(self, topic: str, event: Event) -> asyncio.Future[None] | None:
+        return await self._ephemeral.request(topic, event)

@@ -54,6 +54,7 @@ from aiormq.exceptions import ChannelAccessRefused
 from pamqp.commands import Basic
 from pydantic import ValidationError
 
+from mesh.brokers._rabbitmq_ephemeral import EphemeralSubscription
 from mesh.brokers.base import (
     RESERVED_PREFIX,
     Broker,
@@ -78,6 +79,8 @@ ATTEMPT_HEADER = "mesh-attempt"
 """Header of a copy the adapter re-published on nack: the attempt it is."""
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+EPHEMERAL_EXCHANGE = RESERVED_PREFIX + "ephemeral"
+"""The direct exchange of the mesh's short-lived traffic (see :mod:`._rabbitmq_ephemeral`)."""
 MAX_TTL_MS = 2**32 - 1
 # Headers the broker writes; dropped from copies (a copied x-death would make RabbitMQ see a
 # dead-letter cycle and drop the message).
@@ -273,6 +276,7 @@ class RabbitMQBroker(Broker):
         native_request_reply=False,
         headers=True,
         redelivery_count=False,  # classic queues do not count returns after a consumer died
+        ephemeral=True,
     )
 
     def __init__(self, url: str | None = None, **kwargs: Any) -> None:
@@ -293,6 +297,9 @@ class RabbitMQBroker(Broker):
         self._declaring: dict[str, asyncio.Future[str]] = {}
         self._delays: dict[int, float] = {}
         self._subs: list[_Consumer] = []
+        self._ephemeral: list[EphemeralSubscription] = []
+        self._eph: AbstractRobustChannel | None = None
+        self._eph_raw: AbstractChannel | None = None
         self._mode = 2 if self.settings.persistent else 1
         self._timeout = self.settings.operation_timeout
 
@@ -329,9 +336,13 @@ class RabbitMQBroker(Broker):
         self._pub_raw = None
 
     async def close(self) -> None:
+        ephemeral, self._ephemeral = self._ephemeral, []
+        for eph in ephemeral:
+            await eph.stop()
         subs, self._subs = self._subs, []
         for sub in subs:
             await sub.stop()
+        self._eph = self._eph_raw = None
         conn, self._conn = self._conn, None
         self._pub = self._ctl = self._pub_raw = None
         self._topics.clear()
@@ -486,6 +497,72 @@ class RabbitMQBroker(Broker):
         self._topics.setdefault(topic, sub.exchange)
         self._subs.append(sub)
         return sub
+
+    # -- ephemeral destinations (invocation requests and replies, presence) --------------------
+
+    async def subscribe_ephemeral(
+        self,
+        topic: str,
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        exclusive: bool = False,
+        concurrency: int = 1,
+    ) -> Subscription:
+        """A non-durable queue on the ephemeral exchange: exclusive without a group, shared by
+        the group with one (see :mod:`._rabbitmq_ephemeral`); removed by the broker at stop."""
+        sub = EphemeralSubscription(self, topic, group, handler, concurrency)
+        try:
+            async with asyncio.timeout(self._timeout):
+                await sub.start(self._connection(), self.name_of(EPHEMERAL_EXCHANGE), self.settings.prefetch)
+        except Exception as exc:
+            await sub.stop(drain=False)
+            raise BrokerError(f"cannot subscribe to {topic!r} on rabbitmq: {_reason(exc, self._timeout)}") from exc
+        self._ephemeral.append(sub)
+        return sub
+
+    def forget_ephemeral(self, sub: EphemeralSubscription) -> None:
+        """Called by a stopped ephemeral subscription."""
+        if sub in self._ephemeral:
+            self._ephemeral.remove(sub)
+
+    async def publish_ephemeral(self, topic: str, event: Event) -> None:
+        """Through the ephemeral exchange, routing key = topic, not persistent, not confirmed:
+        dropped by the broker when no queue is bound for it."""
+        msg = encode(event, self.binding)
+        props = Basic.Properties(
+            content_type=msg.content_type,
+            headers=msg.headers or None,  # type: ignore[arg-type]
+            delivery_mode=1,
+            message_id=event.id,
+        )
+        try:
+            channel = self._eph_raw
+            if channel is None or channel.is_closed:
+                channel = self._eph_raw = await self._ephemeral_channel()
+            await channel.basic_publish(
+                msg.body,
+                exchange=self.name_of(EPHEMERAL_EXCHANGE),
+                routing_key=self.name_of(topic),
+                properties=props,
+                timeout=self._timeout,
+            )
+        except PublishError:
+            raise
+        except Exception as exc:
+            reason = _reason(exc, self._timeout)
+            raise PublishError(f"rabbitmq did not take {event.type} for {topic!r}: {reason}") from exc
+
+    async def _ephemeral_channel(self) -> AbstractChannel:
+        """The unconfirmed channel for ephemeral publishing, with the exchange declared on it."""
+        if self._eph is None:
+            channel = await self._connection().channel(publisher_confirms=False)
+            async with asyncio.timeout(self._timeout):
+                await channel.declare_exchange(
+                    self.name_of(EPHEMERAL_EXCHANGE), aio_pika.ExchangeType.DIRECT, durable=True
+                )
+            self._eph = channel
+        return await self._underlay(self._eph)
 
 
 async def _declare_delay_queue(

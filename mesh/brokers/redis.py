@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
 
+from mesh.brokers._redis_ephemeral import EphemeralSubscription, ephemeral_args
 from mesh.brokers._redis_script import SCRIPT
 from mesh.brokers.base import (
     RESERVED_PREFIX,
@@ -67,6 +68,8 @@ FORGET_INTERVAL = 60.0
 PIPELINE_MAX = 1000
 """Most publishes sent in one pipeline when concurrent publishes are coalesced."""
 RENEW_CHUNK = 500
+EPHEMERAL_MAXLEN = 10_000
+"""About how many entries an ephemeral stream (replies, presence, requests) keeps."""
 
 
 def _pairs(flat: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -344,6 +347,7 @@ class RedisBroker(Broker):
         native_request_reply=False,
         headers=True,
         redelivery_count=True,
+        ephemeral=True,
     )
 
     def __init__(self, url: str | None = None, **kwargs: Any) -> None:
@@ -360,6 +364,7 @@ class RedisBroker(Broker):
         self.execute: Callable[..., Awaitable[Any]] = self._not_connected
         """``execute_command`` of the connected client (one attribute lookup on the hot path)."""
         self._subs: list[_Consumer] = []
+        self._ephemeral: list[EphemeralSubscription] = []
         opts = self.settings
         self._sending = False  # a publish (or a pipeline of them) is on the wire
         self._queue: list[tuple[list[Any], asyncio.Future[None]]] = []
@@ -423,6 +428,9 @@ class RedisBroker(Broker):
         self.execute = cast(Callable[..., Awaitable[Any]], client.execute_command)
 
     async def close(self) -> None:
+        ephemeral, self._ephemeral = self._ephemeral, []
+        for eph in ephemeral:
+            await eph.stop()
         subs, self._subs = self._subs, []
         for sub in subs:
             await sub.stop()
@@ -441,7 +449,10 @@ class RedisBroker(Broker):
     async def publish(self, topic: str, event: Event) -> None:
         msg = encode(event, self._binding)
         stream = self.name_of(topic)
-        args: list[Any] = ["XADD", stream, *self._trim, "*", *to_fields(msg)]
+        await self._xadd(stream, ["XADD", stream, *self._trim, "*", *to_fields(msg)])
+
+    async def _xadd(self, stream: str, args: list[Any]) -> None:
+        """Send one XADD, or ride the next pipeline when another publish is on the wire."""
         if self._sending or self._queue:
             await self._enqueue(args)  # another publish is on the wire: ride the next pipeline
             return
@@ -528,6 +539,42 @@ class RedisBroker(Broker):
         sub = _Consumer(self, topic, group, name, handler, concurrency)
         self._subs.append(sub)
         return sub
+
+    # -- ephemeral destinations (invocation replies and requests, presence) --------------------
+
+    async def subscribe_ephemeral(
+        self,
+        topic: str,
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        exclusive: bool = False,
+        concurrency: int = 1,
+    ) -> Subscription:
+        """With a group, an ordinary consumer group (entries are trimmed to about
+        ``EPHEMERAL_MAXLEN``); without, XREAD from the current end (see :mod:`._redis_ephemeral`)."""
+        if group is not None:
+            return await self.subscribe(topic, group, handler, concurrency=concurrency)
+        if self._redis is None:
+            await self._not_connected()
+        sub = EphemeralSubscription(self, topic, handler, concurrency, exclusive)
+        try:
+            await sub.start()
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"cannot read {sub.stream!r} on redis at {self.address}: {exc}") from exc
+        self._ephemeral.append(sub)
+        return sub
+
+    def forget_ephemeral(self, sub: EphemeralSubscription) -> None:
+        """Called by a stopped ephemeral subscription."""
+        if sub in self._ephemeral:
+            self._ephemeral.remove(sub)
+
+    async def publish_ephemeral(self, topic: str, event: Event) -> None:
+        """XADD without creating the stream (dropped when nobody reads it), kept short."""
+        stream = self.name_of(topic)
+        fields = to_fields(encode(event, self._binding))
+        await self._xadd(stream, ephemeral_args(stream, EPHEMERAL_MAXLEN, fields))
 
 
 def _redact(url: str) -> str:

@@ -23,8 +23,10 @@ from pydantic import BaseModel, ValidationError
 from mesh.config.loader import Problems, parse_yaml, resolve_secrets, substitute
 from mesh.config.models import (
     BrokerConfig,
+    InvokeConfig,
     MeshConfig,
     PluginsConfig,
+    PresenceConfig,
     RetryPolicy,
     SubscriptionConfig,
     parse_duration,
@@ -34,8 +36,10 @@ from mesh.errors import ConfigError
 
 __all__ = [
     "BrokerConfig",
+    "InvokeConfig",
     "MeshConfig",
     "PluginsConfig",
+    "PresenceConfig",
     "RetryPolicy",
     "SubscriptionConfig",
     "config_schema",

@@ -11,8 +11,10 @@ from mesh.brokers.options import options_model
 
 __all__ = [
     "BrokerConfig",
+    "InvokeConfig",
     "MeshConfig",
     "PluginsConfig",
+    "PresenceConfig",
     "RetryPolicy",
     "SubscriptionConfig",
     "parse_duration",
@@ -99,6 +101,49 @@ class PluginsConfig(_Frozen):
     """Settings per plugin name, validated by the plugin itself."""
 
 
+class InvokeConfig(_Frozen):
+    """Service invocation (``invoke:``): access control and how methods are served and called."""
+
+    allow: dict[str, tuple[str, ...]] | None = None
+    """Which caller app ids may call which method of this app: ``{reserve: [orders], "*": [admin]}``.
+    A method's own entry wins over ``"*"``; ``"*"`` in a list allows every caller. Unset: every
+    caller may call every method. The caller id is the request's ``source``: it is not
+    authentication until events are signed."""
+    timeout: float = Field(10.0, gt=0)
+    """Default seconds ``app.invoke`` waits for a reply (``'500ms'``, ``'2s'`` also work)."""
+    concurrency: int = Field(32, ge=1)
+    """Requests one instance handles at once."""
+    retries: int = Field(2, ge=0)
+    """Extra attempts of an idempotent method when an instance of the callee vanished (its
+    presence expired) while the call was pending, within the call's timeout."""
+    include_traceback: bool = False
+    """Send the handler's traceback in error replies (for development: it shows code to callers)."""
+
+    _durations = field_validator("timeout", mode="before")(lambda v: parse_duration(v))
+
+
+class PresenceConfig(_Frozen):
+    """Presence (``presence:``): heartbeats on ``_mesh.presence`` for discovery and ``mesh apps``."""
+
+    enabled: bool = True
+    """Announce this app and watch others; off: no fail-fast ``NoResponders`` (except on NATS)."""
+    interval: float = Field(2.0, gt=0)
+    """Seconds between heartbeats."""
+    expiry: float = Field(6.0, gt=0)
+    """An instance not heard of for this long is gone (say 3 intervals)."""
+    warmup: float = Field(1.0, ge=0)
+    """After an app starts watching, how long an invocation waits for a target to show up
+    before it fails with ``NoResponders`` (running instances answer a probe at once)."""
+
+    _durations = field_validator("interval", "expiry", "warmup", mode="before")(lambda v: parse_duration(v))
+
+    @model_validator(mode="after")
+    def _expiry_after_interval(self) -> PresenceConfig:
+        if self.expiry <= self.interval:
+            raise ValueError("presence.expiry must be longer than presence.interval")
+        return self
+
+
 class MeshConfig(_Frozen):
     """The whole ``mesh.yaml``."""
 
@@ -106,6 +151,8 @@ class MeshConfig(_Frozen):
     defaults: SubscriptionConfig = Field(default_factory=lambda: SubscriptionConfig())
     subscriptions: dict[str, SubscriptionConfig] = Field(default_factory=dict)
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
+    invoke: InvokeConfig = Field(default_factory=lambda: InvokeConfig())
+    presence: PresenceConfig = Field(default_factory=lambda: PresenceConfig())
     secrets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Settings per secret store, e.g. ``file: {path: /run/secrets}``."""
     max_event_bytes: int = Field(1024 * 1024, ge=1024)

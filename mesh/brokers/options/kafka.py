@@ -86,6 +86,9 @@ class KafkaOptions(BrokerOptions):
     on stop and on a rebalance (0: after every fetch round)."""
     join_timeout: float = Field(60.0, gt=0)
     """Seconds ``subscribe`` waits for the group to assign partitions."""
+    ephemeral_fetch_max_wait_ms: int = Field(10, ge=0)
+    """``fetch_max_wait_ms`` of the group-less consumers of the mesh's own short-lived topics
+    (invocation replies, presence): a reply waits at most about this long in an idle fetch."""
 
     @model_validator(mode="after")
     def _check(self) -> KafkaOptions:

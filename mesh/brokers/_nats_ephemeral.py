@@ -1,0 +1,189 @@
+"""Ephemeral traffic of both NATS adapters, on core NATS: plain subscriptions, native no-responders.
+
+The mesh's short-lived traffic (invocation requests and replies, presence) never goes into a
+JetStream stream, on either broker type: persisting it buys nothing (a request is worth nothing
+after its deadline, presence is resent every few seconds) and costs a stream write per message.
+
+- Without a group a subscription is a plain core NATS subscription (every subscriber gets every
+  message); with one, a queue subscription (the group's members share the messages).
+- :meth:`NatsEphemeral.request` publishes with a NATS reply subject in a per-connection status
+  inbox: when no subscriber listens, the server answers there at once with status 503 ("no
+  responders"), and the returned future fails with :class:`~mesh.errors.NoResponders`. The real
+  reply travels to the caller's reply topic like on every broker, so the mesh's correlation,
+  late-reply counting and retries stay the same everywhere.
+
+Deliveries are at most once: ``ack`` and ``nack`` do nothing (core NATS keeps nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.errors import Error as NatsError
+
+from mesh.brokers._nats_common import barrier, read, to_headers
+from mesh.brokers.base import Delivery, DeliveryHandler, HandlerRunner, Subscription
+from mesh.codecs.binary import Binding, encode
+from mesh.codecs.bindings import NATS
+from mesh.errors import BrokerError, NoResponders, PublishError
+from mesh.event import Event
+
+if TYPE_CHECKING:
+    from mesh.brokers.jetstream import JetStreamBroker
+    from mesh.brokers.nats import NatsBroker
+
+__all__ = ["NatsEphemeral"]
+
+log = logging.getLogger("mesh.broker.nats")
+
+NO_RESPONDERS = "503"
+
+
+class _Delivery(Delivery):
+    __slots__ = ()
+
+    async def _ack(self) -> None:
+        pass
+
+    async def _nack(self, delay: float | None) -> None:
+        pass
+
+
+class _Subscription(Subscription):
+    """A core NATS subscription whose callback hands each message to a handler runner."""
+
+    def __init__(self, owner: NatsEphemeral, topic: str, group: str | None, handler: DeliveryHandler, concurrency: int):
+        self.topic = topic
+        self.group = group or ""
+        self.subject = owner.broker.name_of(topic)
+        self._owner = owner
+        self._runner = HandlerRunner(handler, concurrency, topic)
+        self._nsub: NatsSubscription | None = None
+        self._running = True
+
+    async def start(self, nc: Client) -> None:
+        limit = self._owner.broker.settings.pending_limit  # beyond it nats-py drops, as NATS does for a slow consumer
+        queue = "_".join(self.group.split())
+        self._nsub = await nc.subscribe(self.subject, queue=queue, cb=self._receive, pending_msgs_limit=limit)
+        await barrier(nc, self._owner.broker.settings.connect_timeout)  # the server has the SUB
+
+    async def _receive(self, msg: Msg) -> None:
+        """nats-py's callback, awaited in order by the subscription's own task: no extra hop."""
+        if not self._running:
+            return  # unsubscribed: what still arrives is dropped (at most once)
+        event, raw, error = read(msg, NATS, self.topic, None)
+        await self._runner.submit(_Delivery(self.topic, self.group, event, raw, error))
+
+    async def stop(self, drain: bool = True) -> None:
+        if not self._running:
+            return
+        self._running = False
+        nsub, self._nsub = self._nsub, None
+        if nsub is not None:
+            try:  # UNSUB; what had arrived is queued, then handled below when draining
+                await asyncio.wait_for(nsub.drain(), self._owner.broker.settings.connect_timeout)  # type: ignore[no-untyped-call]
+            except (TimeoutError, NatsError):
+                with contextlib.suppress(NatsError):
+                    await nsub.unsubscribe()
+        if drain:
+            await self._runner.drain()
+        self._owner.forget(self)
+
+
+class NatsEphemeral:
+    """The ephemeral capability of one NATS or JetStream broker (see the module docstring)."""
+
+    def __init__(self, broker: NatsBroker | JetStreamBroker, binding: Binding) -> None:
+        self.broker = broker
+        self._binding = binding
+        self._subs: list[_Subscription] = []
+        self._inbox: str | None = None
+        self._inbox_sub: asyncio.Task[str] | None = None
+        self._waiting: dict[str, asyncio.Future[None]] = {}
+
+    async def subscribe(
+        self, topic: str, handler: DeliveryHandler, group: str | None, concurrency: int
+    ) -> Subscription:
+        sub = _Subscription(self, topic, group, handler, concurrency)
+        try:
+            await sub.start(self.broker._client())
+        except NatsError as exc:
+            raise BrokerError(f"nats at {self.broker.address}: cannot subscribe to {topic!r}: {exc!r}") from exc
+        self._subs.append(sub)
+        return sub
+
+    def forget(self, sub: _Subscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+
+    async def publish(self, topic: str, event: Event, reply: str = "") -> None:
+        wire = encode(event, self._binding)
+        try:
+            await self.broker._client().publish(
+                self.broker.name_of(topic), wire.body, reply=reply, headers=to_headers(wire)
+            )
+        except NatsError as exc:
+            raise PublishError(
+                f"nats at {self.broker.address} did not take {event.type} on {topic!r}: {exc!r}"
+            ) from exc
+
+    async def request(self, topic: str, event: Event) -> asyncio.Future[None]:
+        """Publish with a status inbox as NATS reply subject: the future fails on "no responders"."""
+        inbox = await self._status_inbox()
+        token = os.urandom(8).hex()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = future
+        future.add_done_callback(lambda _: self._waiting.pop(token, None))
+        try:
+            await self.publish(topic, event, reply=f"{inbox}.{token}")
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    async def _status_inbox(self) -> str:
+        if self._inbox is not None:
+            return self._inbox
+        if self._inbox_sub is None:
+            self._inbox_sub = asyncio.get_running_loop().create_task(self._open_inbox())
+        try:
+            return await asyncio.shield(self._inbox_sub)
+        except BaseException:
+            self._inbox_sub = None
+            raise
+
+    async def _open_inbox(self) -> str:
+        nc = self.broker._client()
+        inbox = nc.new_inbox()
+        try:
+            await nc.subscribe(f"{inbox}.*", cb=self._on_status)  # SUB precedes our PUBs on the wire
+        except NatsError as exc:
+            raise PublishError(f"nats at {self.broker.address}: no status inbox: {exc!r}") from exc
+        self._inbox = inbox
+        return inbox
+
+    async def _on_status(self, msg: Msg) -> None:
+        future = self._waiting.get(msg.subject.rsplit(".", 1)[-1])
+        if future is None or future.done():
+            return
+        status = (msg.headers or {}).get("Status")
+        if status == NO_RESPONDERS:
+            future.set_exception(NoResponders("the NATS server reports no responders"))
+
+    async def close(self) -> None:
+        """Stop every ephemeral subscription (before the connection closes)."""
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            await sub.stop()
+        task, self._inbox_sub, self._inbox = self._inbox_sub, None, None
+        if task is not None and not task.done():
+            task.cancel()
+        for future in list(self._waiting.values()):
+            future.cancel()

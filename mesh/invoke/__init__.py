@@ -1,0 +1,26 @@
+"""Service invocation: request/reply over publish/subscribe, on every broker (DESIGN §8).
+
+:mod:`mesh.invoke.protocol` defines the two CloudEvents (request and reply),
+:mod:`mesh.invoke.callee` serves an app's methods and :mod:`mesh.invoke.caller` makes calls;
+:mod:`mesh.presence` tells who is live. The App's ``@app.method`` and ``app.invoke`` are the
+entry points; see ``docs/invocation.md``.
+"""
+
+from __future__ import annotations
+
+from mesh.invoke.callee import Callee, MethodSpec
+from mesh.invoke.caller import Caller, Invocation, InvokeHandle, InvokeLayer
+from mesh.invoke.protocol import REPLY_TYPE, REQUEST_TYPE, invoke_topic, reply_topic
+
+__all__ = [
+    "REPLY_TYPE",
+    "REQUEST_TYPE",
+    "Callee",
+    "Caller",
+    "Invocation",
+    "InvokeHandle",
+    "InvokeLayer",
+    "MethodSpec",
+    "invoke_topic",
+    "reply_topic",
+]

@@ -1,0 +1,330 @@
+"""The calling side of invocation: pending futures keyed by request id on one reply consumer.
+
+Each App instance has one private reply topic (``_mesh.reply.<instance id>``), consumed by one
+ephemeral subscription started on the first invoke. A call registers a future under its request
+id, publishes the request and waits; the reply consumer resolves the future whose id the reply's
+``correlationid`` names. Calls never wait on each other: there is no lock on the path.
+
+What a call can end with:
+
+- the reply's data (``meshstatus: ok``), or the :class:`~mesh.errors.RemoteError` it carries;
+- :class:`~mesh.errors.NoResponders` at once when nobody serves the app: the broker says so
+  natively (NATS no-responders), else presence does (after its warm-up, see
+  :meth:`mesh.presence.Presence.wait_live`);
+- :class:`~mesh.errors.InvocationTimeout` when no reply came within the timeout. The request
+  carries the same deadline (``expirytime``), so the callee does not start work nobody waits for.
+
+Retries: the caller sends a request again only for a method its callee declares idempotent
+(presence carries the flag), only when presence sees an instance of the callee vanish (its
+heartbeats stopped: it crashed, perhaps with the request in hand) while the call is pending, at
+most ``invoke.retries`` times and within the same deadline. Every attempt has its own request id
+mapped to the same future, so whichever reply comes first answers the call. A reply that comes
+after its call ended is dropped and counted (``late_replies``, and ``mesh_invocation_outcome``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from mesh.brokers.base import Delivery, Subscription
+from mesh.errors import InvocationTimeout, MeshError, NoResponders, PluginError
+from mesh.event import Event, ExtensionValue, now
+from mesh.invoke.protocol import (
+    MalformedMessage,
+    invoke_topic,
+    parse_reply,
+    remote_error,
+    reply_topic,
+    request_event,
+)
+
+if TYPE_CHECKING:
+    from mesh.app import App
+
+__all__ = ["Caller", "Invocation", "InvokeHandle", "InvokeLayer"]
+
+log = logging.getLogger("mesh.invoke")
+
+
+class Invocation:
+    """One call on its way through the invoke layers (see ``mesh_invoke_layers``).
+
+    Layers may add extension attributes to :attr:`extensions` (every attempt's request carries
+    them: the tracing plugin puts its ``traceparent`` there) and read :attr:`outcome` after the
+    call: ``ok``, ``timeout``, ``no_responders``, ``failed`` (the request could not be sent) or
+    the code of the remote error (``internal``, ``method_not_found``, ``permission_denied``, ...).
+    """
+
+    __slots__ = (
+        "app",
+        "attempts",
+        "data",
+        "error",
+        "extensions",
+        "idempotent",
+        "key",
+        "method",
+        "outcome",
+        "request_id",
+        "target",
+        "timeout",
+    )
+
+    def __init__(self, app: App, target: str, method: str, data: Any, timeout: float, key: str | None) -> None:
+        self.app = app
+        self.target = target
+        self.method = method
+        self.data = data
+        self.timeout = timeout
+        self.key = key
+        self.extensions: dict[str, ExtensionValue] = {}
+        self.attempts = 0
+        self.outcome = ""
+        self.error: BaseException | None = None
+        self.request_id: str | None = None
+        """The id of the first attempt's request."""
+        self.idempotent: bool | None = None
+        """Whether the callee declares the method idempotent (``None``: unknown)."""
+
+
+InvokeHandle = Callable[[Invocation], Awaitable[Any]]
+InvokeLayer = Callable[[InvokeHandle], InvokeHandle]
+"""``layer(next) -> invoke``: wraps one invocation (see ``mesh_invoke_layers``)."""
+
+
+class Caller:
+    """An App instance's outgoing calls: its reply topic, pending futures and the invoke layers."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.reply_topic = reply_topic(app.instance_id)
+        conf = app.config.invoke
+        self.default_timeout = conf.timeout
+        self.retries = conf.retries
+        self.late_replies = 0
+        """Replies that came after their call ended (dropped)."""
+        self.malformed_replies = 0
+        """Messages on the reply topic that are not replies (dropped)."""
+        self._pending: dict[str, asyncio.Future[Event]] = {}
+        self._sub: Subscription | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._handle: InvokeHandle = self._call
+        self._hooks = False
+        self._attributes = False
+
+    def build(self) -> None:
+        """Compose the invoke layers (at app start)."""
+        plugins = self.app.plugins
+        handle: InvokeHandle = self._call
+        for layer in reversed(plugins.call("mesh_invoke_layers", app=self.app)):
+            handle = layer(handle)
+        self._handle = handle
+        self._hooks = bool(plugins.implementations("mesh_invocation_outcome"))
+        self._attributes = bool(plugins.implementations("mesh_publish_attributes"))
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a reply (every attempt counts)."""
+        return len(self._pending)
+
+    async def invoke(self, target: str, method: str, data: Any, timeout: float | None, key: str | None) -> Any:
+        """Call ``target``'s ``method`` and return the reply's data (see the module docstring)."""
+        if not target or not method:
+            raise MeshError("invoke needs an app id and a method name")
+        call = Invocation(self.app, target, method, data, self.default_timeout if timeout is None else timeout, key)
+        return await self._handle(call)
+
+    # -- the reply consumer --------------------------------------------------------------------
+
+    async def ready(self) -> None:
+        """Start the reply consumer and the presence listener (once; concurrent calls share it)."""
+        if self._sub is not None:
+            return
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+        try:
+            await asyncio.shield(self._starting)
+        except BaseException:
+            if self._starting.done():
+                self._starting = None  # a failed start is tried again by the next call
+            raise
+
+    async def _start(self) -> None:
+        subscribe = self.app.broker.subscribe_ephemeral(self.reply_topic, self._on_reply, exclusive=True)
+        sub, _ = await asyncio.gather(subscribe, self.app.presence.listen())
+        self._sub = sub
+
+    async def close(self) -> None:
+        """Stop the reply consumer; calls still waiting fail."""
+        starting, self._starting = self._starting, None
+        if starting is not None and not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await sub.stop(drain=False)
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(MeshError(f"{self.app.id} stopped while the call was waiting for its reply"))
+        self._pending.clear()
+
+    async def _on_reply(self, delivery: Delivery) -> None:
+        await delivery.ack()
+        event = delivery.event
+        try:
+            if event is None:
+                raise MalformedMessage(f"unreadable message: {delivery.error}")
+            correlation, _, _ = parse_reply(event)
+        except MalformedMessage as exc:
+            self.malformed_replies += 1
+            log.warning("dropped a message on %s that is not a reply: %s", self.reply_topic, exc)
+            self._outcome(event, "malformed_reply", exc)
+            return
+        future = self._pending.get(correlation)
+        if future is None:
+            self.late_replies += 1
+            log.debug("dropped a late reply to request %s (%s)", correlation, event.subject)
+            self._outcome(event, "late_reply", None)
+            return
+        if not future.done():
+            future.set_result(event)
+
+    def _outcome(self, reply: Event | None, outcome: str, error: BaseException | None) -> None:
+        if not self._hooks:
+            return
+        try:
+            self.app.plugins.call(
+                "mesh_invocation_outcome",
+                app=self.app,
+                side="caller",
+                method=(reply.subject or "") if reply is not None else "",
+                peer=reply.source.removeprefix("/") if reply is not None else "",
+                outcome=outcome,
+                error=error,
+            )
+        except PluginError:
+            log.exception("a plugin failed in mesh_invocation_outcome")
+
+    # -- one call ------------------------------------------------------------------------------
+
+    async def _call(self, call: Invocation) -> Any:
+        try:
+            reply = await self._round_trip(call)
+        except NoResponders as exc:
+            call.outcome, call.error = "no_responders", exc
+            raise
+        except InvocationTimeout as exc:
+            call.outcome, call.error = "timeout", exc
+            raise
+        except BaseException as exc:
+            call.outcome, call.error = "failed", exc
+            raise
+        _, ok, data = parse_reply(reply)
+        if ok:
+            call.outcome = "ok"
+            return data
+        error = remote_error(data, call.method, call.target)
+        call.outcome, call.error = error.code, error
+        raise error
+
+    async def _round_trip(self, call: Invocation) -> Event:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + call.timeout
+        expires = now() + timedelta(seconds=call.timeout)
+        await self.ready()
+        presence = self.app.presence
+        native = self.app.broker.features.native_request_reply
+        if presence.enabled:
+            if not native:  # NATS says "no responders" itself, at once
+                await presence.wait_live(call.target, deadline)
+            call.idempotent = presence.idempotent(call.target, call.method)
+        topic = invoke_topic(call.target)
+        future: asyncio.Future[Event] = loop.create_future()
+        ids: list[str] = []
+        status: asyncio.Future[None] | None = None
+        try:
+            status = await self._send(call, topic, future, ids, expires)
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                retry = presence.enabled and call.idempotent is not False and call.attempts <= self.retries
+                if status is None and not retry:
+                    try:
+                        async with asyncio.timeout(remaining):
+                            return await future
+                    except TimeoutError:
+                        break
+                waiters: list[asyncio.Future[Any]] = [future]
+                if status is not None:
+                    waiters.append(status)
+                departure = presence.departure(call.target) if retry else None
+                if departure is not None:
+                    waiters.append(departure)
+                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+                if future.done():
+                    return future.result()
+                if status is not None and status.done():
+                    error = None if status.cancelled() else status.exception()
+                    if isinstance(error, NoResponders):
+                        raise NoResponders(f"no instance of app {call.target!r} is listening ({error})") from None
+                    status = None
+                elif departure is not None and departure.done():
+                    status = await self._retry(call, topic, future, ids, expires, status)
+            raise InvocationTimeout(
+                f"no reply from {call.target}.{call.method} within {call.timeout:g}s "
+                f"({call.attempts} attempt{'s' if call.attempts > 1 else ''})"
+            )
+        finally:
+            for request_id in ids:
+                self._pending.pop(request_id, None)
+            if status is not None:
+                status.cancel()
+
+    async def _retry(
+        self,
+        call: Invocation,
+        topic: str,
+        future: asyncio.Future[Event],
+        ids: list[str],
+        expires: datetime,
+        status: asyncio.Future[None] | None,
+    ) -> asyncio.Future[None] | None:
+        """An instance of the callee vanished while the call waited: send again if that is safe."""
+        presence = self.app.presence
+        if call.idempotent is None:
+            call.idempotent = presence.idempotent(call.target, call.method)
+        if not call.idempotent:
+            return status
+        if not presence.has_live(call.target) and not self.app.broker.features.native_request_reply:
+            raise NoResponders(f"every instance of app {call.target!r} vanished while {call.method} was pending")
+        log.info("an instance of %s vanished: sending %s again (idempotent)", call.target, call.method)
+        if status is not None:
+            status.cancel()
+        return await self._send(call, topic, future, ids, expires)
+
+    async def _send(
+        self, call: Invocation, topic: str, future: asyncio.Future[Event], ids: list[str], expires: datetime
+    ) -> asyncio.Future[None] | None:
+        app = self.app
+        event = request_event(
+            app.source,
+            call.method,
+            call.data,
+            reply_to=self.reply_topic,
+            deadline=expires,
+            key=call.key,
+            extensions=call.extensions,
+        )
+        if self._attributes:
+            event = app.with_attributes(topic, event)
+        self._pending[event.id] = future
+        ids.append(event.id)
+        call.attempts += 1
+        if call.request_id is None:
+            call.request_id = event.id
+        return await app.broker.publish_request(topic, event)
