@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 MARK = "mt-"
-_RUN = re.compile(r"mt-([0-9a-f]+)-")
+_RUN = re.compile(r"mt-(([0-9a-f]+)r[0-9a-f]+)-")
 STALE_MINUTES = 120
 
 
@@ -28,7 +28,7 @@ def doomed_by(run: str | None) -> Callable[[str], bool]:
         m = _RUN.search(name.lower())
         if m is None:
             return False
-        return m.group(1) == run if run is not None else now - int(m.group(1), 16) > STALE_MINUTES
+        return m.group(1) == run if run is not None else now - int(m.group(2), 16) > STALE_MINUTES
 
     return doomed
 

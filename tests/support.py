@@ -45,8 +45,9 @@ class BrokerSpec:
         return {"type": self.type, "url": self.url, "options": {**self.options, **options}}
 
 
-RUN = f"{int(time.time()) // 60:x}"
-"""This test run's mark: its start in minutes since the epoch, in hex."""
+RUN = f"{int(time.time()) // 60:x}r{uuid.uuid4().hex[:4]}"
+"""This test run's mark: its start in minutes since the epoch (hex), ``r``, and a random part, so
+two runs that start in the same minute never clean up each other's names."""
 
 
 def unique(prefix: str = "t") -> str:
