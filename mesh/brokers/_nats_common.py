@@ -107,6 +107,28 @@ def _tls(options: NatsOptions) -> ssl.SSLContext | None:
     return context
 
 
+class _Client(Client):
+    """nats-py's client with a faster header parser (same result: the stock one tests every
+    character of every name in Python, which was most of the consume cost with CloudEvents headers)."""
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for line in raw.split(b"\r\n"):
+            name, sep, value = line.partition(b":")
+            if not sep:
+                continue
+            name = name.strip()
+            if len(name.split()) > 1:  # whitespace inside the name: not a token
+                continue
+            try:
+                key = name.decode("ascii")
+            except UnicodeDecodeError:
+                continue
+            out[key] = value.strip().decode("utf-8", "replace")
+        return out
+
+
 async def open_connection(
     broker: str,
     url: str | None,
@@ -117,7 +139,7 @@ async def open_connection(
     """A connected client, or :class:`BrokerConnectionError` within ``connect_timeout``."""
     servers = servers_of(url)
     address = display_address(servers)
-    nc = Client()
+    nc = _Client()
     errors: list[BaseException] = []
     state = {"connected": False}
 

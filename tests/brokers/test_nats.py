@@ -310,3 +310,19 @@ async def test_reconnects_after_server_restart(tmp_path: Path) -> None:
         await broker.close()
         await publisher.close()
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"ce-id: 1\r\nce-type: t\r\n\r\n",
+        b"bad name: x\r\ngood:\tv \r\n:novalue\r\n\xffx: 1\r\nk: \xff\xfe\r\n",
+        b"a:b:c\r\n  spaced  : v\r\n   : x\r\n\tt\tx: y\r\nnocolon\r\n",
+    ],
+)
+def test_fast_header_parser_matches_the_client_s_own(raw: bytes) -> None:
+    from nats.aio.client import Client
+
+    from mesh.brokers._nats_common import _Client
+
+    assert _Client._parse_header_lines(raw) == Client._parse_header_lines(raw)
