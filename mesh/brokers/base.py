@@ -71,6 +71,8 @@ class Features:
     """Messages carry headers (binary content mode)."""
     redelivery_count: bool = False
     """Deliveries say how often the broker delivered them."""
+    group_delivery: bool = False
+    """An event can be delivered to one group only (a replay; see :mod:`mesh.brokers.capabilities`)."""
     ephemeral: bool = False
     """``subscribe_ephemeral`` is native: nothing durable is made per subscriber or left behind
     (otherwise the base class falls back to an ordinary group, see :meth:`Broker.subscribe_ephemeral`)."""

@@ -30,7 +30,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any, ClassVar
 
 import orjson
@@ -50,6 +51,7 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
+from mesh.brokers import _jetstream_replay as _replay
 from mesh.brokers._nats_common import (
     barrier,
     display_address,
@@ -64,6 +66,7 @@ from mesh.brokers._nats_common import (
 from mesh.brokers._nats_ephemeral import NatsEphemeral
 from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Subscription
 from mesh.brokers.base import Delivery as _Delivery
+from mesh.brokers.capabilities import GROUP_MARK, Cursor, HistoryRecord
 from mesh.brokers.options.nats import JetStreamOptions
 from mesh.codecs.binary import WireMessage, encode
 from mesh.codecs.bindings import NATS, for_broker
@@ -206,6 +209,10 @@ class _JetStreamSubscription(Subscription):
             if msg is None:
                 continue
             reply = msg.reply
+            marked = msg.headers.get(GROUP_MARK) if msg.headers else None
+            if marked is not None and marked != self.group:  # a replay for another group: ack it unseen
+                await self.reply(reply, _ACK)
+                continue
             tokens = reply.split(".")
             try:
                 if len(tokens) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
@@ -339,6 +346,7 @@ class JetStreamBroker(Broker):
         native_request_reply=True,  # no-responders, for invocation (see _nats_ephemeral)
         headers=True,
         redelivery_count=True,
+        group_delivery=True,
         ephemeral=True,
     )
     api_prefix: ClassVar[str] = "$JS.API"
@@ -530,3 +538,29 @@ class JetStreamBroker(Broker):
 
     async def publish_request(self, topic: str, event: Event) -> asyncio.Future[None] | None:
         return await self._ephemeral.request(topic, event)
+
+    # -- replay capabilities (mesh.brokers._jetstream_replay) --------------------------------------------
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether the broker keeps a log of the topic."""
+        return await _replay.topic_exists(self, topic)
+
+    def read_history(
+        self,
+        topic: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: Cursor | None = None,
+        batch: int = 500,
+    ) -> AsyncIterator[list[HistoryRecord]]:
+        """The topic's log from a time or a cursor (:class:`~mesh.brokers.capabilities.HistoryReader`)."""
+        return _replay.read_history(self, topic, since=since, until=until, cursor=cursor, batch=batch)
+
+    async def has_group(self, topic: str, group: str) -> bool:
+        """Whether ``group`` subscribes to ``topic``."""
+        return await _replay.has_group(self, topic, group)
+
+    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
+        """Deliver ``event`` on ``topic`` to ``group`` alone (a replay to one group)."""
+        await _replay.publish_to_group(self, topic, group, event)

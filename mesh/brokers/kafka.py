@@ -19,7 +19,8 @@ import logging
 import random
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from datetime import datetime
 from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -29,9 +30,11 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
+from mesh.brokers import _kafka_replay as _replay
 from mesh.brokers._kafka_consumer import KafkaDelivery, KafkaSubscription, quietly, reason
 from mesh.brokers._kafka_ephemeral import EphemeralSubscription
 from mesh.brokers.base import RESERVED_PREFIX, Broker, DeliveryHandler, Features, Subscription
+from mesh.brokers.capabilities import Cursor, HistoryRecord
 from mesh.brokers.options.kafka import KafkaOptions
 from mesh.codecs.binary import encode
 from mesh.codecs.bindings import for_broker
@@ -110,6 +113,7 @@ class KafkaBroker(Broker):
         native_request_reply=False,
         headers=True,
         redelivery_count=False,
+        group_delivery=True,
         ephemeral=True,
     )
     # Members of one group in this process, to wait for a rebalance a new member causes.
@@ -424,3 +428,29 @@ class KafkaBroker(Broker):
             self._absent.clear()
         self._absent[name] = loop.time()
         return False
+
+    # -- replay capabilities (mesh.brokers._kafka_replay) --------------------------------------------
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether the broker keeps a log of the topic."""
+        return await _replay.topic_exists(self, topic)
+
+    def read_history(
+        self,
+        topic: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: Cursor | None = None,
+        batch: int = 500,
+    ) -> AsyncIterator[list[HistoryRecord]]:
+        """The topic's log from a time or a cursor (:class:`~mesh.brokers.capabilities.HistoryReader`)."""
+        return _replay.read_history(self, topic, since=since, until=until, cursor=cursor, batch=batch)
+
+    async def has_group(self, topic: str, group: str) -> bool:
+        """Whether ``group`` subscribes to ``topic``."""
+        return await _replay.has_group(self, topic, group)
+
+    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
+        """Deliver ``event`` on ``topic`` to ``group`` alone (a replay to one group)."""
+        await _replay.publish_to_group(self, topic, group, event)

@@ -309,6 +309,7 @@ class MemoryBroker(Broker):
         native_request_reply=False,
         headers=True,
         redelivery_count=True,
+        group_delivery=True,
         ephemeral=True,
     )
     _hubs: ClassVar[dict[str, _Hub]] = {}

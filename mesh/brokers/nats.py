@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import Error as NatsError
 
+from mesh.brokers import _nats_replay as _replay
 from mesh.brokers._nats_common import (
     barrier,
     display_address,
@@ -134,10 +135,13 @@ class _NatsSubscription(Subscription):
         self._stopped = False
         self._draining = True
         self._nsub: NatsSubscription | None = None
+        self._side: NatsSubscription | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, nc: Client) -> None:
         self._nsub = await nc.subscribe(self.subject, queue=self.queue, cb=self._receive)
+        side = _replay.side_subject(self._broker, self.topic, self.queue)  # replays for this group only
+        self._side = await nc.subscribe(side, queue=self.queue, cb=self._receive_side)
         await barrier(nc, self._broker.settings.connect_timeout)  # the server has it
         self.take(_Holding.join(self))
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"mesh-nats:{self.subject}:{self.queue}")
@@ -236,7 +240,22 @@ class _NatsSubscription(Subscription):
         self._unacked.clear()
         _Holding.give(self.key, records)
 
+    async def _receive_side(self, msg: Msg) -> None:
+        """A replay sent to this group only: confirm receipt to the sender once it is queued."""
+        if msg.headers and _replay.PROBE_HEADER in msg.headers:
+            await msg.respond(b"")
+            return
+        if self._queue.qsize() >= self._limit:
+            return  # no answer: the sender reports that the group did not take it
+        self._queue.put_nowait(msg)
+        if msg.reply:
+            await msg.respond(b"")
+
     async def _unsubscribe(self) -> None:
+        side, self._side = self._side, None
+        if side is not None:
+            with contextlib.suppress(NatsError):
+                await side.unsubscribe()
         nsub, self._nsub = self._nsub, None
         if nsub is None:
             return
@@ -263,6 +282,7 @@ class NatsBroker(Broker):
         native_request_reply=True,  # no-responders, for invocation (see _nats_ephemeral)
         headers=True,
         redelivery_count=False,  # attempts are counted in process, not by the server
+        group_delivery=True,
         ephemeral=True,
     )
 
@@ -333,3 +353,13 @@ class NatsBroker(Broker):
 
     async def publish_request(self, topic: str, event: Event) -> asyncio.Future[None] | None:
         return await self._ephemeral.request(topic, event)
+
+    # -- replay capability (mesh.brokers._nats_replay) ----------------------------------------------
+
+    async def has_group(self, topic: str, group: str) -> bool:
+        """Whether ``group`` subscribes to ``topic``."""
+        return await _replay.has_group(self, topic, group)
+
+    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
+        """Deliver ``event`` on ``topic`` to ``group`` alone (a replay to one group)."""
+        await _replay.publish_to_group(self, topic, group, event)

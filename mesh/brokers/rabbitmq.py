@@ -54,6 +54,7 @@ from aiormq.exceptions import ChannelAccessRefused
 from pamqp.commands import Basic
 from pydantic import ValidationError
 
+from mesh.brokers import _rabbitmq_replay as _replay
 from mesh.brokers._rabbitmq_ephemeral import EphemeralSubscription
 from mesh.brokers.base import (
     RESERVED_PREFIX,
@@ -276,6 +277,7 @@ class RabbitMQBroker(Broker):
         native_request_reply=False,
         headers=True,
         redelivery_count=False,  # classic queues do not count returns after a consumer died
+        group_delivery=True,
         ephemeral=True,
     )
 
@@ -563,6 +565,16 @@ class RabbitMQBroker(Broker):
                 )
             self._eph = channel
         return await self._underlay(self._eph)
+
+    # -- replay capability (mesh.brokers._rabbitmq_replay) ----------------------------------
+
+    async def has_group(self, topic: str, group: str) -> bool:
+        """Whether ``group`` subscribes to ``topic``."""
+        return await _replay.has_group(self, topic, group)
+
+    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
+        """Deliver ``event`` on ``topic`` to ``group`` alone (a replay to one group)."""
+        await _replay.publish_to_group(self, topic, group, event)
 
 
 async def _declare_delay_queue(

@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import suppress
+from datetime import datetime
 from typing import Any, ClassVar, cast
 from urllib.parse import urlsplit
 
@@ -37,6 +38,7 @@ from pydantic import ValidationError
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
 
+from mesh.brokers import _redis_replay as _replay
 from mesh.brokers._redis_ephemeral import EphemeralSubscription, ephemeral_args
 from mesh.brokers._redis_script import SCRIPT
 from mesh.brokers.base import (
@@ -48,6 +50,7 @@ from mesh.brokers.base import (
     HandlerRunner,
     Subscription,
 )
+from mesh.brokers.capabilities import Cursor, HistoryRecord
 from mesh.brokers.options.redis import RedisOptions
 from mesh.codecs.binary import WireMessage, decode, encode
 from mesh.codecs.bindings import REDIS, for_broker
@@ -133,6 +136,7 @@ class _Consumer(Subscription):
         self.group = group
         self.name = name
         self.stream = broker.name_of(topic)
+        self._group_mark = group.encode()
         self.delays = f"{broker.namespace}{RESERVED_PREFIX}delay:{{{self.stream}}}:{group}"
         self._execute = broker.execute
         self._script = broker.script
@@ -178,7 +182,9 @@ class _Consumer(Subscription):
                     for entry_id, fields in entries:
                         if not self.running:
                             break  # the rest stays pending and is given back by stop()
-                        await submit(self._delivery(entry_id, fields, 1))
+                        delivery = self._delivery(entry_id, fields, 1)
+                        if delivery is not None:
+                            await submit(delivery)
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -224,7 +230,12 @@ class _Consumer(Subscription):
             self._next_forget = now + FORGET_INTERVAL
             await self._call("forget", FORGET_IDLE_MS)
 
-    def _delivery(self, entry_id: bytes, fields: dict[bytes, bytes], attempt: int) -> RedisDelivery:
+    def _delivery(self, entry_id: bytes, fields: dict[bytes, bytes], attempt: int) -> RedisDelivery | None:
+        mark = fields.pop(_replay.GROUP_FIELD, None)
+        if mark is not None and mark != self._group_mark:  # a replay for another group: ack, unseen
+            self.held.discard(entry_id)
+            self.acks.append(entry_id)
+            return None
         try:
             msg = from_fields(fields)
         except DecodeError as exc:
@@ -246,7 +257,9 @@ class _Consumer(Subscription):
         for (entry_id, flat), count in zip(entries, counts, strict=False):
             if not self.running:
                 return  # still pending for this consumer: stop() gives it back
-            await submit(self._delivery(entry_id, _pairs(flat), int(count)))
+            delivery = self._delivery(entry_id, _pairs(flat), int(count))
+            if delivery is not None:
+                await submit(delivery)
 
     async def _call(self, mode: str, *args: Any) -> Any:
         return await self._script(keys=self._keys, args=(self.group, self.name, mode, *args))
@@ -347,6 +360,7 @@ class RedisBroker(Broker):
         native_request_reply=False,
         headers=True,
         redelivery_count=True,
+        group_delivery=True,
         ephemeral=True,
     )
 
@@ -575,6 +589,32 @@ class RedisBroker(Broker):
         stream = self.name_of(topic)
         fields = to_fields(encode(event, self._binding))
         await self._xadd(stream, ephemeral_args(stream, EPHEMERAL_MAXLEN, fields))
+
+    # -- replay capabilities (mesh.brokers._redis_replay) --------------------------------------------
+
+    async def topic_exists(self, topic: str) -> bool:
+        """Whether the broker keeps a log of the topic."""
+        return await _replay.topic_exists(self, topic)
+
+    def read_history(
+        self,
+        topic: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: Cursor | None = None,
+        batch: int = 500,
+    ) -> AsyncIterator[list[HistoryRecord]]:
+        """The topic's log from a time or a cursor (:class:`~mesh.brokers.capabilities.HistoryReader`)."""
+        return _replay.read_history(self, topic, since=since, until=until, cursor=cursor, batch=batch)
+
+    async def has_group(self, topic: str, group: str) -> bool:
+        """Whether ``group`` subscribes to ``topic``."""
+        return await _replay.has_group(self, topic, group)
+
+    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
+        """Deliver ``event`` on ``topic`` to ``group`` alone (a replay to one group)."""
+        await _replay.publish_to_group(self, topic, group, event)
 
 
 def _redact(url: str) -> str:

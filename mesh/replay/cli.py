@@ -225,7 +225,10 @@ def replay(
     async def work(t: Tools) -> ReplayResult:
         chosen = _source(origin) or ("archive" if t.archive is not None else "broker")
         final = ReplaySpec.from_json({**spec.to_json(), "source": chosen})
-        return await (t.replayer.dry_run(final) if dry_run else t.replayer.run(final))
+        if dry_run:
+            return await t.replayer.dry_run(final)
+        click.echo(f"replay {final.name}: if interrupted, go on with: mesh replay --resume {final.name}", err=True)
+        return await t.replayer.run(final)
 
     result = _run(config, archive, state_dir, progress, work)
     _report(result, spec)

@@ -144,7 +144,9 @@ async def test_dead_letter_redrive_round_trip(broker_spec: BrokerSpec, tmp_path:
             await wait_for(lambda: len(payments.events) >= 15, 60, "5 redriven deliveries")
             redriven = payments.events[10:]
             assert sorted(e.id for e in redriven) == sorted(e.id for e in sent if e.data["i"] % 2)
-            assert all(str(e.extensions["meshredrive"]) == "1" and "mesherrortype" not in e.extensions for e in redriven)
+            assert all(
+                str(e.extensions["meshredrive"]) == "1" and "mesherrortype" not in e.extensions for e in redriven
+            )
             after = await dlq.summary()
             assert after.total == 0 and after.done == 5
 

@@ -54,7 +54,9 @@ async def test_the_replayed_delivery_is_in_the_original_trace(
             await billing.app.join()
     finally:
         MemoryBroker.reset(spec.options["name"])
-    spans = [s for s in exporter.get_finished_spans() if (s.attributes or {}).get("messaging.destination.name") == topic]
+    spans = [
+        s for s in exporter.get_finished_spans() if (s.attributes or {}).get("messaging.destination.name") == topic
+    ]
     sends = [s for s in spans if s.name == f"send {topic}"]
     processes = [s for s in spans if s.name == f"process {topic}"]
     assert len(processes) == 2
