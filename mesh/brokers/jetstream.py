@@ -30,8 +30,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from collections.abc import Callable
+from types import ModuleType
 from typing import Any, ClassVar
 
 import orjson
@@ -66,7 +66,7 @@ from mesh.brokers._nats_common import (
 from mesh.brokers._nats_ephemeral import NatsEphemeral
 from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Subscription
 from mesh.brokers.base import Delivery as _Delivery
-from mesh.brokers.capabilities import GROUP_MARK, Cursor, HistoryRecord
+from mesh.brokers.capabilities import GROUP_MARK, DelegatedHistory
 from mesh.brokers.options.nats import JetStreamOptions
 from mesh.codecs.binary import WireMessage, encode
 from mesh.codecs.bindings import NATS, for_broker
@@ -331,8 +331,10 @@ def _drain_queue(queue: asyncio.Queue[Msg | None]) -> list[Msg]:
     return out
 
 
-class JetStreamBroker(Broker):
+class JetStreamBroker(DelegatedHistory, Broker):
     """JetStream: persistent streams, durable pull consumers; see the module docstring."""
+
+    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._jetstream_replay
 
     type: ClassVar[str] = "jetstream"
     features: ClassVar[Features] = Features(
@@ -538,29 +540,3 @@ class JetStreamBroker(Broker):
 
     async def publish_request(self, topic: str, event: Event) -> asyncio.Future[None] | None:
         return await self._ephemeral.request(topic, event)
-
-    # -- replay capabilities (mesh.brokers._jetstream_replay) --------------------------------------------
-
-    async def topic_exists(self, topic: str) -> bool:
-        """Whether the broker keeps a log of the topic."""
-        return await _replay.topic_exists(self, topic)
-
-    def read_history(
-        self,
-        topic: str,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        cursor: Cursor | None = None,
-        batch: int = 500,
-    ) -> AsyncIterator[list[HistoryRecord]]:
-        """The topic's log from a time or a cursor (:class:`~mesh.brokers.capabilities.HistoryReader`)."""
-        return _replay.read_history(self, topic, since=since, until=until, cursor=cursor, batch=batch)
-
-    async def has_group(self, topic: str, group: str) -> bool:
-        """Whether ``group`` subscribes to ``topic``."""
-        return await _replay.has_group(self, topic, group)
-
-    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
-        """Deliver ``event`` on ``topic`` to ``group`` alone (a replay to one group)."""
-        await _replay.publish_to_group(self, topic, group, event)

@@ -19,8 +19,8 @@ import logging
 import random
 import re
 import weakref
-from collections.abc import AsyncIterator, Mapping
-from datetime import datetime
+from collections.abc import Mapping
+from types import ModuleType
 from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -34,7 +34,7 @@ from mesh.brokers import _kafka_replay as _replay
 from mesh.brokers._kafka_consumer import KafkaDelivery, KafkaSubscription, quietly, reason
 from mesh.brokers._kafka_ephemeral import EphemeralSubscription
 from mesh.brokers.base import RESERVED_PREFIX, Broker, DeliveryHandler, Features, Subscription
-from mesh.brokers.capabilities import Cursor, HistoryRecord
+from mesh.brokers.capabilities import DelegatedHistory
 from mesh.brokers.options.kafka import KafkaOptions
 from mesh.codecs.binary import encode
 from mesh.codecs.bindings import for_broker
@@ -95,11 +95,13 @@ class StickyPartitioner:
         return parts[self._pick % len(parts)]
 
 
-class KafkaBroker(Broker):
+class KafkaBroker(DelegatedHistory, Broker):
     """Kafka through aiokafka; ``url`` is ``host:port[,host:port]`` (``kafka://`` optional).
 
     Options: see :class:`~mesh.brokers.options.kafka.KafkaOptions`.
     """
+
+    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._kafka_replay
 
     type: ClassVar[str] = "kafka"
     features: ClassVar[Features] = Features(
@@ -428,29 +430,3 @@ class KafkaBroker(Broker):
             self._absent.clear()
         self._absent[name] = loop.time()
         return False
-
-    # -- replay capabilities (mesh.brokers._kafka_replay) --------------------------------------------
-
-    async def topic_exists(self, topic: str) -> bool:
-        """Whether the broker keeps a log of the topic."""
-        return await _replay.topic_exists(self, topic)
-
-    def read_history(
-        self,
-        topic: str,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        cursor: Cursor | None = None,
-        batch: int = 500,
-    ) -> AsyncIterator[list[HistoryRecord]]:
-        """The topic's log from a time or a cursor (:class:`~mesh.brokers.capabilities.HistoryReader`)."""
-        return _replay.read_history(self, topic, since=since, until=until, cursor=cursor, batch=batch)
-
-    async def has_group(self, topic: str, group: str) -> bool:
-        """Whether ``group`` subscribes to ``topic``."""
-        return await _replay.has_group(self, topic, group)
-
-    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
-        """Deliver ``event`` on ``topic`` to ``group`` alone (a replay to one group)."""
-        await _replay.publish_to_group(self, topic, group, event)

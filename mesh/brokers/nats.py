@@ -22,6 +22,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, ClassVar
 
 from nats.aio.client import Client
@@ -43,6 +44,7 @@ from mesh.brokers._nats_common import (
 from mesh.brokers._nats_ephemeral import NatsEphemeral
 from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Subscription
 from mesh.brokers.base import Delivery as _Delivery
+from mesh.brokers.capabilities import DelegatedGroupDelivery
 from mesh.brokers.options.nats import NatsOptions
 from mesh.codecs.binary import WireMessage, encode
 from mesh.codecs.bindings import NATS, for_broker
@@ -267,8 +269,10 @@ class _NatsSubscription(Subscription):
                 await nsub.unsubscribe()
 
 
-class NatsBroker(Broker):
+class NatsBroker(DelegatedGroupDelivery, Broker):
     """Core NATS: subjects, queue groups, no persistence; see the module docstring."""
+
+    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._nats_replay
 
     type: ClassVar[str] = "nats"
     features: ClassVar[Features] = Features(
@@ -353,13 +357,3 @@ class NatsBroker(Broker):
 
     async def publish_request(self, topic: str, event: Event) -> asyncio.Future[None] | None:
         return await self._ephemeral.request(topic, event)
-
-    # -- replay capability (mesh.brokers._nats_replay) ----------------------------------------------
-
-    async def has_group(self, topic: str, group: str) -> bool:
-        """Whether ``group`` subscribes to ``topic``."""
-        return await _replay.has_group(self, topic, group)
-
-    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
-        """Deliver ``event`` on ``topic`` to ``group`` alone (a replay to one group)."""
-        await _replay.publish_to_group(self, topic, group, event)

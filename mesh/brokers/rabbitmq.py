@@ -35,6 +35,7 @@ import logging
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -65,6 +66,7 @@ from mesh.brokers.base import (
     HandlerRunner,
     Subscription,
 )
+from mesh.brokers.capabilities import DelegatedGroupDelivery
 from mesh.brokers.options.rabbitmq import RabbitMQOptions
 from mesh.codecs.binary import WireMessage, decode, encode
 from mesh.codecs.bindings import for_broker
@@ -262,8 +264,10 @@ class _Consumer(Subscription):
                     await channel.close()  # unacked deliveries go back to the queue
 
 
-class RabbitMQBroker(Broker):
+class RabbitMQBroker(DelegatedGroupDelivery, Broker):
     """RabbitMQ over aio-pika; see the module docstring for the topology and delivery rules."""
+
+    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._rabbitmq_replay
 
     type: ClassVar[str] = "rabbitmq"
     features: ClassVar[Features] = Features(
@@ -565,16 +569,6 @@ class RabbitMQBroker(Broker):
                 )
             self._eph = channel
         return await self._underlay(self._eph)
-
-    # -- replay capability (mesh.brokers._rabbitmq_replay) ----------------------------------
-
-    async def has_group(self, topic: str, group: str) -> bool:
-        """Whether ``group`` subscribes to ``topic``."""
-        return await _replay.has_group(self, topic, group)
-
-    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
-        """Deliver ``event`` on ``topic`` to ``group`` alone (a replay to one group)."""
-        await _replay.publish_to_group(self, topic, group, event)
 
 
 async def _declare_delay_queue(

@@ -28,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import suppress
-from datetime import datetime
+from types import ModuleType
 from typing import Any, ClassVar, cast
 from urllib.parse import urlsplit
 
@@ -50,7 +50,7 @@ from mesh.brokers.base import (
     HandlerRunner,
     Subscription,
 )
-from mesh.brokers.capabilities import Cursor, HistoryRecord
+from mesh.brokers.capabilities import DelegatedHistory
 from mesh.brokers.options.redis import RedisOptions
 from mesh.codecs.binary import WireMessage, decode, encode
 from mesh.codecs.bindings import REDIS, for_broker
@@ -345,8 +345,10 @@ class _Consumer(Subscription):
         self._broker.forget(self)
 
 
-class RedisBroker(Broker):
+class RedisBroker(DelegatedHistory, Broker):
     """Redis Streams (``redis://host:port/db``); see the module docstring and docs/brokers/redis.md."""
+
+    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._redis_replay
 
     type: ClassVar[str] = "redis"
     features: ClassVar[Features] = Features(
@@ -589,32 +591,6 @@ class RedisBroker(Broker):
         stream = self.name_of(topic)
         fields = to_fields(encode(event, self._binding))
         await self._xadd(stream, ephemeral_args(stream, EPHEMERAL_MAXLEN, fields))
-
-    # -- replay capabilities (mesh.brokers._redis_replay) --------------------------------------------
-
-    async def topic_exists(self, topic: str) -> bool:
-        """Whether the broker keeps a log of the topic."""
-        return await _replay.topic_exists(self, topic)
-
-    def read_history(
-        self,
-        topic: str,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        cursor: Cursor | None = None,
-        batch: int = 500,
-    ) -> AsyncIterator[list[HistoryRecord]]:
-        """The topic's log from a time or a cursor (:class:`~mesh.brokers.capabilities.HistoryReader`)."""
-        return _replay.read_history(self, topic, since=since, until=until, cursor=cursor, batch=batch)
-
-    async def has_group(self, topic: str, group: str) -> bool:
-        """Whether ``group`` subscribes to ``topic``."""
-        return await _replay.has_group(self, topic, group)
-
-    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
-        """Deliver ``event`` on ``topic`` to ``group`` alone (a replay to one group)."""
-        await _replay.publish_to_group(self, topic, group, event)
 
 
 def _redact(url: str) -> str:
