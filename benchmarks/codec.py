@@ -39,6 +39,7 @@ def mesh_binary() -> Callable[[], Any]:
     event, binding = mesh_event(), KAFKA
 
     def loop() -> Any:
+        event._body = None  # the event keeps its encoded data: measure the encoding every time
         return decode(encode(event, binding), binding)
 
     return loop

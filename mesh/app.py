@@ -29,9 +29,10 @@ from pydantic import ValidationError
 
 from mesh.brokers import Broker, Subscription, create_broker
 from mesh.brokers.base import RESERVED_PREFIX
+from mesh.codecs.data import encode_data
 from mesh.config import MeshConfig, load_config
 from mesh.dispatch import FailureMemory, HandlerSpec, Publish, Route, _data_adapter
-from mesh.errors import ConfigError, InvocationError, MeshError
+from mesh.errors import ConfigError, EncodeError, InvocationError, MeshError
 from mesh.event import Event, ExtensionValue, new_id
 from mesh.invoke import Callee, Caller
 from mesh.plugin_manager import PluginManager, Registry
@@ -216,6 +217,12 @@ class App:
         """Publish a ready-made event (plugins' attributes are added); returns what was sent."""
         if self._attribute_hooks:
             event = self.with_attributes(topic, event)
+        if event.data is not None and len(encode_data(event)) > self.config.max_event_bytes:
+            raise EncodeError(
+                f"event {event.type!r} for {topic!r} has {len(encode_data(event)):,} bytes of data, over "
+                f"max_event_bytes ({self.config.max_event_bytes:,}): send a reference (the 'dataref' "
+                "extension) to where the data is kept instead, or raise the limit"
+            )
         await self._publish(topic, event)
         return event
 

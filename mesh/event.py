@@ -62,6 +62,7 @@ class Event:
     """
 
     __slots__ = (
+        "_body",
         "data",
         "datacontenttype",
         "dataschema",
@@ -108,6 +109,7 @@ class Event:
         self.datacontenttype = datacontenttype or _default_content_type(data)
         self.dataschema = dataschema
         self.extensions = _check_extensions(extensions) if extensions else {}
+        self._body: tuple[Any, bytes] | None = None  # (data, its encoding), kept by the codecs
 
     @classmethod
     def _trusted(
@@ -135,15 +137,18 @@ class Event:
         e.datacontenttype = datacontenttype
         e.dataschema = dataschema
         e.extensions = extensions
+        e._body = None
         return e
 
     def replace(self, **changes: Any) -> Event:
         """A copy with some attributes changed (``extensions`` replaces the whole mapping)."""
-        fields = {name: getattr(self, name) for name in self.__slots__}
+        fields = {name: getattr(self, name) for name in self.__slots__ if name != "_body"}
         fields["extensions"] = dict(self.extensions)
         fields.update(changes)
         ext = fields.pop("extensions")
         e = Event._trusted(**fields, extensions={})
+        if self._body is not None and self._body[0] is e.data:
+            e._body = self._body  # same data: its encoding stays good
         e.extensions = _check_extensions(ext, strict=False) if ext else {}
         return e
 

@@ -344,3 +344,13 @@ async def test_handlers_whose_annotations_do_not_resolve(cfg: dict[str, Any]) ->
         await app.publish("t", {"a": 1}, type="x")
         await app.join()
     assert got == [("x", "t", {"a": 1})]
+
+
+async def test_oversize_events_are_refused_before_they_reach_the_broker(cfg: dict[str, Any]) -> None:
+    from mesh import EncodeError
+
+    async with App("svc", config={**cfg, "max_event_bytes": 2048}) as app:
+        with pytest.raises(EncodeError, match=r"over max_event_bytes \(2,048\).*dataref"):
+            await app.publish("t", b"x" * 4096, type="big")
+        await app.publish("t", b"x" * 1024, type="small")
+        assert [e.type for e in app.broker.messages("t")] == ["small"]  # type: ignore[attr-defined]

@@ -54,8 +54,18 @@ def json_dumps(value: Any) -> bytes:
 
 
 def encode_data(event: Event) -> bytes:
-    """The event's data as body bytes, following its ``datacontenttype``."""
+    """The event's data as body bytes, following its ``datacontenttype`` (kept on the event, so
+    a size check before publishing and the codec encode it once)."""
     data = event.data
+    cached = event._body
+    if cached is not None and cached[0] is data:
+        return cached[1]
+    body = _encode_data(event, data)
+    event._body = (data, body)
+    return body
+
+
+def _encode_data(event: Event, data: Any) -> bytes:
     kind = type(data)
     if (kind is dict or kind is list) and is_json(event.datacontenttype):
         return json_dumps(data)
