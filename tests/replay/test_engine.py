@@ -104,7 +104,10 @@ async def test_replay_a_window_to_one_group_only(world: World, tools: Tools) -> 
     assert [e.id for e in replayed] == [e.id for e in world.sent[10:20]], "ids and order preserved"
     assert all(e.extensions["meshreplay"] == "rebill" for e in replayed)
     assert [e.data for e in replayed] == [{"i": i} for i in range(10, 20)]
-    assert all(e.extensions["traceparent"] == TRACEPARENT for e in replayed), "linked to the original trace"
+    # the original trace goes on: same trace id (with an SDK tracer set, the replay's send span
+    # is a new span in that trace, so the span id part may differ)
+    trace_id = TRACEPARENT.split("-")[1]
+    assert all(str(e.extensions["traceparent"]).split("-")[1] == trace_id for e in replayed), "in the original trace"
     assert len(world.shipping.events) == N, "nobody else received them"
     saved = await tools.replayer.checkpoint("rebill")
     assert saved is not None and saved["done"] and saved["delivered"] == 10
