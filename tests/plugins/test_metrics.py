@@ -241,3 +241,34 @@ def test_prometheus_endpoint_serves_the_counts() -> None:
     assert sample(body, "mesh_events_dead_lettered_total", **labels) == 1
     assert sample(body, "mesh_handler_duration_seconds_count", **labels) == 4
     assert "already serves metrics on 127.0.0.1:" in out["other"]
+
+
+async def test_counts_match_the_events_sent_on_every_broker(broker_spec: BrokerSpec, reader: InMemoryMetricReader) -> None:
+    from tests.support import wait_for
+
+    jobs = unique("jobs")
+    cfg = {
+        "broker": {**broker_spec.config(), "namespace": unique("mx") + "."},
+        "defaults": {"retry": {"attempts": 2, "immediate": 0, "initial": "100ms", "max": "200ms"}},
+    }
+    app = App(unique("svc"), config=cfg)
+
+    @app.subscribe(jobs)
+    async def work(event: Event) -> None:
+        if event.data["fail"]:
+            raise RuntimeError("boom")
+
+    async with app:
+        for fail in (False, True, False, False, False):
+            await app.publish(jobs, {"fail": fail}, type="job")
+        await wait_for(
+            lambda: points(reader, jobs).get("mesh.events.dead_lettered") == 1
+            and points(reader, jobs).get("mesh.events.consumed") == 4,
+            timeout=90,
+            what="four handled and one dead-lettered",
+        )
+    got = points(reader, jobs)
+    assert got["attributes"] == {"topic": jobs, "app": app.id, "broker": broker_spec.type}
+    # failed counts failed handlings: the first call (retried), the second (dead-lettered)
+    assert (got["mesh.events.published"], got["mesh.events.failed"], got["mesh.events.retried"]) == (5, 2, 1)
+    assert got["mesh.handler.duration"] == 6  # four successes, the failing event twice
