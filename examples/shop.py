@@ -148,7 +148,9 @@ async def main(config: Any = None, serve: bool = False, timeout: float = 60.0, p
         for order in ORDERS:
             seen["customers"][order.id] = order.customer
             say("orders", f"placed {order.id}: {order.qty} × {order.sku} for {order.customer}")
-            await orders.publish("orders", order, type="shop.order.placed", key=order.id)
+            # keyed by product: orders for one product keep their order on every broker, so who
+            # gets the last cortado does not depend on which partition was read first
+            await orders.publish("orders", order, type="shop.order.placed", key=order.sku)
             await asyncio.sleep(pace)
         await asyncio.wait_for(seen["done"].wait(), timeout)
         mails = seen["mails"]
