@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import time
 import uuid
@@ -77,6 +78,35 @@ def run_row(contender: str, kind: str, url: str, n: int, timeout: float = 300.0)
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
+        asyncio.run(_cleanup(kind, url, topic, group))
+
+
+async def _cleanup(kind: str, url: str, topic: str, group: str) -> None:
+    """Remove what a row left on the broker (best effort; Tansu keeps nothing anyway)."""
+    with contextlib.suppress(Exception):
+        if kind == "rabbitmq":
+            import aio_pika
+
+            connection = await aio_pika.connect(url, timeout=5)
+            async with connection:
+                channel = await connection.channel()
+                await channel.queue_delete(f"{topic}.{group}")
+                await channel.exchange_delete(topic)
+        elif kind == "jetstream":
+            import nats
+
+            nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=0)
+            try:
+                js = nc.jetstream()
+                await js.delete_stream(await js.find_stream_name_by_subject(topic))
+            finally:
+                await nc.close()
+        elif kind == "redis":
+            import redis.asyncio as redis
+
+            client = redis.Redis.from_url(url)
+            await client.delete(topic)
+            await client.aclose()
 
 
 async def _memory(n: int) -> float:
