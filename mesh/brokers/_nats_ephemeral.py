@@ -187,3 +187,30 @@ class NatsEphemeral:
             task.cancel()
         for future in list(self._waiting.values()):
             future.cancel()
+
+
+class CoreNatsEphemeral:
+    """Mixin of both NATS adapters: ephemeral destinations and requests on core NATS, through
+    the adapter's :class:`NatsEphemeral` (``self._ephemeral``)."""
+
+    _ephemeral: NatsEphemeral
+
+    async def subscribe_ephemeral(
+        self,
+        topic: str,
+        handler: DeliveryHandler,
+        *,
+        group: str | None = None,
+        exclusive: bool = False,
+        concurrency: int = 1,
+    ) -> Subscription:
+        """A non-durable subscription on core NATS (see :meth:`mesh.brokers.base.Broker.subscribe_ephemeral`)."""
+        return await self._ephemeral.subscribe(topic, handler, group, concurrency)
+
+    async def publish_ephemeral(self, topic: str, event: Event) -> None:
+        """Publish on core NATS to an ephemeral destination."""
+        await self._ephemeral.publish(topic, event)
+
+    async def publish_request(self, topic: str, event: Event) -> asyncio.Future[None] | None:
+        """Publish a request; the future fails with NoResponders when nobody listens."""
+        return await self._ephemeral.request(topic, event)

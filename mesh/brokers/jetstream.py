@@ -63,7 +63,7 @@ from mesh.brokers._nats_common import (
     to_headers,
     validate_options,
 )
-from mesh.brokers._nats_ephemeral import NatsEphemeral
+from mesh.brokers._nats_ephemeral import CoreNatsEphemeral, NatsEphemeral
 from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Subscription
 from mesh.brokers.base import Delivery as _Delivery
 from mesh.brokers.capabilities import GROUP_MARK, DelegatedHistory
@@ -331,7 +331,7 @@ def _drain_queue(queue: asyncio.Queue[Msg | None]) -> list[Msg]:
     return out
 
 
-class JetStreamBroker(DelegatedHistory, Broker):
+class JetStreamBroker(CoreNatsEphemeral, DelegatedHistory, Broker):
     """JetStream: persistent streams, durable pull consumers; see the module docstring."""
 
     _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._jetstream_replay
@@ -522,21 +522,3 @@ class JetStreamBroker(DelegatedHistory, Broker):
         self._subs.append(sub)
         return sub
 
-    # -- ephemeral destinations: core NATS (see _nats_ephemeral) --------------------------------
-
-    async def subscribe_ephemeral(
-        self,
-        topic: str,
-        handler: DeliveryHandler,
-        *,
-        group: str | None = None,
-        exclusive: bool = False,
-        concurrency: int = 1,
-    ) -> Subscription:
-        return await self._ephemeral.subscribe(topic, handler, group, concurrency)
-
-    async def publish_ephemeral(self, topic: str, event: Event) -> None:
-        await self._ephemeral.publish(topic, event)
-
-    async def publish_request(self, topic: str, event: Event) -> asyncio.Future[None] | None:
-        return await self._ephemeral.request(topic, event)

@@ -41,7 +41,7 @@ from mesh.brokers._nats_common import (
     to_headers,
     validate_options,
 )
-from mesh.brokers._nats_ephemeral import NatsEphemeral
+from mesh.brokers._nats_ephemeral import CoreNatsEphemeral, NatsEphemeral
 from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Subscription
 from mesh.brokers.base import Delivery as _Delivery
 from mesh.brokers.capabilities import DelegatedGroupDelivery
@@ -269,7 +269,7 @@ class _NatsSubscription(Subscription):
                 await nsub.unsubscribe()
 
 
-class NatsBroker(DelegatedGroupDelivery, Broker):
+class NatsBroker(CoreNatsEphemeral, DelegatedGroupDelivery, Broker):
     """Core NATS: subjects, queue groups, no persistence; see the module docstring."""
 
     _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._nats_replay
@@ -339,21 +339,3 @@ class NatsBroker(DelegatedGroupDelivery, Broker):
         self._subs.append(sub)
         return sub
 
-    # -- ephemeral destinations: core NATS (see _nats_ephemeral) --------------------------------
-
-    async def subscribe_ephemeral(
-        self,
-        topic: str,
-        handler: DeliveryHandler,
-        *,
-        group: str | None = None,
-        exclusive: bool = False,
-        concurrency: int = 1,
-    ) -> Subscription:
-        return await self._ephemeral.subscribe(topic, handler, group, concurrency)
-
-    async def publish_ephemeral(self, topic: str, event: Event) -> None:
-        await self._ephemeral.publish(topic, event)
-
-    async def publish_request(self, topic: str, event: Event) -> asyncio.Future[None] | None:
-        return await self._ephemeral.request(topic, event)
