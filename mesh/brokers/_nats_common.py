@@ -22,7 +22,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import AuthorizationError, NoServersError, SlowConsumerError
+from nats.aio.subscription import Subscription
+from nats.errors import AuthorizationError, MaxPayloadError, NoServersError, SlowConsumerError
 from pydantic import ValidationError
 
 from mesh.brokers.options.nats import NatsOptions
@@ -31,11 +32,13 @@ from mesh.errors import BrokerConnectionError, ConfigError, DecodeError
 from mesh.event import Event
 
 __all__ = [
+    "FastClient",
     "DEFAULT_URL",
     "barrier",
     "display_address",
     "open_connection",
     "read",
+    "read_parts",
     "safe_name",
     "servers_of",
     "shut",
@@ -49,8 +52,13 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 
 _UNSAFE = re.compile(r"[.*>/\\\s\x00-\x1f\x7f]")
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+_SUBJECT_CACHE = 10_000
+"""Subjects remembered as valid (per connection) so the fast publish path skips nats-py's checks."""
 
 _Options = TypeVar("_Options", bound=NatsOptions)
+
+Direct = Callable[[bytes, "dict[str, str] | None", bool], None]
+"""Takes one message of a subscription delivered directly: payload, headers, headers checked."""
 
 
 def validate_options(model: type[_Options], options: Mapping[str, Any]) -> _Options:
@@ -107,26 +115,164 @@ def _tls(options: NatsOptions) -> ssl.SSLContext | None:
     return context
 
 
-class _Client(Client):
-    """nats-py's client with a faster header parser (same result: the stock one tests every
-    character of every name in Python, which was most of the consume cost with CloudEvents headers)."""
+class FastClient(Client):
+    """nats-py's client with faster header handling, byte for byte the stock result.
+
+    The stock client tests every character of every header name in Python on both ends, which
+    was most of the cost of a CloudEvent in binary mode (a dozen headers per message). Publishing
+    with headers builds the HPUB command in one pass instead; anything unusual (a header value
+    with a line break, a subject not seen before, a connection that is not up) takes the stock
+    path, which validates, rewrites line breaks and buffers or raises as nats-py does.
+    """
+
+    _valid_subjects: set[str]
+    _valid_keys: set[str]
+    _direct: dict[int, Direct]
+
+    def deliver_directly(self, sub: Subscription, deliver: Direct) -> None:
+        """Hand the messages of ``sub`` to ``deliver`` as they are read off the socket.
+
+        Skips nats-py's per-message ``Msg``, its pending queue and its callback task: ``deliver``
+        gets the payload and the headers (``None``: none; ``checked``: decoded strictly as
+        UTF-8, so no U+FFFD stands for an undecodable byte). It must not block.
+        """
+        self._direct[sub._id] = deliver
+
+    def forget(self, sub: Subscription) -> None:
+        self._direct.pop(sub._id, None)
+
+    async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+        deliver = self._direct.get(sid)
+        if deliver is None or sid not in self._subs:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        stats = self.stats
+        stats["in_msgs"] += 1
+        stats["in_bytes"] += len(data)
+        if not headers:
+            deliver(data, None, True)
+            return
+        parsed = _fast_headers(headers)
+        if parsed is None:  # a status line, bytes that are not UTF-8, a lone CR or LF
+            deliver(data, await self._process_headers(headers), False)
+        else:
+            deliver(data, parsed, True)
+
+    async def publish(
+        self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None
+    ) -> None:
+        if (
+            not headers
+            or self._status != Client.CONNECTED
+            or subject not in self._valid_subjects
+            or (reply and reply not in self._valid_subjects)
+            or not self._valid_keys.issuperset(headers)
+        ):
+            await super().publish(subject, payload, reply, headers)
+            if headers and len(self._valid_subjects) < _SUBJECT_CACHE:  # it passed nats-py's checks
+                self._valid_subjects.add(subject)
+                if reply:
+                    self._valid_subjects.add(reply)
+                self._valid_keys.update(k for k in headers if k and k == k.strip())
+            return
+        block = "NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()]) + "\r\n"
+        lines = len(headers) + 2
+        if (
+            block.count("\n") != lines
+            or block.count("\r") != lines
+            or ":  " in block  # a value nats-py would strip: leading or trailing blanks
+            or " \r" in block
+            or "\t" in block
+        ):
+            await super().publish(subject, payload, reply, headers)  # nats-py rewrites these values
+            return
+        size = len(payload)
+        if size > self._max_payload:
+            raise MaxPayloadError
+        hdr = block.encode()
+        n = len(hdr)
+        command = b"".join((f"HPUB {subject} {reply} {n} {n + size}\r\n".encode(), hdr, payload, b"\r\n"))
+        stats = self.stats
+        stats["out_msgs"] += 1
+        stats["out_bytes"] += size
+        await self._send_command(command)
+        if self._flush_queue is not None and self._flush_queue.empty():
+            await self._flush_pending()
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for line in raw.split(b"\r\n"):
-            name, sep, value = line.partition(b":")
-            if not sep:
-                continue
-            name = name.strip()
-            if len(name.split()) > 1:  # whitespace inside the name: not a token
-                continue
-            try:
-                key = name.decode("ascii")
-            except UnicodeDecodeError:
-                continue
-            out[key] = value.strip().decode("utf-8", "replace")
-        return out
+        if raw.count(b"\n") != raw.count(b"\r\n") or raw.count(b"\r") != raw.count(b"\r\n"):
+            return _parse_header_lines_slowly(raw)  # a lone CR or LF: the exact line-by-line rules
+        return {k.decode("ascii"): v.decode("utf-8", "replace") for k, v in _HEADER_LINE.findall(raw)}
+
+
+# One header line, as nats-py reads it (split at the first colon, name and value stripped of ASCII
+# blanks, a name with a blank or a non-ASCII byte inside skipped), for blocks whose only line
+# breaks are CRLF. ``.`` stops at LF, so a match never crosses into the next line.
+_BLANK = rb"[ \t\x0b\x0c]"
+_HEADER_LINE = re.compile(
+    rb"^" + _BLANK + rb"*([\x00-\x08\x0e-\x1b!-9;-\x7f]*)" + _BLANK + rb"*:" + _BLANK + rb"*(.*?)" + _BLANK + rb"*\r?$",
+    re.M,
+)
+
+
+_HEADER_LINE_TEXT = re.compile(_HEADER_LINE.pattern.decode("latin-1"), re.M)
+
+
+def _fast_headers(block: bytes) -> dict[str, str] | None:
+    """The headers after ``NATS/1.0`` as nats-py reads them, or ``None`` where only its own
+    reader applies (a status line, bytes that are not UTF-8, a lone CR or LF).
+
+    The common block (names seen before, one ``": "`` after each, no blanks to strip) is split
+    with two C calls; anything else goes through the exact line rules (:data:`_HEADER_LINE`).
+    """
+    if block[8:9] == b" ":
+        return None
+    try:
+        text = block[10:].decode()
+    except UnicodeDecodeError:
+        return None
+    crlf = text.count("\r\n")
+    if text.count("\n") != crlf or text.count("\r") != crlf:
+        return None
+    if not ("\t" in text or "\x0b" in text or "\x0c" in text or ":  " in text or " \r" in text or text[-1:] == " "):
+        try:
+            headers = dict([line.split(": ", 1) for line in text.split("\r\n") if line])
+        except ValueError:  # a line without ": "
+            pass
+        else:
+            if _KNOWN_NAMES.issuperset(headers):
+                return headers
+    headers = dict(_HEADER_LINE_TEXT.findall(text))
+    if len(_KNOWN_NAMES) < 1024:
+        _KNOWN_NAMES.update(name for name in headers if _TOKEN.fullmatch(name))
+    return headers
+
+
+_KNOWN_NAMES: set[str] = set()
+"""Header names that are plain tokens (no blank, no colon), learned from the exact reader."""
+_TOKEN = re.compile(r"[!-9;-~]+")
+
+
+def _parse_header_lines_slowly(raw: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in raw.split(b"\r\n"):
+        name, sep, value = line.partition(b":")
+        if not sep:
+            continue
+        name = name.strip()
+        if len(name.split()) > 1 or any(c in _SPACE_LIKE for c in name):  # not a token
+            continue
+        try:
+            key = name.decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        out[key] = value.strip().decode("utf-8", "replace")
+    return out
+
+
+_SPACE_LIKE = frozenset(b"\x1c\x1d\x1e\x1f")
+"""Bytes that ``str.isspace`` (nats-py's test of a name) counts as blanks but ``bytes.split`` does not."""
 
 
 async def open_connection(
@@ -139,7 +285,8 @@ async def open_connection(
     """A connected client, or :class:`BrokerConnectionError` within ``connect_timeout``."""
     servers = servers_of(url)
     address = display_address(servers)
-    nc = _Client()
+    nc = FastClient()
+    nc._valid_subjects, nc._valid_keys, nc._direct = set(), set(), {}
     errors: list[BaseException] = []
     state = {"connected": False}
 
@@ -247,20 +394,32 @@ def read(
     msg: Msg, binding: Binding, topic: str, fallback_id: str | None
 ) -> tuple[Event | None, WireMessage, DecodeError | None]:
     """The event in a NATS message, or the reason it cannot be read; never raises."""
-    headers = msg.headers
+    return read_parts(msg.data, msg.headers, False, binding, topic, fallback_id)
+
+
+def read_parts(
+    data: bytes,
+    headers: dict[str, str] | None,
+    checked: bool,
+    binding: Binding,
+    topic: str,
+    fallback_id: str | None = None,
+) -> tuple[Event | None, WireMessage, DecodeError | None]:
+    """:func:`read` from a payload and its headers (``checked``: no U+FFFD stands for a bad byte)."""
     if headers is None:
-        wire = WireMessage(msg.data, _NO_HEADERS, None, None)
+        wire = WireMessage(data, _NO_HEADERS, None, None)
     else:
-        wire = WireMessage(msg.data, headers, None, headers.get("content-type") or headers.get("Content-Type"))
-        # nats-py decodes header values with errors="replace": U+FFFD in an attribute means
-        # the bytes on the wire were not UTF-8.
-        for name, value in headers.items():
-            if "\ufffd" in value and _suspect(name):
-                return (
-                    None,
-                    wire,
-                    DecodeError(f"header {name!r} is not UTF-8", bytes(msg.data), dict(headers)),
-                )
+        wire = WireMessage(data, headers, None, headers.get("content-type") or headers.get("Content-Type"))
+        if not checked:
+            # nats-py decodes header values with errors="replace": U+FFFD in an attribute means
+            # the bytes on the wire were not UTF-8.
+            for name, value in headers.items():
+                if "\ufffd" in value and _suspect(name):
+                    return (
+                        None,
+                        wire,
+                        DecodeError(f"header {name!r} is not UTF-8", bytes(data), dict(headers)),
+                    )
     try:
         return decode(wire, binding, topic, fallback_id), wire, None
     except DecodeError as exc:

@@ -32,10 +32,12 @@ from nats.errors import Error as NatsError
 
 from mesh.brokers import _nats_replay as _replay
 from mesh.brokers._nats_common import (
+    FastClient,
     barrier,
     display_address,
     open_connection,
     read,
+    read_parts,
     servers_of,
     shut,
     to_headers,
@@ -58,6 +60,7 @@ log = logging.getLogger("mesh.broker.nats")
 # (event, raw, error, attempt, the delivery it repeats if that may still be acked)
 _Record = tuple[Event | None, WireMessage | None, DecodeError | None, int, "NatsDelivery | None"]
 _Key = tuple[str, str, str]  # (servers, subject, queue group)
+_Read = tuple[Event | None, WireMessage, DecodeError | None]  # a message read on arrival
 
 
 class NatsDelivery(_Delivery):
@@ -127,7 +130,7 @@ class _NatsSubscription(Subscription):
         self.queue = "_".join(group.split()) or "_"
         self.key: _Key = (broker.address, self.subject, self.queue)
         self._runner = HandlerRunner(handler, concurrency, topic)
-        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[Msg | _Read | None] = asyncio.Queue()
         self._limit = broker.settings.pending_limit
         self._dropped = 0
         self._again: deque[NatsDelivery] = deque()
@@ -142,6 +145,8 @@ class _NatsSubscription(Subscription):
 
     async def start(self, nc: Client) -> None:
         self._nsub = await nc.subscribe(self.subject, queue=self.queue, cb=self._receive)
+        if isinstance(nc, FastClient):
+            nc.deliver_directly(self._nsub, self._arrived)
         side = _replay.side_subject(self._broker, self.topic, self.queue)  # replays for this group only
         self._side = await nc.subscribe(side, queue=self.queue, cb=self._receive_side)
         await barrier(nc, self._broker.settings.connect_timeout)  # the server has it
@@ -158,6 +163,16 @@ class _NatsSubscription(Subscription):
             return
         queue.put_nowait(msg)
 
+    def _arrived(self, data: bytes, headers: dict[str, str] | None, checked: bool) -> None:
+        """The client's direct delivery: read the message and queue it for the loop."""
+        queue = self._queue
+        if queue.qsize() >= self._limit:
+            self._dropped += 1
+            if self._dropped % 10_000 == 1:
+                log.warning("nats: %s/%s is a slow consumer: %d dropped", self.subject, self.queue, self._dropped)
+            return
+        queue.put_nowait(read_parts(data, headers, checked, NATS, self.topic))
+
     async def _loop(self) -> None:
         queue, again, unacked, submit = self._queue, self._again, self._unacked, self._runner.submit
         topic = self.topic
@@ -170,10 +185,10 @@ class _NatsSubscription(Subscription):
             else:
                 if not self._running and (not self._draining or queue.empty()):
                     return
-                msg = await queue.get()
-                if msg is None:  # a wake-up
+                item = await queue.get()
+                if item is None:  # a wake-up
                     continue
-                event, raw, error = read(msg, NATS, topic, None)
+                event, raw, error = item if isinstance(item, tuple) else read(item, NATS, topic, None)
                 delivery = NatsDelivery(self, event, raw, error, 1)
             unacked.add(delivery)
             try:
@@ -234,9 +249,9 @@ class _NatsSubscription(Subscription):
         records += [d.record(d.attempt, d._origin) for d in self._again]
         self._again.clear()
         while not self._queue.empty():
-            msg = self._queue.get_nowait()
-            if msg is not None:
-                event, raw, error = read(msg, NATS, self.topic, None)
+            item = self._queue.get_nowait()
+            if item is not None:
+                event, raw, error = item if isinstance(item, tuple) else read(item, NATS, self.topic, None)
                 records.append((event, raw, error, 1, None))
         records += [d.record(d.attempt + 1, d) for d in self._unacked if not d._done]
         self._unacked.clear()
@@ -261,6 +276,9 @@ class _NatsSubscription(Subscription):
         nsub, self._nsub = self._nsub, None
         if nsub is None:
             return
+        nc = self._broker._nc
+        if isinstance(nc, FastClient):
+            nc.forget(nsub)  # what still arrives takes nats-py's path, which the drain below waits for
         try:
             # UNSUB, a round trip, then wait until the callback has queued what had arrived.
             await asyncio.wait_for(nsub.drain(), self._broker.settings.connect_timeout)  # type: ignore[no-untyped-call]
@@ -338,4 +356,3 @@ class NatsBroker(CoreNatsEphemeral, DelegatedGroupDelivery, Broker):
             raise BrokerError(f"nats at {self.address}: cannot subscribe to {topic!r}: {exc!r}") from exc
         self._subs.append(sub)
         return sub
-

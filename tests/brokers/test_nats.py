@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.aio.client
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh.brokers import Delivery, broker_class
 from mesh.brokers.nats import NatsBroker
@@ -323,6 +326,76 @@ async def test_reconnects_after_server_restart(tmp_path: Path) -> None:
 def test_fast_header_parser_matches_the_client_s_own(raw: bytes) -> None:
     from nats.aio.client import Client
 
-    from mesh.brokers._nats_common import _Client
+    from mesh.brokers._nats_common import FastClient
 
-    assert _Client._parse_header_lines(raw) == Client._parse_header_lines(raw)
+    assert FastClient._parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+_HEADER_BYTES = st.lists(
+    st.sampled_from(
+        [
+            b"a",
+            b"B",
+            b"-",
+            b":",
+            b" ",
+            b"\t",
+            b"\r\n",
+            b"\r",
+            b"\n",
+            b"\xff",
+            b"\x0b",
+            b"\x1c",
+            b"\x01",
+            b"\xc3\xa9",
+            b": ",
+            b"ce-id",
+            b"\r\n\r\n",
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(max_examples=5000, deadline=None)
+@given(_HEADER_BYTES)
+def test_fast_header_parser_matches_the_client_s_own_on_any_bytes(raw: bytes) -> None:
+    from nats.aio.client import Client
+
+    from mesh.brokers._nats_common import FastClient, _fast_headers
+
+    assert FastClient._parse_header_lines(raw) == Client._parse_header_lines(raw)
+    for _ in range(2):  # the second time with the names learned
+        fast = _fast_headers(b"NATS/1.0\r\n" + raw)
+        if fast is not None:
+            assert fast == Client._parse_header_lines(raw)
+
+
+async def test_fast_publish_writes_what_the_client_s_own_publish_writes() -> None:
+    """The HPUB command built in one pass is byte for byte nats-py's; odd values take nats-py's path."""
+    from mesh.brokers._nats_common import open_connection
+    from mesh.brokers.options.nats import NatsOptions
+
+    nc = await open_connection("nats", shared_url("nats"), NatsOptions(), "t", _noop)
+    try:
+        cases = [
+            {"ce-id": "1", "ce-type": "t", "content-type": "application/json"},
+            {"ce-subject": " padded ", "ce-id": "2"},
+            {"ce-subject": "two\r\nlines", "ce-id": "3"},
+            {"ce-subject": "tab\there"},
+        ]
+        for headers in cases:
+            for _ in range(2):  # the first publish on a subject takes nats-py's path, the second the fast one
+                nc._pending.clear()
+                await nats.aio.client.Client.publish(nc, "mt.sub", b"{}", "", dict(headers))
+                stock = b"".join(nc._pending)
+                nc._pending.clear()
+                await nc.publish("mt.sub", b"{}", headers=dict(headers))
+                assert b"".join(nc._pending) == stock
+                nc._pending.clear()
+    finally:
+        await nc.close()
+
+
+async def _noop() -> None:
+    pass
