@@ -56,8 +56,10 @@ class KafkaOptions(BrokerOptions):
     """Batch compression; snappy, lz4 and zstd need ``cramjam`` installed."""
     linger_ms: int = Field(0, ge=0)
     """How long the producer waits to fill a batch; a few ms raise throughput under load."""
-    max_batch_size: int = Field(16_384, ge=1)
-    """Largest batch per partition, in bytes."""
+    max_batch_size: int = Field(262_144, ge=1)
+    """Largest batch per partition, in bytes. aiokafka's default (16 KiB) holds about 60 events once
+    the CloudEvents headers are on each record, and publishers then queue behind the one open
+    batch per partition; 256 KiB measured 1.5x the throughput here (docs/benchmarks.md)."""
     max_request_size: int = Field(1_048_576, ge=1)
     """Largest request (and so largest event) the producer sends, in bytes."""
 
