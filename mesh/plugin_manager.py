@@ -127,8 +127,7 @@ class PluginManager:
         if impls is None:
             caller = getattr(self.pm.hook, hook)
             impls = [
-                (impl.plugin_name, impl.function, frozenset(impl.argnames))
-                for impl in reversed(caller.get_hookimpls())
+                (impl.plugin_name, impl.function, frozenset(impl.argnames)) for impl in reversed(caller.get_hookimpls())
             ]
             self._cache[hook] = impls
         return impls

@@ -298,9 +298,7 @@ class KafkaSubscription(Subscription):
         record = delivery._record
         headers = [(k, v) for k, v in record.headers if not k.startswith(RESERVED_PREFIX)]
         origin = _header(record.headers, ORIGIN_HEADER)
-        headers.append(
-            (ORIGIN_HEADER, origin or f"{record.topic}:{record.partition}:{record.offset}".encode())
-        )
+        headers.append((ORIGIN_HEADER, origin or f"{record.topic}:{record.partition}:{record.offset}".encode()))
         headers.append((DUE_HEADER, str(int((time.time() + delay) * 1000)).encode()))
         headers.append((ATTEMPT_HEADER, str(delivery.attempt + 1).encode()))
         try:

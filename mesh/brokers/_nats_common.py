@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from nats.aio.client import Client
+from nats.aio.client import Client, _validate_subject
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import AuthorizationError, MaxPayloadError, NoServersError, SlowConsumerError
@@ -52,8 +52,8 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 
 _UNSAFE = re.compile(r"[.*>/\\\s\x00-\x1f\x7f]")
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
-_SUBJECT_CACHE = 10_000
-"""Subjects remembered as valid (per connection) so the fast publish path skips nats-py's checks."""
+_KEY_CACHE = 1_000
+"""Header names remembered as valid (per connection) so the fast publish path skips nats-py's checks."""
 
 _Options = TypeVar("_Options", bound=NatsOptions)
 
@@ -121,11 +121,10 @@ class FastClient(Client):
     The stock client tests every character of every header name in Python on both ends, which
     was most of the cost of a CloudEvent in binary mode (a dozen headers per message). Publishing
     with headers builds the HPUB command in one pass instead; anything unusual (a header value
-    with a line break, a subject not seen before, a connection that is not up) takes the stock
+    with a line break, a header name not seen before, a connection that is not up) takes the stock
     path, which validates, rewrites line breaks and buffers or raises as nats-py does.
     """
 
-    _valid_subjects: set[str]
     _valid_keys: set[str]
     _direct: dict[int, Direct]
 
@@ -161,20 +160,15 @@ class FastClient(Client):
     async def publish(
         self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None
     ) -> None:
-        if (
-            not headers
-            or self._status != Client.CONNECTED
-            or subject not in self._valid_subjects
-            or (reply and reply not in self._valid_subjects)
-            or not self._valid_keys.issuperset(headers)
-        ):
-            await super().publish(subject, payload, reply, headers)
-            if headers and len(self._valid_subjects) < _SUBJECT_CACHE:  # it passed nats-py's checks
-                self._valid_subjects.add(subject)
-                if reply:
-                    self._valid_subjects.add(reply)
+        if not headers or self._status != Client.CONNECTED or not self._valid_keys.issuperset(headers):
+            await super().publish(subject, payload, reply, headers)  # validates, buffers or raises
+            if headers and len(self._valid_keys) < _KEY_CACHE:  # the names passed nats-py's checks
                 self._valid_keys.update(k for k in headers if k and k == k.strip())
             return
+        if not self._skip_subject_validation:
+            _validate_subject(subject)
+            if reply:
+                _validate_subject(reply)
         block = "NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()]) + "\r\n"
         lines = len(headers) + 2
         if (
@@ -286,7 +280,7 @@ async def open_connection(
     servers = servers_of(url)
     address = display_address(servers)
     nc = FastClient()
-    nc._valid_subjects, nc._valid_keys, nc._direct = set(), set(), {}
+    nc._valid_keys, nc._direct = set(), {}
     errors: list[BaseException] = []
     state = {"connected": False}
 

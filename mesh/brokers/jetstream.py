@@ -521,4 +521,3 @@ class JetStreamBroker(CoreNatsEphemeral, DelegatedHistory, Broker):
             raise BrokerError(f"jetstream at {self.address}: cannot subscribe to {topic!r}: {exc!r}") from exc
         self._subs.append(sub)
         return sub
-

@@ -290,9 +290,7 @@ class RabbitMQBroker(DelegatedGroupDelivery, Broker):
         try:
             self.settings = RabbitMQOptions.model_validate(self.options)
         except ValidationError as exc:
-            problems = [
-                ("broker.options." + ".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()
-            ]
+            problems = [("broker.options." + ".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()]
             raise ConfigError(problems) from exc
         self.binding = for_broker("rabbitmq", self.content_mode)
         self._conn: aio_pika.RobustConnection | None = None
@@ -433,9 +431,7 @@ class RabbitMQBroker(DelegatedGroupDelivery, Broker):
         except TimeoutError as exc:
             raise PublishError(f"rabbitmq at {self.address} is unreachable (reconnecting)") from exc
 
-    async def _publish_copy(
-        self, body: bytes, props: Basic.Properties, queue: str, delay: float | None
-    ) -> None:
+    async def _publish_copy(self, body: bytes, props: Basic.Properties, queue: str, delay: float | None) -> None:
         """Publish a copy for one group queue (confirmed, mandatory), now or after ``delay``."""
         if not delay or delay <= 0:
             await self._publish_control(body, "", queue, props)
@@ -584,9 +580,7 @@ async def _declare_delay_queue(
     await channel.initialize()
     try:
         exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
-        queue = await channel.declare_queue(
-            name, durable=True, arguments=arguments, passive=arguments is None
-        )
+        queue = await channel.declare_queue(name, durable=True, arguments=arguments, passive=arguments is None)
         await queue.bind(exchange, routing_key="")
     finally:
         await _quietly(channel.close())

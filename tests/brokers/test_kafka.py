@@ -72,9 +72,7 @@ async def raw_producer(kafka_url: str) -> AsyncIterator[AIOKafkaProducer]:
 
 async def read_raw(url: str, topic: str, count: int, within: float = 20.0) -> list[Any]:
     """Read ``count`` records of a topic from the beginning, without a group."""
-    consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=url, auto_offset_reset="earliest", fetch_max_wait_ms=50
-    )
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=url, auto_offset_reset="earliest", fetch_max_wait_ms=50)
     await consumer.start()  # no group: every partition is assigned
     try:
         records: list[Any] = []
@@ -211,8 +209,15 @@ async def test_reads_what_the_sdk_writes_binary_and_structured(kafka, raw_produc
     await broker.subscribe(topic, unique("g"), got)
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     binary = CloudEvent(
-        {"type": "sdk.binary", "source": "/sdk", "id": "b1", "time": when, "partitionkey": "k1",
-         "datacontenttype": "application/json", "tenant": "acme"},
+        {
+            "type": "sdk.binary",
+            "source": "/sdk",
+            "id": "b1",
+            "time": when,
+            "partitionkey": "k1",
+            "datacontenttype": "application/json",
+            "tenant": "acme",
+        },
         {"n": 1},
     )
     structured = CloudEvent(
@@ -239,8 +244,14 @@ async def test_sdk_reads_what_the_mesh_writes(kafka, kafka_url: str) -> None:
     when = datetime(2026, 5, 6, 7, 8, 9, tzinfo=UTC)
     await binary.publish(
         topic,
-        Event(type="mesh.b", source="/mesh", id="m1", time=when, data={"x": 1},
-              extensions={"partitionkey": "p1", "tenant": "acme"}),
+        Event(
+            type="mesh.b",
+            source="/mesh",
+            id="m1",
+            time=when,
+            data={"x": 1},
+            extensions={"partitionkey": "p1", "tenant": "acme"},
+        ),
     )
     await structured.publish(topic, Event(type="mesh.s", source="/mesh", id="m2", data={"x": 2}))
     records = await read_raw(kafka_url, topic, 2)
@@ -286,9 +297,7 @@ async def test_legacy_json_and_bytes_are_wrapped(kafka, raw_producer) -> None:
     assert first.id == f"{topic}:0:0", "wrapped events get a stable id from their position"
 
 
-async def test_corrupt_input_reaches_the_handler_as_an_error_and_good_events_flow(
-    kafka, raw_producer
-) -> None:
+async def test_corrupt_input_reaches_the_handler_as_an_error_and_good_events_flow(kafka, raw_producer) -> None:
     broker: KafkaBroker = await kafka()
     topic, got = unique(), Recorder()
     await broker.subscribe(topic, unique("g"), got)
@@ -303,8 +312,7 @@ async def test_corrupt_input_reaches_the_handler_as_an_error_and_good_events_flo
     for value, headers in corrupt:
         await raw_producer.send_and_wait(topic, value, headers=headers, partition=0)
     for i in range(3):
-        await broker.publish(topic, Event(type="good", source="/ok", data={"i": i},
-                                          extensions={"partitionkey": "one"}))
+        await broker.publish(topic, Event(type="good", source="/ok", data={"i": i}, extensions={"partitionkey": "one"}))
     await wait_for(lambda: len(got.deliveries) == 8, timeout=30, what="every message delivered")
     errors = [d for d in got.deliveries if d.error is not None]
     assert len(errors) == 5
@@ -324,8 +332,9 @@ async def test_order_per_key_over_three_partitions(kafka, kafka_url: str) -> Non
     topic, got = unique(), Recorder()
     await broker.subscribe(topic, unique("g"), got)
     for i in range(60):
-        await broker.publish(topic, Event(type="t", source="/s", data={"i": i},
-                                          extensions={"partitionkey": "a" if i % 2 else "b"}))
+        await broker.publish(
+            topic, Event(type="t", source="/s", data={"i": i}, extensions={"partitionkey": "a" if i % 2 else "b"})
+        )
     await wait_for(lambda: len(got.deliveries) == 60, timeout=30, what="60 deliveries")
     for key in ("a", "b"):
         seen = [e.data["i"] for e in got.events() if e.partitionkey == key]

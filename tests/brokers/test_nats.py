@@ -385,7 +385,7 @@ async def test_fast_publish_writes_what_the_client_s_own_publish_writes() -> Non
             {"ce-subject": "tab\there"},
         ]
         for headers in cases:
-            for _ in range(2):  # the first publish on a subject takes nats-py's path, the second the fast one
+            for _ in range(2):  # the first publish with new names takes nats-py's path, the second the fast one
                 nc._pending.clear()
                 await nats.aio.client.Client.publish(nc, "mt.sub", b"{}", "", dict(headers))
                 stock = b"".join(nc._pending)

@@ -450,9 +450,7 @@ async def test_mesh_messages_are_read_by_the_sdk(make: Make, raw: Any, content_m
     await message.ack()
     assert message.message_id == sent.id
     assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
-    wire = sdk.RabbitMQMessage(
-        headers=dict(message.headers), content_type=message.content_type, body=message.body
-    )
+    wire = sdk.RabbitMQMessage(headers=dict(message.headers), content_type=message.content_type, body=message.body)
     received = sdk.from_rabbitmq_event(wire)
     assert received.get_id() == sent.id
     assert received.get_type() == "mesh.sent"

@@ -190,10 +190,30 @@ def test_trace_context_travels_as_plain_w3c_headers() -> None:
 
 def test_typed_header_values_are_read_in_canonical_form() -> None:
     when = datetime(2026, 1, 1, tzinfo=UTC)
-    msg = WireMessage(b"", {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/s", "ce-type": "t", "ce-n": 3, "ce-ok": True, "ce-at": when})  # type: ignore[dict-item]
+    msg = WireMessage(
+        b"",
+        {
+            "ce-specversion": "1.0",
+            "ce-id": "1",
+            "ce-source": "/s",
+            "ce-type": "t",
+            "ce-n": 3,
+            "ce-ok": True,
+            "ce-at": when,
+        },
+    )  # type: ignore[dict-item]
     assert decode(msg, AMQP).extensions == {"n": "3", "ok": "true", "at": "2026-01-01T00:00:00Z"}
 
 
 def test_from_binary_falls_back_to_the_datacontenttype_attribute() -> None:
-    msg = WireMessage(b'{"a": 1}', {"ce_specversion": "1.0", "ce_id": "1", "ce_source": "/s", "ce_type": "t", "ce_datacontenttype": "application/json"})
+    msg = WireMessage(
+        b'{"a": 1}',
+        {
+            "ce_specversion": "1.0",
+            "ce_id": "1",
+            "ce_source": "/s",
+            "ce_type": "t",
+            "ce_datacontenttype": "application/json",
+        },
+    )
     assert from_binary(msg, KAFKA).data == {"a": 1}

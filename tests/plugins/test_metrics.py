@@ -243,7 +243,9 @@ def test_prometheus_endpoint_serves_the_counts() -> None:
     assert "already serves metrics on 127.0.0.1:" in out["other"]
 
 
-async def test_counts_match_the_events_sent_on_every_broker(broker_spec: BrokerSpec, reader: InMemoryMetricReader) -> None:
+async def test_counts_match_the_events_sent_on_every_broker(
+    broker_spec: BrokerSpec, reader: InMemoryMetricReader
+) -> None:
     from tests.support import wait_for
 
     jobs = unique("jobs")
@@ -262,8 +264,10 @@ async def test_counts_match_the_events_sent_on_every_broker(broker_spec: BrokerS
         for fail in (False, True, False, False, False):
             await app.publish(jobs, {"fail": fail}, type="job")
         await wait_for(
-            lambda: points(reader, jobs).get("mesh.events.dead_lettered") == 1
-            and points(reader, jobs).get("mesh.events.consumed") == 4,
+            lambda: (
+                points(reader, jobs).get("mesh.events.dead_lettered") == 1
+                and points(reader, jobs).get("mesh.events.consumed") == 4
+            ),
             timeout=90,
             what="four handled and one dead-lettered",
         )
