@@ -195,9 +195,14 @@ class FastClient(Client):
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:
-        if raw.count(b"\n") != raw.count(b"\r\n") or raw.count(b"\r") != raw.count(b"\r\n"):
+        crlf = raw.count(b"\r\n")
+        if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
             return _parse_header_lines_slowly(raw)  # a lone CR or LF: the exact line-by-line rules
-        return {k.decode("ascii"): v.decode("utf-8", "replace") for k, v in _HEADER_LINE.findall(raw)}
+        try:
+            text = raw.decode()
+        except UnicodeDecodeError:  # values decoded one by one, with U+FFFD for what is not UTF-8
+            return {k.decode("ascii"): v.decode("utf-8", "replace") for k, v in _HEADER_LINE.findall(raw)}
+        return _text_headers(text)
 
 
 # One header line, as nats-py reads it (split at the first colon, name and value stripped of ASCII
@@ -217,8 +222,6 @@ def _fast_headers(block: bytes) -> dict[str, str] | None:
     """The headers after ``NATS/1.0`` as nats-py reads them, or ``None`` where only its own
     reader applies (a status line, bytes that are not UTF-8, a lone CR or LF).
 
-    The common block (names seen before, one ``": "`` after each, no blanks to strip) is split
-    with two C calls; anything else goes through the exact line rules (:data:`_HEADER_LINE`).
     """
     if block[8:9] == b" ":
         return None
@@ -229,6 +232,12 @@ def _fast_headers(block: bytes) -> dict[str, str] | None:
     crlf = text.count("\r\n")
     if text.count("\n") != crlf or text.count("\r") != crlf:
         return None
+    return _text_headers(text)
+
+
+def _text_headers(text: str) -> dict[str, str]:
+    """Header lines (CRLF only) read as nats-py reads them: split with two C calls in the common
+    shape (names seen before, one ``": "`` after each, no blanks to strip), else by regex."""
     if not ("\t" in text or "\x0b" in text or "\x0c" in text or ":  " in text or " \r" in text or text[-1:] == " "):
         try:
             headers = dict([line.split(": ", 1) for line in text.split("\r\n") if line])
