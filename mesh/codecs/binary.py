@@ -65,6 +65,7 @@ class Binding:
     """How one protocol names CloudEvents attributes in its headers (header names precomputed)."""
 
     __slots__ = (
+        "_attr_of",
         "_names",
         "content_mode",
         "h_dataschema",
@@ -83,6 +84,7 @@ class Binding:
         self.read_prefixes = read_prefixes
         self.content_mode = content_mode
         self._names: dict[str, str] = {}
+        self._attr_of: dict[str, str] = {}  # header -> attribute ("" for a header that is not one)
         p = write_prefix
         self.h_specversion, self.h_id, self.h_source, self.h_type = (
             p + "specversion",
@@ -99,6 +101,16 @@ class Binding:
             header = name if name in TRACE_HEADERS else self.write_prefix + name
             self._names[name] = header
         return header
+
+    def attribute_of(self, header: str) -> str:
+        """The attribute a header carries under the written prefix, exact case; ``""`` if none."""
+        attr = self._attr_of.get(header)
+        if attr is None:
+            prefix = self.write_prefix
+            attr = header[len(prefix) :] if header.startswith(prefix) else ""
+            if len(self._attr_of) < 1024:  # foreign producers' header names must not grow it forever
+                self._attr_of[header] = attr
+        return attr
 
     def prefixes(self) -> tuple[str, ...]:
         """Every prefix read, the written one first."""
@@ -170,12 +182,25 @@ def _text(value: object, name: str) -> str:
 
 def _attributes(msg: WireMessage, binding: Binding) -> dict[str, str]:
     """The CloudEvents attributes among the headers, by the first prefix that has any."""
-    prefix = binding.write_prefix
-    n = len(prefix)
+    table, attribute_of = binding._attr_of, binding.attribute_of
     attrs: dict[str, str] = {}
-    for name, value in msg.headers.items():  # fast path: the written prefix, exact case
-        if name.startswith(prefix):
-            attrs[name[n:]] = value if type(value) is str else _text(value, name)
+    try:
+        for name, value in msg.headers.items():  # fast path: the written prefix, exact case
+            attr = table.get(name)
+            if attr is None:
+                attr = attribute_of(name)
+            if attr:
+                if type(value) is str:
+                    attrs[attr] = value
+                elif type(value) is bytes:
+                    attrs[attr] = value.decode()
+                else:
+                    attrs[attr] = _text(value, name)
+    except UnicodeDecodeError:
+        attrs = {}
+        for name, value in msg.headers.items():  # again, to name the header that is not UTF-8
+            if attribute_of(name):
+                _text(value, name)
     if attrs:
         _trace_headers(msg, attrs)
         return attrs
@@ -217,8 +242,11 @@ def from_binary(msg: WireMessage, binding: Binding) -> Event:
     subject = attrs.pop("subject", None)
     dataschema = attrs.pop("dataschema", None)
     for name in attrs:
-        if not READ_NAME.match(name):
-            raise DecodeError(f"invalid attribute name {name!r}")
+        if name not in _READ_NAMES:
+            if not READ_NAME.match(name):
+                raise DecodeError(f"invalid attribute name {name!r}")
+            if len(_READ_NAMES) < 1024:
+                _READ_NAMES.add(name)
     content_type = msg.content_type or declared
     return Event._trusted(
         type=ev_type,
@@ -231,6 +259,10 @@ def from_binary(msg: WireMessage, binding: Binding) -> Event:
         dataschema=dataschema,
         extensions=attrs,  # type: ignore[arg-type]
     )
+
+
+_READ_NAMES: set[str] = set()
+"""Extension names already checked against the spec's rule (bounded)."""
 
 
 @lru_cache(maxsize=256)
