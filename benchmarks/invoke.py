@@ -10,11 +10,14 @@ For each broker that is reachable (the loopback addresses the tests use; Kafka a
   callback queue, ``correlation_id``); Kafka a request topic and a per-instance reply topic read
   without a group; Redis a request stream and a reply stream read with ``XREAD``. JetStream's
   raw row is core NATS, which is what the mesh uses for invocation there too.
+- **FastStream**: FastStream's own request/reply, ``await broker.request(...)`` to a subscriber
+  that returns its argument (see ``FastStreamRpc``); on JetStream it is core NATS as well. Kafka
+  has no FastStream row: FastStream's Kafka brokers do not do ``request`` outside its test client.
 - **mesh**: ``app.invoke`` of a method that returns its argument, two Apps in this process.
 
 Sequential latency (p50, p99 over ``--n`` calls) and throughput with ``--concurrency`` calls in
-flight (``--calls`` in all). One process, one event loop; the ratio column is mesh / raw
-throughput from this run. Tansu's latencies say nothing about Apache Kafka's.
+flight (``--calls`` in all). One process, one event loop; the ratio columns are mesh / raw and
+mesh / FastStream throughput from this run. Tansu's latencies say nothing about Apache Kafka's.
 """
 
 from __future__ import annotations
@@ -287,6 +290,78 @@ RAW: dict[str, type[RawNats | RawRabbitMQ | RawRedis | RawKafka]] = {
 }
 
 
+# -- FastStream --------------------------------------------------------------------------------
+
+
+class FastStreamRpc:
+    """FastStream's request/reply: ``await broker.request(...)`` to a subscriber returning its argument.
+
+    What ``request`` is per broker (FastStream 0.7): NATS, ``nc.request`` to a queue subscriber;
+    RabbitMQ, Direct Reply-To (``amq.rabbitmq.reply-to``) to a queue subscriber, one request at a
+    time per broker (FastStream holds a lock around each and consumes the reply pseudo-queue
+    per call), so its concurrent figure is in effect sequential; Redis, an XADD to a request stream
+    read by a stream subscriber, answered on a pub/sub channel the caller subscribes to per call.
+    Kafka has none: the aiokafka producer raises ``FeatureNotSupportedException`` for ``request``
+    outside FastStream's test client (and FastStream's JetStream request is a stream publish
+    answered by the subscriber, which is not what the other JetStream rows measure).
+    """
+
+    KINDS = ("nats", "jetstream", "rabbitmq", "redis")
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    async def start(self, url: str) -> Call:
+        from benchmarks.contenders import _faststream_broker
+
+        self.url, self.name = url, _name("fs")
+        broker: Any
+        if self.kind == "redis":
+            from faststream.redis import RedisBroker
+
+            # each request holds a pooled connection for its reply channel and takes another for
+            # the XADD: redis-py's default pool of 100 runs out at 50 in flight
+            broker = RedisBroker(url, logger=None, max_connections=1000)
+        else:
+            broker = _faststream_broker(self.kind, url)
+        self.broker = broker
+
+        async def echo(body: Any) -> Any:
+            return body
+
+        target: dict[str, Any]
+        if self.kind == "rabbitmq":
+            from faststream.rabbit import RabbitQueue
+
+            broker.subscriber(RabbitQueue(self.name, auto_delete=True))(echo)
+            target = {"queue": self.name}
+        elif self.kind == "redis":
+            from faststream.redis import StreamSub
+
+            broker.subscriber(stream=StreamSub(self.name))(echo)
+            target = {"stream": self.name, "maxlen": 10_000}
+        else:  # core NATS, also for the jetstream row
+            broker.subscriber(self.name, queue="bench")(echo)
+            target = {"subject": self.name}
+        await broker.start()
+        if self.kind == "redis":
+            await asyncio.sleep(0.1)  # the subscriber blocks on "$" before the first request
+
+        async def call() -> Any:
+            return await (await broker.request(PAYLOAD, timeout=10, **target)).decode()
+
+        return call
+
+    async def close(self) -> None:
+        await self.broker.stop()  # the RabbitMQ queue is auto-delete: gone with its consumer
+        if self.kind == "redis":
+            from redis.asyncio import Redis
+
+            redis = Redis.from_url(self.url)
+            await redis.delete(self.name)
+            await redis.aclose()
+
+
 # -- the mesh ----------------------------------------------------------------------------------
 
 
@@ -356,8 +431,11 @@ def kafka_url() -> Any:
 async def bench(broker: str, url: str | None, n: int, calls: int, concurrency: int) -> list[Row]:
     rows = []
     clients: list[tuple[str, Any]] = []
+    core = " (core)" if broker == "jetstream" else ""
     if broker in RAW:
-        clients.append(("raw" if broker != "jetstream" else "raw (core)", RAW[broker]()))
+        clients.append(("raw" + core, RAW[broker]()))
+    if broker in FastStreamRpc.KINDS:
+        clients.append(("FastStream" + core, FastStreamRpc(broker)))
     clients.append(("mesh", Mesh()))
     for label, client in clients:
         call = await (client.start(url) if label != "mesh" else client.start(broker, url))
@@ -383,14 +461,21 @@ def run(brokers: list[str], n: int, calls: int, concurrency: int) -> list[Row]:
 
 
 def table(rows: list[Row], concurrency: int) -> str:
-    head = f"{'broker':<10} {'client':<11} {'p50 ms':>8} {'p99 ms':>8} {f'req/s @{concurrency}':>12} {'mesh/raw':>9}"
+    head = (
+        f"{'broker':<10} {'client':<17} {'p50 ms':>8} {'p99 ms':>8} {f'req/s @{concurrency}':>12}"
+        f" {'mesh/raw':>9} {'mesh/FS':>9}"
+    )
     lines = [head, "-" * len(head)]
     raw = {r.broker: r for r in rows if r.client.startswith("raw")}
+    fs = {r.broker: r for r in rows if r.client.startswith("FastStream")}
     for r in rows:
-        ratio = ""
-        if r.client == "mesh" and r.broker in raw:
-            ratio = f"{r.rps / raw[r.broker].rps:.2f}x"
-        lines.append(f"{r.broker:<10} {r.client:<11} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.rps:>12,.0f} {ratio:>9}")
+        ratios = ["", ""]
+        if r.client == "mesh":
+            ratios = [f"{r.rps / by[r.broker].rps:.2f}x" if r.broker in by else "" for by in (raw, fs)]
+        lines.append(
+            f"{r.broker:<10} {r.client:<17} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.rps:>12,.0f}"
+            f" {ratios[0]:>9} {ratios[1]:>9}"
+        )
     return "\n".join(lines)
 
 
