@@ -32,11 +32,23 @@ from mesh.errors import DecodeError
 if TYPE_CHECKING:
     from mesh.brokers.rabbitmq import RabbitMQBroker
 
-__all__ = ["EphemeralSubscription"]
+__all__ = ["EphemeralSubscription", "ack_queued"]
 
 log = logging.getLogger("mesh.broker.rabbitmq")
 
 _STOP_TIMEOUT = 5.0
+
+
+async def ack_queued(message: AbstractIncomingMessage) -> None:
+    """Ack ``message``: the frame is queued for the connection's writer, not waited for.
+
+    aio-pika's ``ack()`` waits until the frame is written, one loop turn per message; without
+    the wait the loop takes the next message at once and the writer sends a burst's acks
+    together. An ack lost with the connection is a redelivery either way.
+    """
+    tag = message.delivery_tag
+    if tag is not None:  # None: consumed with no_ack, nothing to settle
+        await message.channel.basic_ack(delivery_tag=tag, wait=False)
 
 
 class _Delivery(Delivery):
@@ -52,7 +64,7 @@ class _Delivery(Delivery):
     async def _ack(self) -> None:
         if self._acks:
             with contextlib.suppress(ChannelInvalidStateError, ConnectionError, RuntimeError):
-                await self._message.ack()
+                await ack_queued(self._message)
 
     async def _nack(self, delay: float | None) -> None:
         if self._acks:  # back to the group's queue at once (an ephemeral queue has no delays)

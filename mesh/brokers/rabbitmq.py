@@ -56,7 +56,7 @@ from pamqp.commands import Basic
 from pydantic import ValidationError
 
 from mesh.brokers import _rabbitmq_replay as _replay
-from mesh.brokers._rabbitmq_ephemeral import EphemeralSubscription
+from mesh.brokers._rabbitmq_ephemeral import EphemeralSubscription, ack_queued
 from mesh.brokers.base import (
     RESERVED_PREFIX,
     Broker,
@@ -114,7 +114,7 @@ class RabbitMQDelivery(Delivery):
     async def _ack(self) -> None:
         # A gone channel is fine: the broker gives the message back to the group.
         with contextlib.suppress(*_GONE):
-            await self._message.ack()
+            await ack_queued(self._message)
 
     async def _nack(self, delay: float | None) -> None:
         await self._consumer.redeliver(self, delay)
