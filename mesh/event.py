@@ -43,6 +43,9 @@ def now() -> datetime:
 
 
 def _default_content_type(data: Any) -> str | None:
+    kind = type(data)
+    if kind is dict or kind is list:
+        return JSON
     if data is None:
         return None
     if isinstance(data, bytes | bytearray | memoryview):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -122,9 +122,24 @@ def canonical(value: ExtensionValue) -> str:
 
 
 def format_time(value: datetime) -> str:
-    """RFC 3339 with ``Z`` for UTC."""
+    """RFC 3339 with ``Z`` for UTC (``isoformat``'s text; the date and time up to the second are
+    kept from the previous call, since events published together share them)."""
+    global _LAST_SECOND
+    if value.tzinfo is UTC:
+        second = (value.second, value.minute, value.hour, value.day, value.month, value.year)
+        last = _LAST_SECOND
+        if second == last[0]:
+            prefix = last[1]
+        else:
+            prefix = value.replace(microsecond=0, tzinfo=None).isoformat()
+            _LAST_SECOND = (second, prefix)
+        micro = value.microsecond
+        return f"{prefix}.{micro:06d}Z" if micro else prefix + "Z"
     text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+_LAST_SECOND: tuple[tuple[int, ...], str] = ((), "")
 
 
 def parse_time(text: str) -> datetime:

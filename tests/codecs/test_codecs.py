@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +21,7 @@ from mesh.codecs import (
     to_structured_message,
 )
 from mesh.codecs.bindings import AMQP, KAFKA, NATS, REDIS, for_broker
+from mesh.codecs.data import format_time
 from mesh.errors import DecodeError, EncodeError
 
 json_values = st.recursive(
@@ -217,3 +218,15 @@ def test_from_binary_falls_back_to_the_datacontenttype_attribute() -> None:
         },
     )
     assert from_binary(msg, KAFKA).data == {"a": 1}
+
+
+@settings(max_examples=500)
+@given(
+    st.datetimes(min_value=datetime(1970, 1, 2), timezones=st.sampled_from([UTC, timezone(timedelta(hours=-5))])),
+    st.booleans(),
+)
+def test_time_text_is_isoformat_with_z_whatever_second_came_before(value: datetime, same_second: bool) -> None:
+    before = value.replace(microsecond=0) if same_second else value - timedelta(seconds=1)
+    format_time(before)  # primes (or not) the remembered second
+    text = value.isoformat()
+    assert format_time(value) == (text[:-6] + "Z" if text.endswith("+00:00") else text)
