@@ -23,9 +23,10 @@ import asyncio
 import logging
 import os
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from mesh.codecs.binary import WireMessage
 from mesh.errors import DecodeError
@@ -37,10 +38,14 @@ __all__ = [
     "Delivery",
     "DeliveryHandler",
     "Features",
+    "HandlerRunner",
+    "Mailbox",
     "Subscription",
 ]
 
 log = logging.getLogger("mesh.broker")
+
+T = TypeVar("T")
 
 RESERVED_PREFIX = "_mesh."
 """Names of the mesh's internal destinations (retries, delays, replies, presence) start with this;
@@ -237,6 +242,48 @@ class Broker(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r})"
+
+
+class Mailbox(Generic[T]):
+    """What an adapter's callback hands its consume loop: an unbounded FIFO for one reader.
+
+    The part of :class:`asyncio.Queue` the adapters use, at a fraction of its cost per item
+    (no getter/putter bookkeeping, no ``task_done`` accounting): ``put_nowait`` appends and wakes
+    the one waiting reader, ``get`` returns at once while items are there.
+    """
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[T] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: T) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> T:
+        items = self._items
+        while not items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return items.popleft()
+
+    def get_nowait(self) -> T:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    def empty(self) -> bool:
+        return not self._items
 
 
 class HandlerRunner:

@@ -64,7 +64,7 @@ from mesh.brokers._nats_common import (
     validate_options,
 )
 from mesh.brokers._nats_ephemeral import CoreNatsEphemeral, NatsEphemeral
-from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Subscription
+from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Mailbox, Subscription
 from mesh.brokers.base import Delivery as _Delivery
 from mesh.brokers.capabilities import GROUP_MARK, DelegatedHistory
 from mesh.brokers.options.nats import JetStreamOptions
@@ -149,7 +149,7 @@ class _JetStreamSubscription(Subscription):
         self._last_pull = 0.0
         self._pull_after = 0.0
         self._repair = False
-        self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
+        self._queue: Mailbox[Msg | None] = Mailbox()
         self._unacked: set[JetStreamDelivery] = set()
         self._running = True
         self._stopped = False
@@ -322,7 +322,7 @@ class _JetStreamSubscription(Subscription):
             await self.reply(reply, _NAK)
 
 
-def _drain_queue(queue: asyncio.Queue[Msg | None]) -> list[Msg]:
+def _drain_queue(queue: Mailbox[Msg | None]) -> list[Msg]:
     out = []
     while not queue.empty():
         msg = queue.get_nowait()

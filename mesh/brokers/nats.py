@@ -44,7 +44,7 @@ from mesh.brokers._nats_common import (
     validate_options,
 )
 from mesh.brokers._nats_ephemeral import CoreNatsEphemeral, NatsEphemeral
-from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Subscription
+from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Mailbox, Subscription
 from mesh.brokers.base import Delivery as _Delivery
 from mesh.brokers.capabilities import DelegatedGroupDelivery
 from mesh.brokers.options.nats import NatsOptions
@@ -130,7 +130,7 @@ class _NatsSubscription(Subscription):
         self.queue = "_".join(group.split()) or "_"
         self.key: _Key = (broker.address, self.subject, self.queue)
         self._runner = HandlerRunner(handler, concurrency, topic)
-        self._queue: asyncio.Queue[Msg | _Read | None] = asyncio.Queue()
+        self._queue: Mailbox[Msg | _Read | None] = Mailbox()
         self._limit = broker.settings.pending_limit
         self._dropped = 0
         self._again: deque[NatsDelivery] = deque()

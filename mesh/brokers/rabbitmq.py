@@ -64,6 +64,7 @@ from mesh.brokers.base import (
     DeliveryHandler,
     Features,
     HandlerRunner,
+    Mailbox,
     Subscription,
 )
 from mesh.brokers.capabilities import DelegatedGroupDelivery
@@ -138,7 +139,7 @@ class _Consumer(Subscription):
         self._broker = broker
         self._binding = broker.binding
         self._runner = HandlerRunner(handler, concurrency, topic)
-        self._buffer: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
+        self._buffer: Mailbox[AbstractIncomingMessage | None] = Mailbox()
         self._channel: AbstractRobustChannel | None = None
         self._amqp_queue: AbstractRobustQueue | None = None
         self._tag: str | None = None

@@ -17,9 +17,13 @@ def test_invoke_benchmark_prints_a_table_for_the_mesh(capsys: pytest.CaptureFixt
 
 
 @pytest.mark.nats
-def test_invoke_benchmark_puts_the_raw_client_beside_the_mesh(capsys: pytest.CaptureFixture[str]) -> None:
+def test_invoke_benchmark_shows_raw_faststream_and_mesh_rows(capsys: pytest.CaptureFixture[str]) -> None:
     if not reachable(DEFAULT_URLS["nats"], 4222):
         unavailable("nats")
     rows = invoke.main(["--brokers", "nats", "--n", "20", "--calls", "40", "--concurrency", "5"])
-    assert [r.client for r in rows] == ["raw", "mesh"]
-    assert "x" in capsys.readouterr().out.splitlines()[-1]  # the mesh/raw ratio
+    assert [(r.broker, r.client) for r in rows] == [("nats", "raw"), ("nats", "FastStream"), ("nats", "mesh")]
+    assert all(r.rps > 0 and r.p50_ms > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert "mesh/raw" in out and "mesh/FS" in out
+    mesh_line = next(line for line in out.splitlines() if line.split()[:2] == ["nats", "mesh"])
+    assert mesh_line.count("x") == 2  # both ratios are filled in
