@@ -24,6 +24,7 @@ from nats.aio.client import Client, _validate_subject
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import AuthorizationError, MaxPayloadError, NoServersError, SlowConsumerError
+from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
 from mesh.brokers.options.nats import NatsOptions
@@ -57,8 +58,8 @@ _KEY_CACHE = 1_000
 
 _Options = TypeVar("_Options", bound=NatsOptions)
 
-Direct = Callable[[bytes, "dict[str, str] | None", bool], None]
-"""Takes one message of a subscription delivered directly: payload, headers, headers checked."""
+Direct = Callable[[bytes, bytes, "dict[str, str] | None", bool], None]
+"""Takes one message of a subscription delivered directly: subject, payload, headers, headers checked."""
 
 
 def validate_options(model: type[_Options], options: Mapping[str, Any]) -> _Options:
@@ -127,6 +128,9 @@ class FastClient(Client):
 
     _valid_keys: set[str]
     _direct: dict[int, Direct]
+    _answers: dict[str, asyncio.Future[tuple[bytes, dict[str, str] | None]]]
+    _answers_prefix: str | None
+    _asked: int
 
     def deliver_directly(self, sub: Subscription, deliver: Direct) -> None:
         """Hand the messages of ``sub`` to ``deliver`` as they are read off the socket.
@@ -149,13 +153,47 @@ class FastClient(Client):
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
         if not headers:
-            deliver(data, None, True)
+            deliver(subject, data, None, True)
             return
         parsed = _fast_headers(headers)
         if parsed is None:  # a status line, bytes that are not UTF-8, a lone CR or LF
-            deliver(data, await self._process_headers(headers), False)
+            deliver(subject, data, await self._process_headers(headers), False)
         else:
-            deliver(data, parsed, True)
+            deliver(subject, data, parsed, True)
+
+    async def ask(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout: float
+    ) -> tuple[bytes, dict[str, str] | None]:
+        """Publish with a reply subject and return the one answer: (payload, headers).
+
+        ``request`` without its per-call costs (a NUID, ``wait_for``, a ``Msg``, the callback
+        task): answers come through one wildcard inbox delivered directly, a timer per call.
+        Raises nats-py's ``TimeoutError`` when no answer comes within ``timeout``; a
+        no-responders status arrives as headers ``{"Status": "503", ...}``.
+        """
+        if self._answers_prefix is None:
+            prefix = self.new_inbox() + "."
+            sub = await self.subscribe(prefix + "*")
+            self.deliver_directly(sub, self._answered)
+            self._answers_prefix = prefix
+        self._asked += 1
+        token = str(self._asked)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[bytes, dict[str, str] | None]] = loop.create_future()
+        self._answers[token] = future
+        timer = loop.call_later(timeout, _expire, future)
+        try:
+            await self.publish(subject, payload, self._answers_prefix + token, headers)
+            return await future
+        finally:
+            timer.cancel()
+            del self._answers[token]
+
+    def _answered(self, subject: bytes, data: bytes, headers: dict[str, str] | None, checked: bool) -> None:
+        token = subject[subject.rfind(b".") + 1 :].decode()
+        future = self._answers.get(token)
+        if future is not None and not future.done():
+            future.set_result((data, headers))
 
     async def publish(
         self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None
@@ -213,6 +251,11 @@ _HEADER_LINE = re.compile(
     rb"^" + _BLANK + rb"*([\x00-\x08\x0e-\x1b!-9;-\x7f]*)" + _BLANK + rb"*:" + _BLANK + rb"*(.*?)" + _BLANK + rb"*\r?$",
     re.M,
 )
+
+
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_exception(NatsTimeoutError())
 
 
 _HEADER_LINE_TEXT = re.compile(_HEADER_LINE.pattern.decode("latin-1"), re.M)
@@ -290,6 +333,7 @@ async def open_connection(
     address = display_address(servers)
     nc = FastClient()
     nc._valid_keys, nc._direct = set(), {}
+    nc._answers, nc._answers_prefix, nc._asked = {}, None, 0
     errors: list[BaseException] = []
     state = {"connected": False}
 

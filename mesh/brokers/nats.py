@@ -163,7 +163,7 @@ class _NatsSubscription(Subscription):
             return
         queue.put_nowait(msg)
 
-    def _arrived(self, data: bytes, headers: dict[str, str] | None, checked: bool) -> None:
+    def _arrived(self, subject: bytes, data: bytes, headers: dict[str, str] | None, checked: bool) -> None:
         """The client's direct delivery: read the message and queue it for the loop."""
         queue = self._queue
         if queue.qsize() >= self._limit:

@@ -399,3 +399,35 @@ async def test_fast_publish_writes_what_the_client_s_own_publish_writes() -> Non
 
 async def _noop() -> None:
     pass
+
+
+async def test_fast_request_gets_the_answer_times_out_and_reports_no_responders() -> None:
+    """FastClient.ask: the answer with its headers; nats-py's TimeoutError; a 503 status."""
+    from nats.errors import TimeoutError as NatsTimeoutError
+
+    from mesh.brokers._nats_common import open_connection
+    from mesh.brokers.options.nats import NatsOptions
+
+    nc = await open_connection("nats", shared_url("nats"), NatsOptions(), "t", _noop)
+    subject, silent = unique("ask"), unique("silent")
+    try:
+
+        async def answer(msg: Any) -> None:
+            await msg.respond(msg.data[::-1])
+
+        await nc.subscribe(subject, cb=answer)
+        await nc.subscribe(silent, cb=_ignore)
+        await nc.flush()
+        answers = await asyncio.gather(*(nc.ask(subject, f"m{i}".encode(), {"ce-id": str(i)}, 5) for i in range(20)))
+        assert [data for data, _ in answers] == [f"m{i}".encode()[::-1] for i in range(20)]
+        with pytest.raises(NatsTimeoutError):
+            await nc.ask(silent, b"x", None, 0.2)
+        data, status = await nc.ask(unique("nobody"), b"x", None, 5)
+        assert data == b"" and status is not None and status.get("Status") == "503"
+        assert not nc._answers  # nothing left waiting
+    finally:
+        await nc.close()
+
+
+async def _ignore(msg: Any) -> None:
+    pass
