@@ -28,11 +28,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import Error as NatsError
 
-from mesh.brokers._nats_common import barrier, read, to_headers
-from mesh.brokers.base import Delivery, DeliveryHandler, HandlerRunner, Subscription
-from mesh.codecs.binary import Binding, encode
+from mesh.brokers._nats_common import FastClient, barrier, read, read_parts, to_headers
+from mesh.brokers.base import Delivery, DeliveryHandler, HandlerRunner, Mailbox, Subscription
+from mesh.codecs.binary import Binding, WireMessage, encode
 from mesh.codecs.bindings import NATS
-from mesh.errors import BrokerError, NoResponders, PublishError
+from mesh.errors import BrokerError, DecodeError, NoResponders, PublishError
 from mesh.event import Event
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ __all__ = ["NatsEphemeral"]
 log = logging.getLogger("mesh.broker.nats")
 
 NO_RESPONDERS = "503"
+
+_Read = tuple[Event | None, WireMessage, DecodeError | None]  # a message read on arrival
 
 
 class _Delivery(Delivery):
@@ -67,11 +69,16 @@ class _Subscription(Subscription):
         self._runner = HandlerRunner(handler, concurrency, topic)
         self._nsub: NatsSubscription | None = None
         self._running = True
+        self._limit = owner.broker.settings.pending_limit  # beyond it messages are dropped, as NATS does
+        self._mailbox: Mailbox[_Read | None] = Mailbox()
+        self._task: asyncio.Task[None] | None = None
 
     async def start(self, nc: Client) -> None:
-        limit = self._owner.broker.settings.pending_limit  # beyond it nats-py drops, as NATS does for a slow consumer
         queue = "_".join(self.group.split())
-        self._nsub = await nc.subscribe(self.subject, queue=queue, cb=self._receive, pending_msgs_limit=limit)
+        self._nsub = await nc.subscribe(self.subject, queue=queue, cb=self._receive, pending_msgs_limit=self._limit)
+        if isinstance(nc, FastClient):  # read off the socket into our mailbox, handled by our loop
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"mesh-nats:{self.subject}")
+            nc.deliver_directly(self._nsub, self._arrived)
         await barrier(nc, self._owner.broker.settings.connect_timeout)  # the server has the SUB
 
     async def _receive(self, msg: Msg) -> None:
@@ -81,17 +88,41 @@ class _Subscription(Subscription):
         event, raw, error = read(msg, NATS, self.topic, None)
         await self._runner.submit(_Delivery(self.topic, self.group, event, raw, error))
 
+    def _arrived(self, subject: bytes, data: bytes, headers: dict[str, str] | None, checked: bool) -> None:
+        mailbox = self._mailbox
+        if self._running and mailbox.qsize() < self._limit:
+            mailbox.put_nowait(read_parts(data, headers, checked, NATS, self.topic))
+
+    async def _loop(self) -> None:
+        get, submit, topic, group = self._mailbox.get, self._runner.submit, self.topic, self.group
+        while True:
+            item = await get()
+            if item is None or not self._running:
+                return  # stopped: what is still queued is dropped (at most once)
+            event, raw, error = item
+            await submit(_Delivery(topic, group, event, raw, error))
+
     async def stop(self, drain: bool = True) -> None:
         if not self._running:
             return
         self._running = False
         nsub, self._nsub = self._nsub, None
         if nsub is not None:
+            nc = self._owner.broker._nc
+            if isinstance(nc, FastClient):
+                nc.forget(nsub)
             try:  # UNSUB; what had arrived is queued, then handled below when draining
                 await asyncio.wait_for(nsub.drain(), self._owner.broker.settings.connect_timeout)  # type: ignore[no-untyped-call]
             except (TimeoutError, NatsError):
                 with contextlib.suppress(NatsError):
                     await nsub.unsubscribe()
+        task, self._task = self._task, None
+        if task is not None:
+            self._mailbox.put_nowait(None)
+            if not drain:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         if drain:
             await self._runner.drain()
         self._owner.forget(self)
