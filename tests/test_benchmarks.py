@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import codec
 
 
@@ -38,3 +40,16 @@ def test_the_one_command_prints_the_machine_and_every_part(capsys) -> None:  # t
     for part in ("# machine", "# codec", "# publish -> subscribe", "# invoke", "# memory"):
         assert part in out
     assert "| memory |" in out and "nats-py" in out
+
+
+@pytest.mark.nats
+def test_cpu_benchmark_prints_both_sides_for_each_contender(capsys) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import cpu
+    from tests.support import DEFAULT_URLS, reachable, unavailable
+
+    if not reachable(DEFAULT_URLS["nats"], 4222):
+        unavailable("nats")
+    cpu.main(["--broker", "nats", "--n", "300"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("nats ")]
+    assert [row[1] for row in rows] == ["raw", "mesh"]
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
