@@ -22,6 +22,7 @@ async def main(kind: str, url: str, topic: str, group: str, outfile: str) -> Non
             assert delivery.event is not None
             out.write(f"{delivery.event.data['i']}\n")
             out.flush()
+            await asyncio.sleep(0.002)  # a handler that takes a moment: the kill lands mid-stream
             await delivery.ack()
 
         await broker.subscribe(topic, group, handler, concurrency=4)
