@@ -155,23 +155,22 @@ class _NatsSubscription(Subscription):
 
     async def _receive(self, msg: Msg) -> None:
         """nats-py's callback: queue the message for the loop (never blocks the client)."""
-        queue = self._queue
-        if queue.qsize() >= self._limit:
-            self._dropped += 1
-            if self._dropped % 10_000 == 1:
-                log.warning("nats: %s/%s is a slow consumer: %d dropped", self.subject, self.queue, self._dropped)
-            return
-        queue.put_nowait(msg)
+        if self._has_room():
+            self._queue.put_nowait(msg)
 
     def _arrived(self, subject: bytes, data: bytes, headers: dict[str, str] | None, checked: bool) -> None:
         """The client's direct delivery: read the message and queue it for the loop."""
-        queue = self._queue
-        if queue.qsize() >= self._limit:
-            self._dropped += 1
-            if self._dropped % 10_000 == 1:
-                log.warning("nats: %s/%s is a slow consumer: %d dropped", self.subject, self.queue, self._dropped)
-            return
-        queue.put_nowait(read_parts(data, headers, checked, NATS, self.topic))
+        if self._has_room():
+            self._queue.put_nowait(read_parts(data, headers, checked, NATS, self.topic))
+
+    def _has_room(self) -> bool:
+        """Whether the queue takes one more; else the message is dropped, as NATS drops for a slow consumer."""
+        if self._queue.qsize() < self._limit:
+            return True
+        self._dropped += 1
+        if self._dropped % 10_000 == 1:
+            log.warning("nats: %s/%s is a slow consumer: %d dropped", self.subject, self.queue, self._dropped)
+        return False
 
     async def _loop(self) -> None:
         queue, again, unacked, submit = self._queue, self._again, self._unacked, self._runner.submit
