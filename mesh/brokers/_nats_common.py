@@ -198,11 +198,27 @@ class FastClient(Client):
     async def publish(
         self, subject: str, payload: bytes = b"", reply: str = "", headers: dict[str, str] | None = None
     ) -> None:
-        if not headers or self._status != Client.CONNECTED or not self._valid_keys.issuperset(headers):
-            await super().publish(subject, payload, reply, headers)  # validates, buffers or raises
-            if headers and len(self._valid_keys) < _KEY_CACHE:  # the names passed nats-py's checks
-                self._valid_keys.update(k for k in headers if k and k == k.strip())
+        if self.publish_now(subject, payload, headers, reply):
             return
+        await super().publish(subject, payload, reply, headers)  # validates, rewrites, buffers or raises
+        if headers and len(self._valid_keys) < _KEY_CACHE:  # the names passed nats-py's checks
+            self._valid_keys.update(k for k in headers if k and k == k.strip())
+
+    def publish_now(self, subject: str, payload: bytes, headers: dict[str, str] | None, reply: str = "") -> bool:
+        """Queue a message with headers for the flusher, as ``publish`` would, without awaiting.
+
+        ``False`` when only nats-py's own ``publish`` applies (no headers, names not seen
+        before, values it would rewrite, a connection that is not up, a full pending buffer):
+        the caller then awaits :meth:`publish`.
+        """
+        if (
+            not headers
+            or self._status != Client.CONNECTED
+            or not self._valid_keys.issuperset(headers)
+            or self._flusher_task is None
+            or self._flusher_task.done()
+        ):
+            return False
         if not self._skip_subject_validation:
             _validate_subject(subject)
             if reply:
@@ -216,20 +232,25 @@ class FastClient(Client):
             or " \r" in block
             or "\t" in block
         ):
-            await super().publish(subject, payload, reply, headers)  # nats-py rewrites these values
-            return
+            return False  # nats-py rewrites these values
         size = len(payload)
         if size > self._max_payload:
             raise MaxPayloadError
         hdr = block.encode()
         n = len(hdr)
         command = b"".join((f"HPUB {subject} {reply} {n} {n + size}\r\n".encode(), hdr, payload, b"\r\n"))
+        pending = self._pending_data_size + len(command)
+        if 0 < self._max_pending_size < pending:
+            return False  # nats-py's publish flushes first
         stats = self.stats
         stats["out_msgs"] += 1
         stats["out_bytes"] += size
-        await self._send_command(command)
-        if self._flush_queue is not None and self._flush_queue.empty():
-            await self._flush_pending()
+        self._pending.append(command)
+        self._pending_data_size = pending
+        kick = self._flush_queue
+        if kick is not None and kick.empty():  # wake the flusher, as nats-py's _flush_pending does
+            kick.put_nowait(asyncio.get_running_loop().create_future())
+        return True
 
     @staticmethod
     def _parse_header_lines(raw: bytes) -> dict[str, str]:

@@ -340,8 +340,11 @@ class NatsBroker(CoreNatsEphemeral, DelegatedGroupDelivery, Broker):
 
     async def publish(self, topic: str, event: Event) -> None:
         wire = encode(event, self._binding)
+        nc = self._client(PublishError)
+        subject, headers = self.name_of(topic), to_headers(wire)
         try:
-            await self._client(PublishError).publish(self.name_of(topic), wire.body, headers=to_headers(wire))
+            if not (isinstance(nc, FastClient) and nc.publish_now(subject, wire.body, headers)):
+                await nc.publish(subject, wire.body, headers=headers)
         except NatsError as exc:
             raise PublishError(f"nats at {self.address} did not take the event on {topic!r}: {exc!r}") from exc
 
