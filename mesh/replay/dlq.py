@@ -252,18 +252,20 @@ class DeadLetters:
                     continue
                 pending.append((event, key, destination))
                 if canary_left and len(pending) >= canary_left:
+                    sent_at = now()  # before sending: a fast consumer fails them again at once
                     await self._send(pending, sender, limiter, result, name)
                     result.canary = len(pending)
-                    await self._canary(pending, canary_wait)
+                    await self._canary(pending, canary_wait, sent_at)
                     pending, canary_left = [], 0
                 elif not canary_left and len(pending) >= batch:
                     await self._send(pending, sender, limiter, result, name)
                     pending = []
             if pending:
+                sent_at = now()
                 await self._send(pending, sender, limiter, result, name)
                 if canary_left:  # fewer events than the canary: they were the canary
                     result.canary = len(pending)
-                    await self._canary(pending, canary_wait)
+                    await self._canary(pending, canary_wait, sent_at)
         finally:
             if self.progress is not None:
                 self.progress.finish()
@@ -316,9 +318,9 @@ class DeadLetters:
             self._kind, [(_mark(key), {"state": "redriven", "by": name, "at": at}) for _, key, _ in items]
         )
 
-    async def _canary(self, items: list[tuple[Event, Key, str]], wait: float) -> None:
-        """Wait ``wait`` seconds; fail as soon as a canary event is back on the dead-letter topic."""
-        sent_at = now()
+    async def _canary(self, items: list[tuple[Event, Key, str]], wait: float, sent_at: datetime) -> None:
+        """Wait ``wait`` seconds; fail as soon as a canary event sent at ``sent_at`` is back on the
+        dead-letter topic."""
         returned_keys = [(source, event_id, redrive + 1) for _, (source, event_id, redrive), _ in items]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
