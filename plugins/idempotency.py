@@ -128,4 +128,3 @@ def mesh_handler_layers(app: Any, subscription: SubscriptionInfo) -> HandlerLaye
         return handle
 
     return layer
-

@@ -17,6 +17,7 @@ from typing import Any
 import asyncpg
 
 from mesh.archive import Archived, ArchiveError, ArchiveQuery, ArchiveRow, ArchiveStore, decode_row
+from mesh.archive.schema import tables
 
 __all__ = ["PostgresArchive"]
 
@@ -52,36 +53,9 @@ class PostgresArchive(ArchiveStore):
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise ArchiveError(f"cannot open the archive {self.address}: {type(exc).__name__}: {exc}") from exc
         t = self.table
-        ddl = f"""
-            CREATE TABLE IF NOT EXISTS {t} (
-                seq BIGSERIAL PRIMARY KEY,
-                topic TEXT NOT NULL,
-                source TEXT NOT NULL,
-                event_id TEXT NOT NULL,
-                redrive INTEGER NOT NULL DEFAULT 0,
-                type TEXT NOT NULL,
-                subject TEXT,
-                time TIMESTAMPTZ NOT NULL,
-                recorded TIMESTAMPTZ NOT NULL,
-                kind TEXT NOT NULL,
-                app TEXT NOT NULL,
-                grp TEXT,
-                errortype TEXT,
-                event BYTEA
-            );
-            CREATE UNIQUE INDEX IF NOT EXISTS {t}_identity ON {t} (topic, source, event_id, redrive);
-            CREATE INDEX IF NOT EXISTS {t}_topic_time ON {t} (topic, time, seq);
-            CREATE INDEX IF NOT EXISTS {t}_type_time ON {t} (type, time);
-            CREATE INDEX IF NOT EXISTS {t}_source_time ON {t} (source, time);
-            CREATE INDEX IF NOT EXISTS {t}_recorded ON {t} (recorded);
-            CREATE TABLE IF NOT EXISTS {t}_state (
-                kind TEXT NOT NULL,
-                name TEXT NOT NULL,
-                value TEXT NOT NULL,
-                updated TIMESTAMPTZ NOT NULL DEFAULT now(),
-                PRIMARY KEY (kind, name)
-            );
-        """
+        ddl = tables(
+            t, serial="BIGSERIAL PRIMARY KEY", timestamp="TIMESTAMPTZ", blob="BYTEA", updated_default="DEFAULT now()"
+        )
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", zlib.crc32(t.encode()))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mesh.archive import Archived, ArchiveError, ArchiveQuery, ArchiveRow, ArchiveStore, decode_row
+from mesh.archive.schema import tables
 from mesh.event import now
 
 __all__ = ["SQLiteArchive", "sqlite_path"]
@@ -112,40 +113,8 @@ class SQLiteArchive(ArchiveStore):
                 time.sleep(0.1)
         conn.execute("PRAGMA synchronous=FULL")
         t = self.table
-        conn.executescript(
-            f"""
-            BEGIN IMMEDIATE;
-            CREATE TABLE IF NOT EXISTS {t} (
-                seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                topic TEXT NOT NULL,
-                source TEXT NOT NULL,
-                event_id TEXT NOT NULL,
-                redrive INTEGER NOT NULL DEFAULT 0,
-                type TEXT NOT NULL,
-                subject TEXT,
-                time INTEGER NOT NULL,
-                recorded INTEGER NOT NULL,
-                kind TEXT NOT NULL,
-                app TEXT NOT NULL,
-                grp TEXT,
-                errortype TEXT,
-                event BLOB
-            );
-            CREATE UNIQUE INDEX IF NOT EXISTS {t}_identity ON {t} (topic, source, event_id, redrive);
-            CREATE INDEX IF NOT EXISTS {t}_topic_time ON {t} (topic, time, seq);
-            CREATE INDEX IF NOT EXISTS {t}_type_time ON {t} (type, time);
-            CREATE INDEX IF NOT EXISTS {t}_source_time ON {t} (source, time);
-            CREATE INDEX IF NOT EXISTS {t}_recorded ON {t} (recorded);
-            CREATE TABLE IF NOT EXISTS {t}_state (
-                kind TEXT NOT NULL,
-                name TEXT NOT NULL,
-                value TEXT NOT NULL,
-                updated INTEGER NOT NULL,
-                PRIMARY KEY (kind, name)
-            );
-            COMMIT;
-            """
-        )
+        schema = tables(t, serial="INTEGER PRIMARY KEY AUTOINCREMENT", timestamp="INTEGER", blob="BLOB")
+        conn.executescript(f"BEGIN IMMEDIATE;{schema}COMMIT;")
 
     async def close(self) -> None:
         conn, pool = self._conn, self._pool
