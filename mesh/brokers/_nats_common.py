@@ -20,10 +20,20 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from nats.aio.client import Client, _validate_subject
+from nats.aio.client import Client
+
+try:
+    from nats.aio.client import _validate_subject
+except ImportError:  # a nats-py without it: the same rule (no blank, no line break)
+
+    def _validate_subject(subject: str, *, strict: bool = False) -> None:
+        if not subject or re.search(r"[ \t\r\n]", subject):
+            raise BadSubjectError
+
+
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import AuthorizationError, MaxPayloadError, NoServersError, SlowConsumerError
+from nats.errors import AuthorizationError, BadSubjectError, MaxPayloadError, NoServersError, SlowConsumerError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
@@ -342,6 +352,22 @@ _SPACE_LIKE = frozenset(b"\x1c\x1d\x1e\x1f")
 """Bytes that ``str.isspace`` (nats-py's test of a name) counts as blanks but ``bytes.split`` does not."""
 
 
+_INTERNALS = ("_pending", "_pending_data_size", "_max_pending_size", "_flush_queue", "_flusher_task", "_subs")
+_HOOKS = ("_process_msg", "_process_headers", "_parse_header_lines", "_send_command", "_flush_pending")
+
+
+def new_client() -> Client:
+    """A :class:`FastClient` where nats-py has the internals it builds on (tested with 2.16), else
+    nats-py's own client: every fast path checks for ``FastClient`` and falls back."""
+    nc = FastClient()
+    if all(hasattr(nc, name) for name in _INTERNALS) and all(callable(getattr(Client, h, None)) for h in _HOOKS):
+        nc._valid_keys, nc._direct = set(), {}
+        nc._answers, nc._answers_prefix, nc._asked = {}, None, 0
+        return nc
+    log.warning("nats-py has changed inside: the mesh uses its stock client, correct but slower")
+    return Client()
+
+
 async def open_connection(
     broker: str,
     url: str | None,
@@ -352,9 +378,7 @@ async def open_connection(
     """A connected client, or :class:`BrokerConnectionError` within ``connect_timeout``."""
     servers = servers_of(url)
     address = display_address(servers)
-    nc = FastClient()
-    nc._valid_keys, nc._direct = set(), {}
-    nc._answers, nc._answers_prefix, nc._asked = {}, None, 0
+    nc = new_client()
     errors: list[BaseException] = []
     state = {"connected": False}
 

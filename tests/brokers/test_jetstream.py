@@ -334,3 +334,21 @@ async def test_durable_consumer_survives_server_restart(tmp_path: Path, kill: bo
         await broker.close()
         await core.close()
         server.stop()
+
+
+async def test_a_changed_nats_py_falls_back_to_its_stock_client(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the internals the fast paths need, publishes wait for the stream's ack through
+    nats-py's own request and pulls go through its callbacks."""
+    from nats.aio.client import Client
+
+    from mesh.brokers import _nats_common
+
+    monkeypatch.setattr(_nats_common, "_INTERNALS", (*_nats_common._INTERNALS, "_not_in_this_version"))
+    broker = await make()
+    assert type(broker._nc) is Client
+    topic, got = unique(), Recorder()
+    await broker.subscribe(topic, unique("g"), got)
+    for i in range(3):
+        await broker.publish(topic, Event(type="t", source="/s", data={"i": i}))
+    await wait_for(lambda: len(got.events) == 3, what="three events through the stock client")
+    assert [e.data["i"] for e in got.events] == [0, 1, 2]
