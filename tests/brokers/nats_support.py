@@ -144,3 +144,23 @@ async def brokers(kind: str, url: str) -> AsyncIterator[Callable[..., Any]]:
     yield factory
     for broker in made:
         await broker.close()
+
+
+async def works_with_the_stock_client(make: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hide one nats-py internal FastClient builds on: the broker gets nats-py's own client, and
+    three events still go through publish and subscribe, in order."""
+    from nats.aio.client import Client
+
+    from mesh.brokers import _nats_common
+    from mesh.event import Event
+    from tests.support import unique, wait_for
+
+    monkeypatch.setattr(_nats_common, "_INTERNALS", (*_nats_common._INTERNALS, "_not_in_this_version"))
+    broker = await make()
+    assert type(broker._nc) is Client
+    topic, got = unique(), Recorder()
+    await broker.subscribe(topic, unique("g"), got)
+    for i in range(3):
+        await broker.publish(topic, Event(type="t", source="/s", data={"i": i}))
+    await wait_for(lambda: len(got.events) == 3, what="three events through the stock client")
+    assert [e.data["i"] for e in got.events] == [0, 1, 2]

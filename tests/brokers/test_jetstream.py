@@ -19,7 +19,14 @@ from mesh.codecs.binary import LEGACY_TYPE
 from mesh.codecs.structured import to_structured
 from mesh.errors import BrokerConnectionError, ConfigError
 from mesh.event import Event
-from tests.brokers.nats_support import NatsServer, Recorder, brokers, raw_publish, shared_url
+from tests.brokers.nats_support import (
+    NatsServer,
+    Recorder,
+    brokers,
+    raw_publish,
+    shared_url,
+    works_with_the_stock_client,
+)
 from tests.support import free_port, unique, wait_for
 
 pytestmark = [pytest.mark.jetstream, pytest.mark.timeout(90)]
@@ -337,18 +344,4 @@ async def test_durable_consumer_survives_server_restart(tmp_path: Path, kill: bo
 
 
 async def test_a_changed_nats_py_falls_back_to_its_stock_client(make, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the internals the fast paths need, publishes wait for the stream's ack through
-    nats-py's own request and pulls go through its callbacks."""
-    from nats.aio.client import Client
-
-    from mesh.brokers import _nats_common
-
-    monkeypatch.setattr(_nats_common, "_INTERNALS", (*_nats_common._INTERNALS, "_not_in_this_version"))
-    broker = await make()
-    assert type(broker._nc) is Client
-    topic, got = unique(), Recorder()
-    await broker.subscribe(topic, unique("g"), got)
-    for i in range(3):
-        await broker.publish(topic, Event(type="t", source="/s", data={"i": i}))
-    await wait_for(lambda: len(got.events) == 3, what="three events through the stock client")
-    assert [e.data["i"] for e in got.events] == [0, 1, 2]
+    await works_with_the_stock_client(make, monkeypatch)

@@ -20,7 +20,14 @@ from mesh.codecs.binary import LEGACY_TYPE
 from mesh.codecs.structured import to_structured
 from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, PublishError
 from mesh.event import Event
-from tests.brokers.nats_support import NatsServer, Recorder, brokers, raw_publish, shared_url
+from tests.brokers.nats_support import (
+    NatsServer,
+    Recorder,
+    brokers,
+    raw_publish,
+    shared_url,
+    works_with_the_stock_client,
+)
 from tests.support import free_port, unique, wait_for
 
 pytestmark = [pytest.mark.nats, pytest.mark.timeout(90)]
@@ -434,18 +441,4 @@ async def _ignore(msg: Any) -> None:
 
 
 async def test_a_changed_nats_py_falls_back_to_its_stock_client(make, monkeypatch: pytest.MonkeyPatch) -> None:
-    """When nats-py lacks an internal the fast paths build on, the adapter uses nats-py's own
-    client, and publishing and subscribing still work."""
-    from nats.aio.client import Client
-
-    from mesh.brokers import _nats_common
-
-    monkeypatch.setattr(_nats_common, "_INTERNALS", (*_nats_common._INTERNALS, "_not_in_this_version"))
-    broker = await make()
-    assert type(broker._nc) is Client
-    topic, got = unique(), Recorder()
-    await broker.subscribe(topic, unique("g"), got)
-    for i in range(3):
-        await broker.publish(topic, Event(type="t", source="/s", data={"i": i}))
-    await wait_for(lambda: len(got.events) == 3, what="three events through the stock client")
-    assert [e.data["i"] for e in got.events] == [0, 1, 2]
+    await works_with_the_stock_client(make, monkeypatch)
