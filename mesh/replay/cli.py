@@ -290,6 +290,12 @@ def dlq() -> None:
     """
 
 
+def _dlq_selection(since: str | None, until: str | None, where: tuple[str, ...]) -> tuple[Window, EventFilter]:
+    """The dead-lettered-at window and the --where filter of a dlq command."""
+    window = Window(parse_when(since) if since else None, parse_when(until) if until else None)
+    return window, EventFilter(where=parse_where(where, DEAD_LETTER_ALIASES))
+
+
 def _dlq_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     fn = click.option("--where", "where", multiple=True, metavar="ATTR=VALUE", help="error=TimeoutError, ...")(fn)
     fn = click.option("--from", "origin", type=SOURCES, default="auto", show_default=True, help="Where to read.")(fn)
@@ -313,8 +319,7 @@ def dlq_list(
 ) -> None:
     """Pending dead letters of TOPIC by error type, with the oldest and newest."""
     with _errors():
-        window = Window(parse_when(since) if since else None, parse_when(until) if until else None)
-        filter = EventFilter(where=parse_where(where, DEAD_LETTER_ALIASES))
+        window, filter = _dlq_selection(since, until, where)
     summary = _run(
         config, archive, state_dir, False, lambda t: t.dead_letters(topic, _source(origin)).summary(window, filter)
     )
@@ -398,8 +403,7 @@ def dlq_redrive(
 ) -> None:
     """Send pending dead letters of TOPIC back, canary first, at a rate."""
     with _errors():
-        window = Window(parse_when(since) if since else None, parse_when(until) if until else None)
-        filter = EventFilter(where=parse_where(where, DEAD_LETTER_ALIASES))
+        window, filter = _dlq_selection(since, until, where)
         per_second = parse_rate(rate)
         wait = _duration("--canary-wait", canary_wait)
         target = Target.origin(to)  # checks the name
@@ -452,7 +456,7 @@ def dlq_purge(
     """Delete pending dead letters of TOPIC dead-lettered before --older-than (asks first)."""
     with _errors():
         cutoff = parse_when(older_than)
-        filter = EventFilter(where=parse_where(where, DEAD_LETTER_ALIASES))
+        _, filter = _dlq_selection(None, None, where)
     when = format_time(cutoff)
 
     def confirm(n: int) -> bool:
