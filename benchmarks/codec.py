@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mesh.codecs import decode, encode
-from mesh.codecs.bindings import KAFKA, for_broker
+from mesh.codecs.bindings import KAFKA
 from mesh.event import Event
 
 DATA = {"id": "A1", "customer": "ada", "sku": "espresso", "qty": 2, "price": 3.5}
@@ -46,7 +46,7 @@ def mesh_binary() -> Callable[[], Any]:
 
 
 def mesh_structured() -> Callable[[], Any]:
-    event, binding = mesh_event(), for_broker("kafka", "structured")
+    event, binding = mesh_event(), KAFKA.in_mode("structured")
 
     def loop() -> Any:
         return decode(encode(event, binding), binding)

@@ -27,7 +27,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
 
-from mesh.brokers import Broker, Subscription, create_broker
+from mesh.brokers import Broker, Subscription
 from mesh.brokers.base import RESERVED_PREFIX
 from mesh.codecs.data import encode_data
 from mesh.config import MeshConfig, load_config
@@ -72,7 +72,7 @@ class App:
         registry = Registry()
         self.plugins.call("mesh_register_components", registry=registry)
         self.components = registry
-        self.config: MeshConfig = load_config(config, stores=registry.secret_stores)
+        self.config: MeshConfig = load_config(config, registry=registry)
         self.plugins.disable(self.config.plugins.disable)
         self.plugins.check()
         self.broker: Broker = self._make_broker()
@@ -104,11 +104,8 @@ class App:
             "namespace": conf.namespace,
             "client_id": self.instance_id,
         }
-        factory = self.components.brokers.get(conf.type)
-        if factory is not None:
-            broker: Broker = factory(conf.url, **kwargs)
-            return broker
-        return create_broker(conf.type, conf.url, **kwargs)
+        broker: Broker = self.components.load("broker", conf.type)(conf.url, **kwargs)
+        return broker
 
     # -- registration ------------------------------------------------------------------------
 

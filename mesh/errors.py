@@ -5,12 +5,13 @@
     MeshError
     ├── ConfigError (ValueError)            bad config: every problem with its path in the file
     ├── PluginError                         a plugin failed inside a hook (names plugin and hook)
+    ├── ComponentNotInstalled (ImportError)  a component's client library is missing: names the extra
     ├── EventError (ValueError)
     │   ├── InvalidEvent                    an attribute breaks the CloudEvents rules
     │   ├── EncodeError (TypeError)         data cannot be serialised
     │   └── DecodeError                     bytes on the wire are not a readable event
     ├── BrokerError
-    │   ├── BrokerNotInstalled (ImportError)  the client library is missing: names the extra
+    │   ├── BrokerNotInstalled (ComponentNotInstalled)  the client library is missing: names the extra
     │   ├── BrokerConnectionError (ConnectionError)  refused, unreachable, bad credentials
     │   ├── PublishError                    the broker did not take the event
     │   └── FeatureNotSupported (NotImplementedError)  names the broker and the alternative
@@ -35,6 +36,7 @@ __all__ = [
     "BrokerConnectionError",
     "BrokerError",
     "BrokerNotInstalled",
+    "ComponentNotInstalled",
     "ConfigError",
     "DeadLetter",
     "DecodeError",
@@ -107,13 +109,23 @@ class BrokerError(MeshError):
     """The broker failed or refused."""
 
 
-class BrokerNotInstalled(BrokerError, ImportError):
+class ComponentNotInstalled(MeshError, ImportError):
+    """A component's client library is not installed: the message names the extra to install."""
+
+    def __init__(self, kind: str, type: str, extra: str) -> None:
+        self.kind = kind
+        self.type = type
+        self.extra = extra
+        install = f"pip install 'event-mesh[{extra}]'" if extra else "install its package"
+        super().__init__(f"the {type} {kind} needs its client library: {install}")
+
+
+class BrokerNotInstalled(BrokerError, ComponentNotInstalled):
     """The broker's client library is not installed."""
 
     def __init__(self, broker: str, extra: str) -> None:
         self.broker = broker
-        self.extra = extra
-        super().__init__(f"the {broker} broker needs its client library: pip install 'event-mesh[{extra}]'")
+        ComponentNotInstalled.__init__(self, "broker", broker, extra)
 
 
 class BrokerConnectionError(BrokerError, ConnectionError):

@@ -26,11 +26,11 @@ if TYPE_CHECKING:
     import click
 
     from mesh.app import App
+    from mesh.components import Registry
     from mesh.config import MeshConfig
     from mesh.dispatch import Context, Decision, HandlerLayer, PublishLayer, SubscriptionInfo
     from mesh.event import Event, ExtensionValue
     from mesh.invoke import InvokeLayer
-    from mesh.plugin_manager import Registry
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 

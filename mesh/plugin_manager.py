@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 import pluggy
 
 from mesh import hookspecs
+from mesh.components import Registry
 from mesh.errors import ConfigError, PluginError
 
 __all__ = ["BUILTIN_PLUGINS", "PluginManager", "Registry"]
@@ -34,22 +35,6 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
 """(name, module) of the built-in plugins, registered in this order before any other."""
 
 ENTRY_POINT_GROUP = "mesh"
-
-
-class Registry:
-    """What ``mesh_register_components`` fills: extra broker types and secret stores."""
-
-    def __init__(self) -> None:
-        self.brokers: dict[str, Callable[..., Any]] = {}
-        self.secret_stores: dict[str, Callable[[Mapping[str, Any]], Callable[[str], str]]] = {}
-
-    def add_broker(self, type: str, factory: Callable[..., Any]) -> None:
-        """Make ``broker: {type: <type>}`` build brokers with ``factory(url, **kwargs)``."""
-        self.brokers[type] = factory
-
-    def add_secret_store(self, name: str, factory: Callable[[Mapping[str, Any]], Callable[[str], str]]) -> None:
-        """Make ``secretKeyRef: {store: <name>}`` resolve with ``factory(settings)(secret_name)``."""
-        self.secret_stores[name] = factory
 
 
 def disabled_by_env() -> set[str]:

@@ -18,15 +18,14 @@ success): keep handlers safe for that rare case, or use a store with a lock of y
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mesh.config import MeshConfig, parse_duration, plugin_settings
 from mesh.dispatch import Context, Handle, HandlerLayer, SubscriptionInfo
 from mesh.hookspecs import hookimpl
+from mesh.keystores import KeyStore, open_key_store
 
 name = "idempotency"
 
@@ -49,49 +48,8 @@ class Settings(BaseModel):
     _duration = field_validator("window", mode="before")(lambda v: parse_duration(v))
 
 
-class Store(Protocol):
-    """Where handled event keys are remembered."""
-
-    async def seen(self, key: str) -> bool:
-        """Whether the key was remembered and has not expired."""
-        ...
-
-    async def remember(self, key: str, ttl: float) -> None:
-        """Remember the key for ``ttl`` seconds."""
-        ...
-
-
-class MemoryStore:
-    """In-process record with expiry, bounded to ``max_keys`` (oldest dropped first)."""
-
-    def __init__(self, max_keys: int) -> None:
-        self._keys: OrderedDict[str, float] = OrderedDict()
-        self._max = max_keys
-
-    async def seen(self, key: str) -> bool:
-        expires = self._keys.get(key)
-        if expires is None:
-            return False
-        if expires < time.monotonic():
-            del self._keys[key]
-            return False
-        return True
-
-    async def remember(self, key: str, ttl: float) -> None:
-        self._keys[key] = time.monotonic() + ttl
-        self._keys.move_to_end(key)
-        while len(self._keys) > self._max:
-            self._keys.popitem(last=False)
-
-
-def _open_store(settings: Settings) -> Store:
-    if settings.store == "redis":
-        from mesh.brokers import broker_class
-
-        module = __import__(broker_class("redis").__module__, fromlist=["RedisKeyStore"])
-        store: Store = module.RedisKeyStore(settings.url, prefix=settings.prefix)
-        return store
-    return MemoryStore(settings.max_keys)
+def _open_store(settings: Settings) -> KeyStore:
+    return open_key_store(settings.store, url=settings.url, prefix=settings.prefix, max_keys=settings.max_keys)
 
 
 @hookimpl

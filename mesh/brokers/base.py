@@ -1,14 +1,27 @@
 """The Broker contract: the seam every adapter implements, and what it hands the core.
 
-An adapter has five parts: :attr:`Broker.features`, :meth:`Broker.connect`,
-:meth:`Broker.publish`, :meth:`Broker.subscribe` and :meth:`Broker.close`. Everything clever
-(retries, dead letters, request/reply, tracing, replay) sits above it and is written once.
+========================  ========  ===========================================================
+member                    required  what
+========================  ========  ===========================================================
+``features``, ``type``    yes       class data: a :class:`Features` record and the type name
+``options_model``         no        the pydantic model of ``broker.options`` (validated once,
+                                    here, into ``self.settings``)
+``connect`` / ``close``   yes       bounded connect; close stops every subscription, drained
+``publish``               yes       returns once the broker has the event
+``subscribe``             yes       returns once consuming; hands out :class:`Delivery` objects
+``Delivery._ack``         yes       forget the message for this group
+``Delivery._requeue``     yes       give it back now (``nack()``); ``nack(delay)`` waits in
+                                    process unless the adapter overrides ``_nack`` with a
+                                    native delay (``Features.native_delay``)
+``ensure_topic``          no        create broker-side objects before first use
+``subscribe_ephemeral``,  no        the mesh's own short-lived traffic (replies, presence,
+``publish_ephemeral``,              invocation requests); the fallback is an ordinary group
+``publish_request``                 (``Features.ephemeral`` says an adapter does better)
+``history``, ``groups``   no        composed parts for replay (:mod:`mesh.brokers.capabilities`)
+========================  ========  ===========================================================
 
-One optional capability serves the mesh's own short-lived traffic (invocation requests and
-replies, presence): :meth:`Broker.subscribe_ephemeral` and :meth:`Broker.publish_ephemeral`,
-with :meth:`Broker.publish_request` for brokers that report "no responders" natively. The base
-class falls back to ordinary durable groups; adapters that can do better say so with
-``Features.ephemeral``.
+So a minimal adapter is four methods and a delivery with two; everything clever (retries, dead
+letters, request/reply, tracing, replay) sits above it and is written once.
 
 Who acks: the adapter calls the handler with a :class:`Delivery`; the handler (the core's
 dispatch) must end every delivery with exactly one :meth:`Delivery.ack` or
@@ -20,6 +33,7 @@ them at once per subscription and never blocks the loop itself.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 from abc import ABC, abstractmethod
@@ -28,13 +42,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from mesh.codecs.binary import WireMessage
-from mesh.errors import DecodeError
+from pydantic import ValidationError
+
+from mesh.codecs.binary import Binding, WireMessage
+from mesh.components import ComponentOptions
+from mesh.errors import ConfigError, DecodeError
 from mesh.event import Event
+from mesh.extensions import RESERVED_PREFIX
 
 __all__ = [
     "RESERVED_PREFIX",
     "Broker",
+    "BrokerOptions",
     "Delivery",
     "DeliveryHandler",
     "Features",
@@ -47,9 +66,13 @@ log = logging.getLogger("mesh.broker")
 
 T = TypeVar("T")
 
-RESERVED_PREFIX = "_mesh."
-"""Names of the mesh's internal destinations (retries, delays, replies, presence) start with this;
-user topics may not, so they never clash."""
+
+GENERIC_BINDING = Binding(write_prefix="ce_")
+"""The binding of an adapter that names none (headers ``ce_<attr>``)."""
+
+
+class BrokerOptions(ComponentOptions):
+    """Base of every broker's options model (``broker.options``): unknown keys are errors."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,8 +148,33 @@ class Delivery:
     async def _ack(self) -> None:  # pragma: no cover - adapters override
         raise NotImplementedError
 
-    async def _nack(self, delay: float | None) -> None:  # pragma: no cover - adapters override
+    async def _requeue(self) -> None:  # pragma: no cover - adapters override (or _nack)
+        """Give the message back to the broker now, to be delivered again."""
         raise NotImplementedError
+
+    async def _nack(self, delay: float | None) -> None:
+        """Give it back, after ``delay`` seconds held in process (adapters with a native delay override).
+
+        The message stays unacknowledged while it waits, so a process that dies meanwhile loses
+        nothing: the broker redelivers it as it would any unacknowledged message.
+        """
+        if not delay or delay <= 0:
+            await self._requeue()
+            return
+        task = asyncio.get_running_loop().create_task(self._requeue_later(delay))
+        _WAITING.add(task)
+        task.add_done_callback(_WAITING.discard)
+
+    async def _requeue_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        try:
+            await self._requeue()
+        except Exception:  # the connection went away: the broker redelivers the unacked message
+            log.warning("a delayed redelivery on %s could not be handed back; the broker redelivers it", self.topic)
+
+
+_WAITING: set[asyncio.Task[None]] = set()
+"""Delayed in-process redeliveries (kept referenced until they ran)."""
 
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
@@ -152,6 +200,15 @@ class Broker(ABC):
 
     features: ClassVar[Features]
     type: ClassVar[str]
+    options_model: ClassVar[builtins.type[BrokerOptions]] = BrokerOptions
+    """The model ``broker.options`` is validated with (into :attr:`settings`)."""
+    binding: ClassVar[Binding | None] = None
+    """The protocol binding the adapter writes in binary mode (``None``: no bytes, like memory)."""
+
+    history: Any = None
+    """A :class:`~mesh.brokers.capabilities.HistoryReader` part when the broker keeps a log."""
+    groups: Any = None
+    """A :class:`~mesh.brokers.capabilities.GroupPublisher` part when it can deliver to one group."""
 
     def __init__(
         self,
@@ -167,6 +224,10 @@ class Broker(ABC):
         self.content_mode = content_mode
         self.namespace = namespace
         self.client_id = client_id
+        self.settings: Any = validate_options(self.options_model, self.options)
+        """The validated options (an instance of :attr:`options_model`)."""
+        self.wire: Binding = (self.binding or GENERIC_BINDING).in_mode(content_mode)
+        """The binding in the configured content mode (binary or structured)."""
 
     def name_of(self, topic: str) -> str:
         """The broker-side name of a topic (the namespace prefix applied)."""
@@ -242,6 +303,15 @@ class Broker(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={self.url!r})"
+
+
+def validate_options(model: type[BrokerOptions], options: Mapping[str, Any]) -> Any:
+    """The options validated by ``model``, or one :class:`ConfigError` listing every problem."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        problems = [("broker.options." + ".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
+        raise ConfigError(problems) from None
 
 
 class Mailbox(Generic[T]):

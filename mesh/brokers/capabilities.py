@@ -1,9 +1,10 @@
 """Optional adapter capabilities used by replay: reading the broker's history, delivering to one group.
 
-They are small Protocols beside the five-method contract (:mod:`mesh.brokers.base`); an adapter
-implements what its broker can do, and ``Features.history`` / ``Features.group_delivery`` say so
-as data. Callers go through :func:`history_reader` and :func:`group_publisher`, which raise
-:class:`~mesh.errors.FeatureNotSupported` naming the alternative.
+They are small Protocols beside the contract (:mod:`mesh.brokers.base`); an adapter composes a
+part for what its broker can do (``broker.history``, ``broker.groups``), and ``Features.history``
+/ ``Features.group_delivery`` say so as data. Callers go through :func:`history_reader` and
+:func:`group_publisher`, which raise :class:`~mesh.errors.FeatureNotSupported` naming the
+alternative.
 
 ========== =================================== =============================================
 broker     history (``HistoryReader``)          one group only (``GroupPublisher``)
@@ -28,9 +29,10 @@ from datetime import datetime
 from types import ModuleType
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from mesh.brokers.base import RESERVED_PREFIX, Broker
+from mesh.brokers.base import Broker
 from mesh.errors import FeatureNotSupported
 from mesh.event import Event
+from mesh.extensions import GROUP_MARK
 
 __all__ = [
     "GROUP_MARK",
@@ -43,9 +45,6 @@ __all__ = [
     "group_publisher",
     "history_reader",
 ]
-
-GROUP_MARK = RESERVED_PREFIX + "group"
-"""Header (JetStream) or entry field (Redis) naming the only group a message is for."""
 
 Cursor = dict[str, Any]
 """A JSON-able position in a broker's log (adapter-specific keys)."""
@@ -104,8 +103,9 @@ class GroupPublisher(Protocol):
 
 def history_reader(broker: Broker) -> HistoryReader:
     """The broker as a :class:`HistoryReader`, or FeatureNotSupported naming the archive."""
-    if broker.features.history and isinstance(broker, HistoryReader):
-        return broker
+    part = broker.history or (broker if isinstance(broker, HistoryReader) else None)
+    if broker.features.history and isinstance(part, HistoryReader):
+        return part
     raise FeatureNotSupported(
         broker.type,
         "replay from the broker's own history (it keeps none)",
@@ -115,8 +115,9 @@ def history_reader(broker: Broker) -> HistoryReader:
 
 def group_publisher(broker: Broker) -> GroupPublisher:
     """The broker as a :class:`GroupPublisher`, or FeatureNotSupported naming the alternative."""
-    if isinstance(broker, GroupPublisher):
-        return broker
+    part = broker.groups or (broker if isinstance(broker, GroupPublisher) else None)
+    if isinstance(part, GroupPublisher):
+        return part
     raise FeatureNotSupported(
         broker.type, "delivering to one subscription group", "replay to the topic (every group sees it) instead"
     )

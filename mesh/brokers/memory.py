@@ -30,13 +30,15 @@ import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import orjson
+from pydantic import Field
 
 from mesh.brokers.base import (
     RESERVED_PREFIX,
     Broker,
+    BrokerOptions,
     Delivery,
     DeliveryHandler,
     Features,
@@ -50,7 +52,7 @@ from mesh.codecs.data import encode_data, is_json
 from mesh.errors import BrokerError, DecodeError
 from mesh.event import Event, now
 
-__all__ = ["MemoryBroker"]
+__all__ = ["MemoryBroker", "MemoryOptions"]
 
 DEFAULT_RETENTION = 10_000
 EPHEMERAL_KEEP = 256
@@ -58,6 +60,17 @@ EPHEMERAL_KEEP = 256
 _ephemeral_ids = itertools.count()
 
 Item = Event | WireMessage
+
+
+class MemoryOptions(BrokerOptions):
+    """``broker: {type: memory, options: {...}}``."""
+
+    name: str = "default"
+    """Apps in one process with the same name share one broker."""
+    retention: int = Field(10_000, ge=1)
+    """Events kept per topic, for late groups and replay."""
+    initial_offset: Literal["earliest", "latest"] = "earliest"
+    """Where a group seen for the first time starts reading."""
 
 
 class _Group:
@@ -298,6 +311,8 @@ class MemoryBroker(Broker):
     """
 
     type: ClassVar[str] = "memory"
+    binding = KAFKA  # how raw messages published into a hub (publish_raw) are read
+    options_model = MemoryOptions
     features: ClassVar[Features] = Features(
         name="memory",
         persistent=False,

@@ -61,6 +61,9 @@ class WireMessage(NamedTuple):
     content_type: str | None = None
 
 
+_VARIANTS: dict[tuple[str, tuple[str, ...], str], Binding] = {}
+
+
 class Binding:
     """How one protocol names CloudEvents attributes in its headers (header names precomputed)."""
 
@@ -93,6 +96,17 @@ class Binding:
             p + "type",
         )
         self.h_time, self.h_subject, self.h_dataschema = p + "time", p + "subject", p + "dataschema"
+
+    def in_mode(self, content_mode: str) -> Binding:
+        """This binding writing in ``content_mode`` (``binary`` or ``structured``); itself if it already does."""
+        if content_mode == self.content_mode:
+            return self
+        variant = _VARIANTS.get((self.write_prefix, self.read_prefixes, content_mode))
+        if variant is None:
+            variant = _VARIANTS[(self.write_prefix, self.read_prefixes, content_mode)] = Binding(
+                self.write_prefix, self.read_prefixes, content_mode
+            )
+        return variant
 
     def header(self, name: str) -> str:
         """The header that carries attribute ``name``."""

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from mesh.components import Registry
 from mesh.config.loader import Problems, parse_yaml, resolve_secrets, substitute
 from mesh.config.models import (
     BrokerConfig,
@@ -91,11 +92,13 @@ def load_config(
     *,
     env: Mapping[str, str] | None = None,
     stores: Mapping[str, Callable[[Mapping[str, Any]], Callable[[str], str]]] | None = None,
+    registry: Registry | None = None,
 ) -> MeshConfig:
     """Load and validate a config from a file path, a mapping, or the default places.
 
     With no argument: ``$MESH_CONFIG``, else ``./mesh.yaml``, else the memory broker defaults.
-    ``stores`` adds secret stores (name -> factory) to the built-in ``env`` and ``file``.
+    ``stores`` adds secret stores (name -> factory) to the built-in ``env`` and ``file``;
+    ``registry`` (the App's components) adds the broker types and stores plugins registered.
     Raises :class:`~mesh.errors.ConfigError` listing every problem with its path.
     """
     if isinstance(source, MeshConfig):
@@ -119,9 +122,10 @@ def load_config(
         raise ConfigError([("<root>", "the config must be a mapping")], name)
     problems: Problems = []
     data = substitute(data, problems, env)
-    data = resolve_secrets(data, problems, {**builtin_stores(), **(stores or {})})
+    extra_stores = {**(registry.secret_stores if registry else {}), **(stores or {})}
+    data = resolve_secrets(data, problems, {**builtin_stores(), **extra_stores})
     try:
-        config = MeshConfig.model_validate(data)
+        config = MeshConfig.model_validate(data, context={"registry": registry} if registry else None)
     except ValidationError as exc:
         reported = {path for path, _ in problems}
         for err in exc.errors():
@@ -156,9 +160,27 @@ def plugin_settings(model: type[M], config: MeshConfig, plugin: str) -> M:
         raise ConfigError([(_loc((*prefix, *err["loc"])), _message(err)) for err in exc.errors()]) from None
 
 
-def config_schema() -> str:
-    """The JSON Schema of ``mesh.yaml`` (what ``schemas/mesh-config.schema.json`` holds)."""
+def config_schema(registry: Registry | None = None) -> str:
+    """The JSON Schema of ``mesh.yaml`` (what ``schemas/mesh-config.schema.json`` holds).
+
+    ``broker.type`` lists the registry's broker types, and ``broker.options`` is checked against
+    the options model of the type chosen (one ``if``/``then`` per type).
+    """
+    registry = registry or Registry()
     schema = MeshConfig.model_json_schema()
+    broker = schema["$defs"]["BrokerConfig"]
+    types = registry.types("broker")
+    broker["properties"]["type"]["enum"] = types
+    rules = []
+    for kind in types:
+        model = registry.options_model("broker", kind)
+        if model is None:
+            continue
+        options = model.model_json_schema()
+        for name, definition in options.pop("$defs", {}).items():
+            schema["$defs"].setdefault(name, definition)
+        rules.append({"if": {"properties": {"type": {"const": kind}}}, "then": {"properties": {"options": options}}})
+    broker["allOf"] = rules
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "mesh.yaml"
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"

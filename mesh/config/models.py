@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from mesh.brokers.options import options_model
+from mesh.components import Registry
 
 __all__ = [
     "BrokerConfig",
@@ -20,7 +20,19 @@ __all__ = [
     "parse_duration",
 ]
 
-BrokerType = Literal["memory", "kafka", "rabbitmq", "nats", "jetstream", "redis"]
+_DEFAULT_REGISTRY: Registry | None = None
+
+
+def registry_of(info: ValidationInfo) -> Registry:
+    """The component registry validation runs against: the App's (in the context), else the built-ins."""
+    global _DEFAULT_REGISTRY
+    context = info.context
+    if isinstance(context, dict) and isinstance(context.get("registry"), Registry):
+        return context["registry"]  # type: ignore[no-any-return]
+    if _DEFAULT_REGISTRY is None:
+        _DEFAULT_REGISTRY = Registry()
+    return _DEFAULT_REGISTRY
+
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -44,7 +56,8 @@ class _Frozen(BaseModel):
 class BrokerConfig(_Frozen):
     """Which broker to use and how to reach it; swapping brokers changes only this section."""
 
-    type: BrokerType = "memory"
+    type: str = "memory"
+    """A broker type of the registry: memory, kafka, rabbitmq, nats, jetstream, redis, or a plugin's."""
     url: str | None = None
     content_mode: Literal["binary", "structured"] = "binary"
     namespace: str = ""
@@ -52,11 +65,20 @@ class BrokerConfig(_Frozen):
     options: dict[str, Any] = Field(default_factory=dict)
     """Broker-specific settings, validated by the broker type's options model."""
 
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str, info: ValidationInfo) -> str:
+        known = registry_of(info).types("broker")
+        if value not in known:
+            raise ValueError(f"unknown broker type {value!r} (one of: {', '.join(known)})")
+        return value
+
     @model_validator(mode="after")
-    def _check_options(self) -> BrokerConfig:
-        model = options_model(self.type)
-        validated = model.model_validate(self.options)
-        object.__setattr__(self, "options", validated.model_dump(exclude_unset=True))
+    def _check_options(self, info: ValidationInfo) -> BrokerConfig:
+        model = registry_of(info).options_model("broker", self.type, path="broker.type")
+        if model is not None:
+            validated = model.model_validate(self.options)
+            object.__setattr__(self, "options", validated.model_dump(exclude_unset=True))
         return self
 
 

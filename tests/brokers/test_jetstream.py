@@ -12,9 +12,9 @@ import pytest
 from nats.js.api import DeliverPolicy, StorageType
 
 from mesh.brokers import Delivery, broker_class
-from mesh.brokers._nats_common import safe_name
-from mesh.brokers.jetstream import JetStreamBroker
-from mesh.brokers.nats import NatsBroker
+from mesh.brokers.nats.common import safe_name
+from mesh.brokers.nats.core import NatsBroker
+from mesh.brokers.nats.jetstream import JetStreamBroker
 from mesh.codecs.binary import LEGACY_TYPE
 from mesh.codecs.structured import to_structured
 from mesh.errors import BrokerConnectionError, ConfigError

@@ -22,8 +22,8 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from mesh.brokers import Delivery, create_broker
-from mesh.brokers._kafka_consumer import PartitionOffsets
-from mesh.brokers.kafka import KafkaBroker, StickyPartitioner, parse_servers
+from mesh.brokers.kafka.broker import KafkaBroker, StickyPartitioner, parse_servers
+from mesh.brokers.kafka.consumer import PartitionOffsets
 from mesh.codecs.binary import LEGACY_TYPE
 from mesh.errors import BrokerConnectionError, ConfigError
 from mesh.event import Event

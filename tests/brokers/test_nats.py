@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.brokers import Delivery, broker_class
-from mesh.brokers.nats import NatsBroker
+from mesh.brokers.nats.core import NatsBroker
 from mesh.codecs.binary import LEGACY_TYPE
 from mesh.codecs.structured import to_structured
 from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, PublishError
@@ -333,7 +333,7 @@ async def test_reconnects_after_server_restart(tmp_path: Path) -> None:
 def test_fast_header_parser_matches_the_client_s_own(raw: bytes) -> None:
     from nats.aio.client import Client
 
-    from mesh.brokers._nats_common import FastClient
+    from mesh.brokers.nats.common import FastClient
 
     assert FastClient._parse_header_lines(raw) == Client._parse_header_lines(raw)
 
@@ -369,7 +369,7 @@ _HEADER_BYTES = st.lists(
 def test_fast_header_parser_matches_the_client_s_own_on_any_bytes(raw: bytes) -> None:
     from nats.aio.client import Client
 
-    from mesh.brokers._nats_common import FastClient, _fast_headers
+    from mesh.brokers.nats.common import FastClient, _fast_headers
 
     assert FastClient._parse_header_lines(raw) == Client._parse_header_lines(raw)
     for _ in range(2):  # the second time with the names learned
@@ -380,8 +380,8 @@ def test_fast_header_parser_matches_the_client_s_own_on_any_bytes(raw: bytes) ->
 
 async def test_fast_publish_writes_what_the_client_s_own_publish_writes() -> None:
     """The HPUB command built in one pass is byte for byte nats-py's; odd values take nats-py's path."""
-    from mesh.brokers._nats_common import open_connection
-    from mesh.brokers.options.nats import NatsOptions
+    from mesh.brokers.nats.common import open_connection
+    from mesh.brokers.nats.options import NatsOptions
 
     nc = await open_connection("nats", shared_url("nats"), NatsOptions(), "t", _noop)
     try:
@@ -412,8 +412,8 @@ async def test_fast_request_gets_the_answer_times_out_and_reports_no_responders(
     """FastClient.ask: the answer with its headers; nats-py's TimeoutError; a 503 status."""
     from nats.errors import TimeoutError as NatsTimeoutError
 
-    from mesh.brokers._nats_common import open_connection
-    from mesh.brokers.options.nats import NatsOptions
+    from mesh.brokers.nats.common import open_connection
+    from mesh.brokers.nats.options import NatsOptions
 
     nc = await open_connection("nats", shared_url("nats"), NatsOptions(), "t", _noop)
     subject, silent = unique("ask"), unique("silent")

@@ -24,7 +24,7 @@ from cloudevents.core.bindings import rabbitmq as sdk  # noqa: E402
 from cloudevents.core.v1.event import CloudEvent  # noqa: E402
 
 from mesh.brokers import Delivery, create_broker  # noqa: E402
-from mesh.brokers.rabbitmq import ATTEMPT_HEADER, RabbitMQBroker, _as_text, _attempt, delay_ms  # noqa: E402
+from mesh.brokers.rabbitmq.broker import ATTEMPT_HEADER, RabbitMQBroker, _as_text, _attempt, delay_ms  # noqa: E402
 from mesh.codecs.binary import LEGACY_TYPE  # noqa: E402
 from mesh.errors import BrokerConnectionError, ConfigError, PublishError  # noqa: E402
 from mesh.event import Event  # noqa: E402

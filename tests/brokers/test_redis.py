@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from mesh.brokers import Delivery
-from mesh.brokers.redis import RedisBroker
+from mesh.brokers.redis.broker import RedisBroker
 from mesh.codecs.binary import LEGACY_TYPE
 from mesh.codecs.structured import to_structured
 from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
@@ -551,7 +551,7 @@ async def test_deleted_stream_and_group_are_created_again(make, raw, streams) ->
 
 
 async def test_idle_empty_consumers_are_forgotten(make, raw, streams, monkeypatch) -> None:
-    import mesh.brokers.redis as module
+    import mesh.brokers.redis.broker as module
 
     monkeypatch.setattr(module, "FORGET_IDLE_MS", 50)
     topic, group = streams(), unique("g")

@@ -20,7 +20,7 @@ from mesh.codecs import (
     to_structured,
     to_structured_message,
 )
-from mesh.codecs.bindings import AMQP, KAFKA, NATS, REDIS, for_broker
+from mesh.codecs.bindings import AMQP, KAFKA, NATS, REDIS
 from mesh.codecs.data import format_time
 from mesh.errors import DecodeError, EncodeError
 
@@ -79,7 +79,7 @@ def test_partition_key_becomes_the_message_key() -> None:
 def test_content_mode_structured_is_selectable() -> None:
     msg = to_structured_message(Event(type="t", source="/s", data={"a": 1}))
     assert msg.content_type == "application/cloudevents+json" and msg.headers == {}
-    assert for_broker("kafka", "structured").content_mode == "structured"
+    assert KAFKA.in_mode("structured").content_mode == "structured"
     assert decode(msg, KAFKA).data == {"a": 1}
 
 

@@ -20,7 +20,7 @@ from mesh.errors import BrokerError, PublishError
 from mesh.event import Event
 
 if TYPE_CHECKING:
-    from mesh.brokers.rabbitmq import RabbitMQBroker
+    from mesh.brokers.rabbitmq.broker import RabbitMQBroker
 
 __all__ = ["group_queue", "has_group", "publish_to_group"]
 
@@ -51,7 +51,7 @@ async def has_group(broker: RabbitMQBroker, topic: str, group: str) -> bool:
 
 async def publish_to_group(broker: RabbitMQBroker, topic: str, group: str, event: Event) -> None:
     """Publish to the group's queue through the default exchange (confirmed; refused if there is none)."""
-    msg = encode(event, broker.binding)
+    msg = encode(event, broker.wire)
     props = Basic.Properties(
         content_type=msg.content_type,
         headers=msg.headers or None,  # type: ignore[arg-type]

@@ -30,8 +30,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import Error as NatsError
 
-from mesh.brokers import _nats_replay as _replay
-from mesh.brokers._nats_common import (
+from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Mailbox, Subscription
+from mesh.brokers.base import Delivery as _Delivery
+from mesh.brokers.capabilities import DelegatedGroupDelivery
+from mesh.brokers.nats import groups as _replay
+from mesh.brokers.nats.common import (
     FastClient,
     barrier,
     display_address,
@@ -43,13 +46,10 @@ from mesh.brokers._nats_common import (
     to_headers,
     validate_options,
 )
-from mesh.brokers._nats_ephemeral import CoreNatsEphemeral, NatsEphemeral
-from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Mailbox, Subscription
-from mesh.brokers.base import Delivery as _Delivery
-from mesh.brokers.capabilities import DelegatedGroupDelivery
-from mesh.brokers.options.nats import NatsOptions
+from mesh.brokers.nats.ephemeral import CoreNatsEphemeral, NatsEphemeral
+from mesh.brokers.nats.options import NatsOptions
 from mesh.codecs.binary import WireMessage, encode
-from mesh.codecs.bindings import NATS, for_broker
+from mesh.codecs.bindings import NATS
 from mesh.errors import BrokerError, DecodeError, PublishError
 from mesh.event import Event
 
@@ -289,9 +289,11 @@ class _NatsSubscription(Subscription):
 class NatsBroker(CoreNatsEphemeral, DelegatedGroupDelivery, Broker):
     """Core NATS: subjects, queue groups, no persistence; see the module docstring."""
 
-    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._nats_replay
+    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers.nats.groups
 
     type: ClassVar[str] = "nats"
+    binding = NATS
+    options_model = NatsOptions
     features: ClassVar[Features] = Features(
         name="nats",
         persistent=False,
@@ -311,8 +313,7 @@ class NatsBroker(CoreNatsEphemeral, DelegatedGroupDelivery, Broker):
         super().__init__(url, **kwargs)
         self.settings = validate_options(NatsOptions, self.options)
         self.address = display_address(servers_of(url))
-        self._binding = for_broker(self.type, self.content_mode)
-        self._ephemeral = NatsEphemeral(self, self._binding)
+        self._ephemeral = NatsEphemeral(self, self.wire)
         self._nc: Client | None = None
         self._subs: list[_NatsSubscription] = []
 
@@ -339,7 +340,7 @@ class NatsBroker(CoreNatsEphemeral, DelegatedGroupDelivery, Broker):
         await shut(nc)
 
     async def publish(self, topic: str, event: Event) -> None:
-        wire = encode(event, self._binding)
+        wire = encode(event, self.wire)
         nc = self._client(PublishError)
         subject, headers = self.name_of(topic), to_headers(wire)
         try:

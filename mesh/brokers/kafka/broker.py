@@ -2,7 +2,7 @@
 
 What it creates: a topic per mesh topic (``options.partitions``, ``options.replication_factor``)
 and, per subscription, a retry topic ``_mesh.retry.<group>.<topic>``. A subscription is one
-Kafka consumer in consumer group ``group`` reading both (see :mod:`mesh.brokers._kafka_consumer`
+Kafka consumer in consumer group ``group`` reading both (see :mod:`mesh.brokers.kafka.consumer`
 for commits, nacks and the retry topic). Keyed events are partitioned by murmur2 of
 ``partitionkey`` as the Java client does, so order per key holds within a partition.
 
@@ -30,14 +30,14 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.partitioner import DefaultPartitioner
 from pydantic import ValidationError
 
-from mesh.brokers import _kafka_replay as _replay
-from mesh.brokers._kafka_consumer import KafkaDelivery, KafkaSubscription, quietly, reason
-from mesh.brokers._kafka_ephemeral import EphemeralSubscription
 from mesh.brokers.base import RESERVED_PREFIX, Broker, DeliveryHandler, Features, Subscription
 from mesh.brokers.capabilities import DelegatedHistory
-from mesh.brokers.options.kafka import KafkaOptions
+from mesh.brokers.kafka import history as _replay
+from mesh.brokers.kafka.consumer import KafkaDelivery, KafkaSubscription, quietly, reason
+from mesh.brokers.kafka.ephemeral import EphemeralSubscription
+from mesh.brokers.kafka.options import KafkaOptions
 from mesh.codecs.binary import encode
-from mesh.codecs.bindings import for_broker
+from mesh.codecs.bindings import KAFKA
 from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, PublishError
 from mesh.event import Event
 
@@ -98,12 +98,14 @@ class StickyPartitioner:
 class KafkaBroker(DelegatedHistory, Broker):
     """Kafka through aiokafka; ``url`` is ``host:port[,host:port]`` (``kafka://`` optional).
 
-    Options: see :class:`~mesh.brokers.options.kafka.KafkaOptions`.
+    Options: see :class:`~mesh.brokers.kafka.options.KafkaOptions`.
     """
 
-    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._kafka_replay
+    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers.kafka.history
 
     type: ClassVar[str] = "kafka"
+    binding = KAFKA
+    options_model = KafkaOptions
     features: ClassVar[Features] = Features(
         name="kafka",
         persistent=True,
@@ -130,7 +132,6 @@ class KafkaBroker(DelegatedHistory, Broker):
                 [("broker.options." + ".".join(map(str, e["loc"])), e["msg"]) for e in exc.errors()]
             ) from None
         self.address = url or "127.0.0.1:9092"
-        self.binding = for_broker("kafka", self.content_mode)
         self._servers: list[str] = []
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
@@ -252,7 +253,7 @@ class KafkaBroker(DelegatedHistory, Broker):
                 await self._ensure(name, self.opts.partitions, {})
             except BrokerError as exc:
                 raise PublishError(str(exc)) from exc
-        msg = encode(event, self.binding)
+        msg = encode(event, self.wire)
         headers = [(k, v.encode() if type(v) is str else v) for k, v in msg.headers.items()]
         if msg.content_type is not None:
             headers.append(("content-type", msg.content_type.encode()))
@@ -388,7 +389,7 @@ class KafkaBroker(DelegatedHistory, Broker):
         if not await self._exists(name):
             log.debug("kafka topic %s does not exist: dropped %s", name, event.type)
             return
-        msg = encode(event, self.binding)
+        msg = encode(event, self.wire)
         headers = [(k, v.encode() if type(v) is str else v) for k, v in msg.headers.items()]
         if msg.content_type is not None:
             headers.append(("content-type", msg.content_type.encode()))

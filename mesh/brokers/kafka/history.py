@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from mesh.brokers._kafka_consumer import ATTEMPT_HEADER, CONTENT_TYPE, DUE_HEADER, quietly, reason
 from mesh.brokers.capabilities import Cursor, HistoryRecord
+from mesh.brokers.kafka.consumer import ATTEMPT_HEADER, CONTENT_TYPE, DUE_HEADER, quietly, reason
 from mesh.codecs.binary import WireMessage, decode, encode
 from mesh.errors import BrokerError, DecodeError
 from mesh.event import Event
 
 if TYPE_CHECKING:
-    from mesh.brokers.kafka import KafkaBroker
+    from mesh.brokers.kafka.broker import KafkaBroker
 
 __all__ = ["has_group", "publish_to_group", "read_history", "topic_exists"]
 
@@ -60,7 +60,7 @@ async def has_group(broker: KafkaBroker, topic: str, group: str) -> bool:
 
 async def publish_to_group(broker: KafkaBroker, topic: str, group: str, event: Event) -> None:
     """Write the event to the group's retry topic, due now (keyed like a publish, so in order per key)."""
-    msg = encode(event, broker.binding)
+    msg = encode(event, broker.wire)
     headers = [(k, v.encode() if type(v) is str else v) for k, v in msg.headers.items()]
     if msg.content_type is not None:
         headers.append((CONTENT_TYPE, msg.content_type.encode()))
@@ -80,7 +80,7 @@ def _record(record: Any, broker: KafkaBroker, topic: str, partition: int) -> His
     try:
         content_type = None if ctype is None else ctype.decode()
         msg = WireMessage(record.value or b"", headers, key, content_type)
-        event = decode(msg, broker.binding, topic, f"{record.topic}:{partition}:{offset}")
+        event = decode(msg, broker.wire, topic, f"{record.topic}:{partition}:{offset}")
     except (DecodeError, UnicodeDecodeError) as exc:
         return HistoryRecord(None, taken, cursor, f"partition {partition} offset {offset}: {exc}")
     return HistoryRecord(event, taken, cursor)

@@ -55,8 +55,6 @@ from aiormq.exceptions import ChannelAccessRefused
 from pamqp.commands import Basic
 from pydantic import ValidationError
 
-from mesh.brokers import _rabbitmq_replay as _replay
-from mesh.brokers._rabbitmq_ephemeral import EphemeralSubscription, ack_queued
 from mesh.brokers.base import (
     RESERVED_PREFIX,
     Broker,
@@ -68,9 +66,11 @@ from mesh.brokers.base import (
     Subscription,
 )
 from mesh.brokers.capabilities import DelegatedGroupDelivery
-from mesh.brokers.options.rabbitmq import RabbitMQOptions
+from mesh.brokers.rabbitmq import groups as _replay
+from mesh.brokers.rabbitmq.ephemeral import EphemeralSubscription, ack_queued
+from mesh.brokers.rabbitmq.options import RabbitMQOptions
 from mesh.codecs.binary import WireMessage, decode, encode
-from mesh.codecs.bindings import for_broker
+from mesh.codecs.bindings import AMQP
 from mesh.codecs.data import format_time
 from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
 from mesh.event import Event
@@ -137,7 +137,7 @@ class _Consumer(Subscription):
         self.exchange = broker.name_of(topic)
         self.queue = f"{self.exchange}.{group}"
         self._broker = broker
-        self._binding = broker.binding
+        self._binding = broker.wire
         self._runner = HandlerRunner(handler, concurrency, topic)
         self._buffer: Mailbox[AbstractIncomingMessage | None] = Mailbox()
         self._channel: AbstractRobustChannel | None = None
@@ -268,9 +268,11 @@ class _Consumer(Subscription):
 class RabbitMQBroker(DelegatedGroupDelivery, Broker):
     """RabbitMQ over aio-pika; see the module docstring for the topology and delivery rules."""
 
-    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._rabbitmq_replay
+    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers.rabbitmq.groups
 
     type: ClassVar[str] = "rabbitmq"
+    binding = AMQP
+    options_model = RabbitMQOptions
     features: ClassVar[Features] = Features(
         name="rabbitmq",
         persistent=True,
@@ -293,7 +295,6 @@ class RabbitMQBroker(DelegatedGroupDelivery, Broker):
         except ValidationError as exc:
             problems = [("broker.options." + ".".join(str(p) for p in err["loc"]), err["msg"]) for err in exc.errors()]
             raise ConfigError(problems) from exc
-        self.binding = for_broker("rabbitmq", self.content_mode)
         self._conn: aio_pika.RobustConnection | None = None
         self._pub: AbstractRobustChannel | None = None
         self._pub_raw: AbstractChannel | None = None
@@ -397,7 +398,7 @@ class RabbitMQBroker(DelegatedGroupDelivery, Broker):
         exchange = self._topics.get(topic)
         if exchange is None:
             exchange = await self._declare_topic(topic)
-        msg = encode(event, self.binding)
+        msg = encode(event, self.wire)
         key = msg.key
         if key is None or (len(key) > 63 and len(key.encode()) > 255):
             key = exchange  # no key, or longer than an AMQP routing key may be
@@ -532,7 +533,7 @@ class RabbitMQBroker(DelegatedGroupDelivery, Broker):
     async def publish_ephemeral(self, topic: str, event: Event) -> None:
         """Through the ephemeral exchange, routing key = topic, not persistent, not confirmed:
         dropped by the broker when no queue is bound for it."""
-        msg = encode(event, self.binding)
+        msg = encode(event, self.wire)
         props = Basic.Properties(
             content_type=msg.content_type,
             headers=msg.headers or None,  # type: ignore[arg-type]

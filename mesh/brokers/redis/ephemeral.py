@@ -24,7 +24,7 @@ from mesh.codecs.redis import from_fields, lossy
 from mesh.errors import DecodeError
 
 if TYPE_CHECKING:
-    from mesh.brokers.redis import RedisBroker
+    from mesh.brokers.redis.broker import RedisBroker
 
 __all__ = ["EXCLUSIVE_TTL_MS", "EphemeralSubscription"]
 

@@ -26,7 +26,7 @@ from mesh.errors import BrokerError, DecodeError, PublishError
 from mesh.event import Event
 
 if TYPE_CHECKING:
-    from mesh.brokers.redis import RedisBroker
+    from mesh.brokers.redis.broker import RedisBroker
 
 __all__ = ["GROUP_FIELD", "has_group", "publish_to_group", "read_history", "topic_exists"]
 
@@ -64,7 +64,7 @@ async def has_group(broker: RedisBroker, topic: str, group: str) -> bool:
 async def publish_to_group(broker: RedisBroker, topic: str, group: str, event: Event) -> None:
     """XADD the event with ``_mesh.group`` = group (see the module docstring)."""
     stream = broker.name_of(topic)
-    fields = to_fields(encode(event, broker._binding))
+    fields = to_fields(encode(event, broker.wire))
     try:
         await broker.execute("XADD", stream, *broker._trim, "*", GROUP_MARK, group, *fields)
     except (RedisError, OSError) as exc:

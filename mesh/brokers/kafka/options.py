@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from mesh.brokers.options import BrokerOptions
+from mesh.brokers.base import BrokerOptions
 
 __all__ = ["KafkaOptions"]
 

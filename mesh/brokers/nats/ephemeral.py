@@ -28,16 +28,16 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import Error as NatsError
 
-from mesh.brokers._nats_common import FastClient, barrier, read, read_parts, to_headers
 from mesh.brokers.base import Delivery, DeliveryHandler, HandlerRunner, Mailbox, Subscription
+from mesh.brokers.nats.common import FastClient, barrier, read, read_parts, to_headers
 from mesh.codecs.binary import Binding, WireMessage, encode
 from mesh.codecs.bindings import NATS
 from mesh.errors import BrokerError, DecodeError, NoResponders, PublishError
 from mesh.event import Event
 
 if TYPE_CHECKING:
-    from mesh.brokers.jetstream import JetStreamBroker
-    from mesh.brokers.nats import NatsBroker
+    from mesh.brokers.nats.core import NatsBroker
+    from mesh.brokers.nats.jetstream import JetStreamBroker
 
 __all__ = ["NatsEphemeral"]
 

@@ -16,14 +16,14 @@ from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from mesh.brokers._nats_common import safe_name, to_headers
 from mesh.brokers.base import RESERVED_PREFIX
+from mesh.brokers.nats.common import safe_name, to_headers
 from mesh.codecs.binary import encode
 from mesh.errors import BrokerError, PublishError
 from mesh.event import Event
 
 if TYPE_CHECKING:
-    from mesh.brokers.nats import NatsBroker
+    from mesh.brokers.nats.core import NatsBroker
 
 __all__ = ["PROBE_HEADER", "has_group", "publish_to_group", "side_subject"]
 
@@ -61,7 +61,7 @@ async def has_group(broker: NatsBroker, topic: str, group: str) -> bool:
 
 async def publish_to_group(broker: NatsBroker, topic: str, group: str, event: Event) -> None:
     """Hand the event to one running member of the group; returns once that member has it."""
-    wire = encode(event, broker._binding)
+    wire = encode(event, broker.wire)
     subject = side_subject(broker, topic, _queue(group))
     try:
         await broker._client(PublishError).request(

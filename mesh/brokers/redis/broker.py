@@ -38,9 +38,6 @@ from pydantic import ValidationError
 from redis.asyncio import ConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
 
-from mesh.brokers import _redis_replay as _replay
-from mesh.brokers._redis_ephemeral import EphemeralSubscription, ephemeral_args
-from mesh.brokers._redis_script import SCRIPT
 from mesh.brokers.base import (
     RESERVED_PREFIX,
     Broker,
@@ -51,9 +48,12 @@ from mesh.brokers.base import (
     Subscription,
 )
 from mesh.brokers.capabilities import DelegatedHistory
-from mesh.brokers.options.redis import RedisOptions
+from mesh.brokers.redis import history as _replay
+from mesh.brokers.redis.ephemeral import EphemeralSubscription, ephemeral_args
+from mesh.brokers.redis.options import RedisOptions
+from mesh.brokers.redis.script import SCRIPT
 from mesh.codecs.binary import WireMessage, decode, encode
-from mesh.codecs.bindings import REDIS, for_broker
+from mesh.codecs.bindings import REDIS
 from mesh.codecs.redis import from_fields, lossy, to_fields
 from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
 from mesh.event import Event
@@ -348,9 +348,11 @@ class _Consumer(Subscription):
 class RedisBroker(DelegatedHistory, Broker):
     """Redis Streams (``redis://host:port/db``); see the module docstring and docs/brokers/redis.md."""
 
-    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._redis_replay
+    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers.redis.history
 
     type: ClassVar[str] = "redis"
+    binding = REDIS
+    options_model = RedisOptions
     features: ClassVar[Features] = Features(
         name="redis",
         persistent=True,
@@ -374,7 +376,6 @@ class RedisBroker(DelegatedHistory, Broker):
             raise ConfigError(
                 [(".".join(["broker", "options", *map(str, e["loc"])]), e["msg"]) for e in exc.errors()]
             ) from None
-        self._binding = for_broker("redis", self.content_mode)
         self._redis: Redis | None = None
         self._script: Any = None
         self.execute: Callable[..., Awaitable[Any]] = self._not_connected
@@ -463,7 +464,7 @@ class RedisBroker(DelegatedHistory, Broker):
             self._subs.remove(sub)
 
     async def publish(self, topic: str, event: Event) -> None:
-        msg = encode(event, self._binding)
+        msg = encode(event, self.wire)
         stream = self.name_of(topic)
         await self._xadd(stream, ["XADD", stream, *self._trim, "*", *to_fields(msg)])
 
@@ -589,7 +590,7 @@ class RedisBroker(DelegatedHistory, Broker):
     async def publish_ephemeral(self, topic: str, event: Event) -> None:
         """XADD without creating the stream (dropped when nobody reads it), kept short."""
         stream = self.name_of(topic)
-        fields = to_fields(encode(event, self._binding))
+        fields = to_fields(encode(event, self.wire))
         await self._xadd(stream, ephemeral_args(stream, EPHEMERAL_MAXLEN, fields))
 
 
@@ -602,33 +603,3 @@ def _redact(url: str) -> str:
     except ValueError:
         return repr(url)
     return f"{host}:{port}{parts.path or '/0'}"
-
-
-class RedisKeyStore:
-    """Keys with an expiry in Redis, for plugins (the idempotency record shared by instances).
-
-    It lives here because this module is the only one that imports the Redis client.
-    """
-
-    def __init__(self, url: str = DEFAULT_URL, *, prefix: str = "_mesh.idem:") -> None:
-        self._client = Redis.from_url(url)
-        self._prefix = prefix
-        self._url = url
-
-    async def seen(self, key: str) -> bool:
-        """Whether the key is recorded and not expired."""
-        try:
-            return bool(await self._client.exists(self._prefix + key))
-        except RedisError as exc:
-            raise BrokerError(f"redis key store at {_redact(self._url)}: {exc}") from exc
-
-    async def remember(self, key: str, ttl: float) -> None:
-        """Record the key for ``ttl`` seconds."""
-        try:
-            await self._client.set(self._prefix + key, b"1", px=max(1, int(ttl * 1000)))
-        except RedisError as exc:
-            raise BrokerError(f"redis key store at {_redact(self._url)}: {exc}") from exc
-
-    async def close(self) -> None:
-        """Close the connections."""
-        await self._client.aclose()

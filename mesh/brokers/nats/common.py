@@ -1,6 +1,6 @@
 """What the two NATS adapters share: the connection, broker-side names and message conversion.
 
-Only this module, :mod:`mesh.brokers.nats` and :mod:`mesh.brokers.jetstream` import nats-py.
+Only this module, :mod:`mesh.brokers.nats` and :mod:`mesh.brokers.nats.jetstream` import nats-py.
 
 The first connection is bounded: every server of the URL is tried (twice) within
 ``connect_timeout`` and a failure is one :class:`~mesh.errors.BrokerConnectionError`. Once
@@ -37,7 +37,7 @@ from nats.errors import AuthorizationError, BadSubjectError, MaxPayloadError, No
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
 
-from mesh.brokers.options.nats import NatsOptions
+from mesh.brokers.nats.options import NatsOptions
 from mesh.codecs.binary import Binding, WireMessage, decode
 from mesh.errors import BrokerConnectionError, ConfigError, DecodeError
 from mesh.event import Event

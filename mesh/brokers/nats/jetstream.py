@@ -51,8 +51,11 @@ from nats.js.api import (
 )
 from nats.js.errors import NotFoundError
 
-from mesh.brokers import _jetstream_replay as _replay
-from mesh.brokers._nats_common import (
+from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Mailbox, Subscription
+from mesh.brokers.base import Delivery as _Delivery
+from mesh.brokers.capabilities import GROUP_MARK, DelegatedHistory
+from mesh.brokers.nats import history as _replay
+from mesh.brokers.nats.common import (
     FastClient,
     barrier,
     display_address,
@@ -64,13 +67,10 @@ from mesh.brokers._nats_common import (
     to_headers,
     validate_options,
 )
-from mesh.brokers._nats_ephemeral import CoreNatsEphemeral, NatsEphemeral
-from mesh.brokers.base import Broker, DeliveryHandler, Features, HandlerRunner, Mailbox, Subscription
-from mesh.brokers.base import Delivery as _Delivery
-from mesh.brokers.capabilities import GROUP_MARK, DelegatedHistory
-from mesh.brokers.options.nats import JetStreamOptions
+from mesh.brokers.nats.ephemeral import CoreNatsEphemeral, NatsEphemeral
+from mesh.brokers.nats.options import JetStreamOptions
 from mesh.codecs.binary import WireMessage, encode
-from mesh.codecs.bindings import NATS, for_broker
+from mesh.codecs.bindings import NATS
 from mesh.codecs.data import canonical
 from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
 from mesh.event import Event
@@ -346,9 +346,11 @@ def _drain_queue(queue: Mailbox[Msg | None]) -> list[Msg]:
 class JetStreamBroker(CoreNatsEphemeral, DelegatedHistory, Broker):
     """JetStream: persistent streams, durable pull consumers; see the module docstring."""
 
-    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers._jetstream_replay
+    _replay: ClassVar[ModuleType] = _replay  # the replay capabilities live in mesh.brokers.nats.history
 
     type: ClassVar[str] = "jetstream"
+    binding = NATS
+    options_model = JetStreamOptions
     features: ClassVar[Features] = Features(
         name="jetstream",
         persistent=True,
@@ -372,8 +374,7 @@ class JetStreamBroker(CoreNatsEphemeral, DelegatedHistory, Broker):
             # One unacked message per group: the group handles the stream in order.
             self.features = dataclasses.replace(type(self).features, order_by_key=True)  # type: ignore[misc]
         self.address = display_address(servers_of(url))
-        self._binding = for_broker(self.type, self.content_mode)
-        self._ephemeral = NatsEphemeral(self, self._binding)
+        self._ephemeral = NatsEphemeral(self, self.wire)
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._streams: dict[str, str] = {}  # subject -> stream that covers it
@@ -494,7 +495,7 @@ class JetStreamBroker(CoreNatsEphemeral, DelegatedHistory, Broker):
 
     async def publish(self, topic: str, event: Event) -> None:
         subject = self.name_of(topic)
-        wire = encode(event, self._binding)
+        wire = encode(event, self.wire)
         headers = to_headers(wire)
         if self.settings.dedup:
             replay = event.extensions.get("meshreplay")

@@ -30,7 +30,7 @@ from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, Publish
 from mesh.event import Event
 
 if TYPE_CHECKING:
-    from mesh.brokers.kafka import KafkaBroker
+    from mesh.brokers.kafka.broker import KafkaBroker
 
 __all__ = ["KafkaDelivery", "KafkaSubscription", "PartitionOffsets", "quietly", "reason"]
 
@@ -192,7 +192,7 @@ class KafkaSubscription(Subscription):
     async def _loop(self) -> None:
         consumer = self._consumer
         runner = self._runner
-        binding = self._broker.binding
+        binding = self._broker.wire
         topic = self.topic
         retry_topic = self.retry_topic
         loop = asyncio.get_running_loop()

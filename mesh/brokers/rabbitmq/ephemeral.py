@@ -30,7 +30,7 @@ from mesh.codecs.binary import WireMessage, decode
 from mesh.errors import DecodeError
 
 if TYPE_CHECKING:
-    from mesh.brokers.rabbitmq import RabbitMQBroker
+    from mesh.brokers.rabbitmq.broker import RabbitMQBroker
 
 __all__ = ["EphemeralSubscription", "ack_queued"]
 
@@ -116,9 +116,7 @@ class EphemeralSubscription(Subscription):
             headers = {k: v if isinstance(v, str | bytes) else str(v) for k, v in headers.items()}
         wire = WireMessage(message.body, headers, None, message.content_type)
         try:
-            delivery = _Delivery(
-                self, message, decode(wire, self._broker.binding, self.topic, message.message_id), wire
-            )
+            delivery = _Delivery(self, message, decode(wire, self._broker.wire, self.topic, message.message_id), wire)
         except DecodeError as exc:
             delivery = _Delivery(self, message, None, wire, exc)
         except Exception as exc:  # foreign input never stops the consumer

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from mesh.brokers._kafka_consumer import CONTENT_TYPE, quietly, reason
 from mesh.brokers.base import Delivery, DeliveryHandler, HandlerRunner, Subscription
+from mesh.brokers.kafka.consumer import CONTENT_TYPE, quietly, reason
 from mesh.codecs.binary import WireMessage, decode
 from mesh.errors import BrokerConnectionError, BrokerError, DecodeError
 from mesh.event import Event
 
 if TYPE_CHECKING:
-    from mesh.brokers.kafka import KafkaBroker
+    from mesh.brokers.kafka.broker import KafkaBroker
 
 __all__ = ["EphemeralSubscription"]
 
@@ -97,7 +97,7 @@ class EphemeralSubscription(Subscription):
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"mesh-kafka-ephemeral:{self.name}")
 
     async def _loop(self) -> None:
-        consumer, submit, binding, topic = self._consumer, self._runner.submit, self._broker.binding, self.topic
+        consumer, submit, binding, topic = self._consumer, self._runner.submit, self._broker.wire, self.topic
         while self._running:
             self._fetching = True
             try:

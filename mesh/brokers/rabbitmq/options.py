@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from mesh.brokers.options import BrokerOptions
+from mesh.brokers.base import BrokerOptions
 
 __all__ = ["RabbitMQOptions"]
 

@@ -25,8 +25,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from mesh.brokers._nats_common import read, safe_name, to_headers
 from mesh.brokers.capabilities import GROUP_MARK, Cursor, HistoryRecord
+from mesh.brokers.nats.common import read, safe_name, to_headers
 from mesh.codecs.binary import encode
 from mesh.codecs.bindings import NATS
 from mesh.codecs.data import canonical
@@ -34,7 +34,7 @@ from mesh.errors import BrokerError, PublishError
 from mesh.event import Event
 
 if TYPE_CHECKING:
-    from mesh.brokers.jetstream import JetStreamBroker
+    from mesh.brokers.nats.jetstream import JetStreamBroker
 
 __all__ = ["has_group", "publish_to_group", "read_history", "topic_exists"]
 
@@ -79,7 +79,7 @@ async def has_group(broker: JetStreamBroker, topic: str, group: str) -> bool:
 async def publish_to_group(broker: JetStreamBroker, topic: str, group: str, event: Event) -> None:
     """Store the event on the topic's stream marked for ``group`` only (see the module docstring)."""
     subject = broker.name_of(topic)
-    wire = encode(event, broker._binding)
+    wire = encode(event, broker.wire)
     headers = to_headers(wire)
     headers[GROUP_MARK] = group
     if broker.settings.dedup:

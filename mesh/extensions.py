@@ -1,0 +1,108 @@
+"""The mesh's vocabulary on the wire: every ``mesh*`` CloudEvents extension and reserved destination.
+
+One table, so a name is defined once and the layers that write and read it (plugins, replay,
+invocation, adapters) agree. Names the mesh writes match ``^[a-z][a-z0-9]{0,19}$``; where the
+CloudEvents spec or a common extension already has a name for a meaning, that name is used.
+
+==================  ==========================================================================
+extension           meaning (written by)
+==================  ==========================================================================
+``partitionkey``    ordering key (CloudEvents partitioning extension; ``publish(key=...)``)
+``expirytime``      a request's deadline (CloudEvents expirytime; invocation)
+``correlationid``   the request a reply answers (invocation)
+``meshreplyto``     where a request's reply goes (invocation)
+``meshstatus``      a reply's outcome: ``ok`` or an error code (invocation)
+``meshattempt``     delivery attempt of a delayed retry copy (retries through the broker)
+``mesherrortype``   dead letter: the exception type
+``mesherror``       dead letter: its message or the decision's reason
+``meshtopic``       dead letter: the topic it failed on
+``meshgroup``       dead letter: the consumer group that failed
+``meshattempts``    dead letter: handler calls made
+``meshfirstfail``   dead letter: first failure seen
+``meshlastfail``    dead letter: last failure
+``meshrawheaders``  dead letter of an undecodable message: its headers as JSON
+``meshreplay``      the replay that sent this copy (replay)
+``meshredrive``     the redrive that sent this copy (dead-letter redrive)
+==================  ==========================================================================
+
+Reserved destinations live under :data:`RESERVED_PREFIX`; user topics may not use it, so the
+mesh's own traffic never clashes with them.
+
+==============================  =============================================================
+destination                     what travels there
+==============================  =============================================================
+``_mesh.invoke.<app>``          invocation requests to an app (its instances share them)
+``_mesh.reply.<instance>``      replies to one caller instance
+``_mesh.presence``              heartbeats, leaves and probes of every instance
+``_mesh.retry.<group>.<topic>`` delayed retry copies (Kafka)
+``_mesh.delay.<ms>``            delay queues (RabbitMQ), delayed entries (Redis)
+``_mesh.group``                 header or field naming the only group a copy is for (replay)
+``_mesh.ephemeral``             the exchange of ephemeral destinations (RabbitMQ)
+==============================  =============================================================
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ATTEMPT",
+    "CORRELATION",
+    "DEADLINE",
+    "DEAD_LETTER_EXTENSIONS",
+    "ERROR",
+    "ERROR_TYPE",
+    "FIRST_FAIL",
+    "GROUP",
+    "GROUP_MARK",
+    "INVOKE_PREFIX",
+    "LAST_FAIL",
+    "PARTITION_KEY",
+    "PRESENCE_TOPIC",
+    "RAW_HEADERS",
+    "REDRIVE",
+    "REPLAY",
+    "REPLY_PREFIX",
+    "REPLY_TO",
+    "RESERVED_PREFIX",
+    "STATUS",
+    "TOPIC",
+    "UNDECODABLE_TYPE",
+    "ATTEMPTS",
+]
+
+# -- extensions ------------------------------------------------------------------------------------
+
+PARTITION_KEY = "partitionkey"
+DEADLINE = "expirytime"
+CORRELATION = "correlationid"
+REPLY_TO = "meshreplyto"
+STATUS = "meshstatus"
+ATTEMPT = "meshattempt"
+
+ERROR_TYPE = "mesherrortype"
+ERROR = "mesherror"
+TOPIC = "meshtopic"
+GROUP = "meshgroup"
+ATTEMPTS = "meshattempts"
+FIRST_FAIL = "meshfirstfail"
+LAST_FAIL = "meshlastfail"
+RAW_HEADERS = "meshrawheaders"
+
+DEAD_LETTER_EXTENSIONS: tuple[str, ...] = (ERROR_TYPE, ERROR, TOPIC, GROUP, ATTEMPTS, FIRST_FAIL, LAST_FAIL)
+"""What the dead-letter step adds to a failed event; a redrive removes them (and ``meshrawheaders``)."""
+
+UNDECODABLE_TYPE = "mesh.deadletter.undecodable"
+"""The type of the dead letter made for a message that could not be decoded at all."""
+
+REPLAY = "meshreplay"
+REDRIVE = "meshredrive"
+
+# -- reserved destinations -------------------------------------------------------------------------
+
+RESERVED_PREFIX = "_mesh."
+"""Names of the mesh's internal destinations start with this; user topics may not."""
+
+INVOKE_PREFIX = RESERVED_PREFIX + "invoke."
+REPLY_PREFIX = RESERVED_PREFIX + "reply."
+PRESENCE_TOPIC = RESERVED_PREFIX + "presence"
+GROUP_MARK = RESERVED_PREFIX + "group"
+"""Header (JetStream) or entry field (Redis) naming the only group a message is for."""
