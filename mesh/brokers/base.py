@@ -52,6 +52,7 @@ from mesh.extensions import RESERVED_PREFIX
 
 __all__ = [
     "RESERVED_PREFIX",
+    "AtMostOnceDelivery",
     "Broker",
     "BrokerOptions",
     "Delivery",
@@ -171,6 +172,18 @@ class Delivery:
             await self._requeue()
         except Exception:  # the connection went away: the broker redelivers the unacked message
             log.warning("a delayed redelivery on %s could not be handed back; the broker redelivers it", self.topic)
+
+
+class AtMostOnceDelivery(Delivery):
+    """A delivery the broker does not track (ephemeral traffic): ack and nack only end it."""
+
+    __slots__ = ()
+
+    async def _ack(self) -> None:
+        pass
+
+    async def _nack(self, delay: float | None) -> None:
+        pass
 
 
 _WAITING: set[asyncio.Task[None]] = set()
