@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from mesh import App, Context, Decision, Event, hookimpl
+from mesh import App, Context, Decision, Event, Runtime, hookimpl
 
 
 class BadRequest(Exception):
@@ -31,7 +31,7 @@ class TenantPlugin:
         self.tenant = tenant
 
     @hookimpl
-    def mesh_publish_attributes(self, app: App, topic: str, event: Event) -> dict[str, Any]:
+    def mesh_publish_attributes(self, runtime: Runtime, topic: str, event: Event) -> dict[str, Any]:
         return {"tenant": self.tenant}
 
     @hookimpl

@@ -8,11 +8,11 @@
 from __future__ import annotations
 
 from mesh.app import App
-from mesh.dispatch import Context, Decision
 from mesh.errors import (
     BrokerConnectionError,
     BrokerError,
     BrokerNotInstalled,
+    ComponentNotInstalled,
     ConfigError,
     DeadLetter,
     DecodeError,
@@ -32,7 +32,9 @@ from mesh.errors import (
     Retry,
 )
 from mesh.event import Event
-from mesh.hookspecs import hookimpl
+from mesh.hooks import hookimpl
+from mesh.runtime import Runtime
+from mesh.types import Context, Decision, Invocation, SubscriptionInfo
 
 __version__ = "0.1.0"
 
@@ -41,6 +43,7 @@ __all__ = [
     "BrokerConnectionError",
     "BrokerError",
     "BrokerNotInstalled",
+    "ComponentNotInstalled",
     "ConfigError",
     "Context",
     "DeadLetter",
@@ -51,6 +54,7 @@ __all__ = [
     "EventError",
     "FeatureNotSupported",
     "InvalidEvent",
+    "Invocation",
     "InvocationError",
     "InvocationTimeout",
     "MeshError",
@@ -61,6 +65,8 @@ __all__ = [
     "PublishError",
     "RemoteError",
     "Retry",
+    "Runtime",
+    "SubscriptionInfo",
     "__version__",
     "hookimpl",
 ]

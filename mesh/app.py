@@ -28,15 +28,16 @@ from typing import Any, TypeVar, overload
 from pydantic import ValidationError
 
 from mesh.brokers import Broker, Subscription
-from mesh.brokers.base import RESERVED_PREFIX
-from mesh.codecs.data import encode_data
+from mesh.components import Registry
 from mesh.config import MeshConfig, load_config
-from mesh.dispatch import FailureMemory, HandlerSpec, Publish, Route, _data_adapter
-from mesh.errors import ConfigError, EncodeError, InvocationError, MeshError
+from mesh.errors import ConfigError, InvocationError, MeshError
 from mesh.event import Event, ExtensionValue, new_id
+from mesh.extensions import RESERVED_PREFIX
+from mesh.hooks import Hooks, PluginManager
 from mesh.invoke import Callee, Caller
-from mesh.plugin_manager import PluginManager, Registry
-from mesh.presence import Presence
+from mesh.invoke.presence import Presence
+from mesh.pipeline import HandlerSpec, Route, data_adapter
+from mesh.runtime import Runtime
 
 __all__ = ["App"]
 
@@ -69,32 +70,35 @@ class App:
         self.instance_id = f"{id}-{new_id()[:8]}"
         self.source = f"/{id}"
         self.plugins = PluginManager(plugins)
+        self.hooks = Hooks(self.plugins)
         registry = Registry()
-        self.plugins.call("mesh_register_components", registry=registry)
+        self.hooks.register_components(registry)
         self.components = registry
         self.config: MeshConfig = load_config(config, registry=registry)
         self.plugins.disable(self.config.plugins.disable)
         self.plugins.check()
         self.broker: Broker = self._make_broker()
+        self.runtime = Runtime(
+            id=id,
+            version=version,
+            instance_id=self.instance_id,
+            config=self.config,
+            registry=registry,
+            hooks=self.hooks,
+            broker=self.broker,
+        )
+        """What the parts of this instance and the plugins see of it."""
         self._routes: dict[tuple[str, str], Route] = {}
         self._subscriptions: list[Subscription] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._publish: Publish = self.broker.publish
-        self._attribute_hooks = False
-        self.outcome_hooks = False
-        self.failures = FailureMemory()
-        self.plugin_state: dict[str, Any] = {}
-        """Per-app state of plugins, by plugin name."""
-        self._on_stop: list[Callable[[], Awaitable[None]]] = []
-        self.callee = Callee(self)
+        self.callee = Callee(self.runtime)
         """This app's methods and the subscription serving them."""
-        self.caller = Caller(self)
-        """This instance's outgoing calls: reply topic and pending replies."""
-        self.presence = Presence(self)
+        self.presence = Presence(self.runtime, self._offers)
         """Who is live on the mesh, and this instance's heartbeats."""
+        self.caller = Caller(self.runtime, self.presence)
+        """This instance's outgoing calls: reply topic and pending replies."""
         self.started = False
         self._invocable = False  # from start until handlers drained at stop (they may invoke)
-        self.plugins.call("mesh_configure", app=self, config=self.config)
+        self.hooks.configure(self.runtime, self.config)
 
     def _make_broker(self) -> Broker:
         conf = self.config.broker
@@ -106,6 +110,15 @@ class App:
         }
         broker: Broker = self.components.load("broker", conf.type)(conf.url, **kwargs)
         return broker
+
+    def _offers(self) -> tuple[dict[str, bool], list[tuple[str, str]]]:
+        methods = {name: spec.idempotent for name, spec in self.callee.methods.items()}
+        return methods, [(route.topic, route.group) for route in self._routes.values()]
+
+    @property
+    def plugin_state(self) -> dict[str, Any]:
+        """Per-app state of plugins, by plugin name (the runtime's)."""
+        return self.runtime.plugin_state
 
     # -- registration ------------------------------------------------------------------------
 
@@ -139,7 +152,7 @@ class App:
             key = (topic, group or self.id)
             route = self._routes.get(key)
             if route is None:
-                route = self._routes[key] = Route(self, topic, key[1])
+                route = self._routes[key] = Route(self.runtime, topic, key[1])
             route.add(HandlerSpec(fn, topic, key[1], filters, concurrency))
             return fn
 
@@ -208,37 +221,20 @@ class App:
             dataschema=dataschema,
             extensions=ext,
         )
-        if self._attribute_hooks:
-            return await self.send(topic, event)
-        if event.data is not None and len(encode_data(event)) > self.config.max_event_bytes:
-            raise self._too_big(topic, event)
-        await self._publish(topic, event)  # send() without its attribute hooks: one frame less per event
+        runtime = self.runtime
+        if runtime.attribute_hooks:
+            return await runtime.send(topic, event)
+        runtime.check_size(topic, event)
+        await runtime.publish(topic, event)  # send() without its attribute hooks: one frame less per event
         return event
 
     async def send(self, topic: str, event: Event) -> Event:
         """Publish a ready-made event (plugins' attributes are added); returns what was sent."""
-        if self._attribute_hooks:
-            event = self.with_attributes(topic, event)
-        if event.data is not None and len(encode_data(event)) > self.config.max_event_bytes:
-            raise self._too_big(topic, event)
-        await self._publish(topic, event)
-        return event
-
-    def _too_big(self, topic: str, event: Event) -> EncodeError:
-        return EncodeError(
-            f"event {event.type!r} for {topic!r} has {len(encode_data(event)):,} bytes of data, over "
-            f"max_event_bytes ({self.config.max_event_bytes:,}): send a reference (the 'dataref' "
-            "extension) to where the data is kept instead, or raise the limit"
-        )
+        return await self.runtime.send(topic, event)
 
     def with_attributes(self, topic: str, event: Event) -> Event:
         """The event with the extensions plugins add to what this app sends (``mesh_publish_attributes``)."""
-        extra: dict[str, ExtensionValue] = {}
-        for attrs in self.plugins.call("mesh_publish_attributes", app=self, topic=topic, event=event):
-            for name, value in attrs.items():
-                extra.setdefault(name, value)
-        new = {k: v for k, v in extra.items() if k not in event.extensions}
-        return event.with_extensions(**new) if new else event
+        return self.runtime.with_attributes(topic, event)
 
     # -- invocation --------------------------------------------------------------------------
 
@@ -292,7 +288,7 @@ class App:
         if result_type is None:
             return data
         try:
-            return _data_adapter(result_type)(data)
+            return data_adapter(result_type)(data)
         except ValidationError as exc:
             raise InvocationError(
                 f"the reply of {app}.{method} is not a {getattr(result_type, '__name__', result_type)}: {exc}"
@@ -304,12 +300,7 @@ class App:
         """Connect to the broker and start every subscription."""
         if self.started:
             return
-        self._attribute_hooks = bool(self.plugins.implementations("mesh_publish_attributes"))
-        self.outcome_hooks = bool(self.plugins.implementations("mesh_delivery_outcome"))
-        publish: Publish = self.broker.publish
-        for layer in reversed(self.plugins.call("mesh_publish_layers", app=self)):
-            publish = layer(publish)
-        self._publish = publish
+        self.runtime.build()
         self.caller.build()
         await self.broker.connect()
         try:
@@ -324,34 +315,47 @@ class App:
             await self.broker.close()
             raise
         self.started = self._invocable = True
-        self.plugins.call("mesh_app_started", app=self)
+        self.hooks.app_started(self.runtime)
 
-    async def stop(self) -> None:
-        """Stop consuming, let handlers in flight finish, then disconnect."""
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop consuming, let handlers in flight finish, then disconnect.
+
+        Handlers get ``timeout`` seconds to finish (default ``drain_timeout`` from the config,
+        30 s, like Kubernetes' grace period); after it they are cancelled and their deliveries
+        given back to the broker (nacked, so another instance gets them: never lost).
+        """
         if not self.started:
             return
         self.started = False
+        runtime = self.runtime
         try:
-            self.plugins.call("mesh_app_stopping", app=self)
+            self.hooks.app_stopping(runtime)
         finally:
             await self.presence.leave()  # callers stop choosing this instance; in-flight calls finish
             subs, self._subscriptions = self._subscriptions, []
-            for sub in subs:
-                await sub.stop(drain=True)
-            await self.callee.stop()
-            tasks, self._tasks = list(self._tasks), set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for callback in reversed(self._on_stop):
-                try:
-                    await callback()
-                except Exception:
-                    log.exception("a stop callback of %s failed", self.id)
+            await self._drain(subs, self.config.drain_timeout if timeout is None else timeout)
+            await runtime.cancel_tasks()
+            await runtime.run_stop_callbacks()
             self._invocable = False
             await self.caller.close()
             await self.presence.close()
             await self.broker.close()
+
+    async def _drain(self, subs: list[Subscription], timeout: float) -> None:
+        stopping = [asyncio.ensure_future(sub.stop(drain=True)) for sub in subs]
+        stopping.append(asyncio.ensure_future(self.callee.stop()))
+        _, pending = await asyncio.wait(stopping, timeout=max(0.0, timeout))
+        if not pending:
+            return
+        log.warning(
+            "%s: handlers still running after the drain timeout (%gs); cancelling them, their deliveries "
+            "go back to the broker",
+            self.id,
+            timeout,
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def __aenter__(self) -> App:
         await self.start()
@@ -362,14 +366,11 @@ class App:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """Run a background task for as long as the app runs (cancelled at stop)."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self.runtime.spawn(coro, name)
 
     def on_stop(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Await ``callback()`` when the app stops, after its handlers drained (last added runs first)."""
-        self._on_stop.append(callback)
+        self.runtime.on_stop(callback)
 
     async def join(self, timeout: float = 10.0) -> None:
         """Wait until the broker has no pending deliveries (memory broker; for demos and tests)."""
@@ -378,8 +379,8 @@ class App:
             raise MeshError(f"{self.broker.type} cannot tell when it is idle; wait for your own condition")
         await join(timeout=timeout)
 
-    async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serve until SIGINT/SIGTERM (or ``stop`` is set), then drain and stop."""
+    async def run(self, stop: asyncio.Event | None = None, *, drain_timeout: float | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (or ``stop`` is set), then drain (up to ``drain_timeout``) and stop."""
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         installed = []
@@ -390,8 +391,11 @@ class App:
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
         try:
-            async with self:
+            await self.start()
+            try:
                 await stop.wait()
+            finally:
+                await self.stop(drain_timeout)
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)

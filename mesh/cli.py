@@ -21,7 +21,7 @@ import orjson
 from mesh.app import App
 from mesh.config import config_schema, find_config, load_config
 from mesh.errors import MeshError, RemoteError
-from mesh.plugin_manager import PluginManager
+from mesh.hooks import PluginManager
 from mesh.replay.cli import dlq, replay
 
 __all__ = ["cli", "load_target", "main"]

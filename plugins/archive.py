@@ -25,43 +25,43 @@ from typing import TYPE_CHECKING, Any
 
 from mesh.archive import DEAD_LETTER_MARK, archive_settings, open_archive
 from mesh.archive.recorder import Recorder
-from mesh.dispatch import Context, Handle, HandlerLayer, Publish, PublishLayer, SubscriptionInfo
 from mesh.event import Event
-from mesh.hookspecs import hookimpl
+from mesh.hooks import hookimpl
+from mesh.types import Context, Handle, HandlerLayer, Publish, PublishLayer, SubscriptionInfo
 
 if TYPE_CHECKING:
-    from mesh.app import App
     from mesh.config import MeshConfig
+    from mesh.runtime import Runtime
 
 name = "archive"
 
 
-def recorder_of(app: App) -> Recorder | None:
+def recorder_of(runtime: Runtime) -> Recorder | None:
     """The app's recorder, when the archive is on for it."""
-    recorder: Recorder | None = app.plugin_state.get(name)
+    recorder: Recorder | None = runtime.plugin_state.get(name)
     return recorder
 
 
 @hookimpl
-def mesh_configure(app: App, config: MeshConfig) -> None:
+def mesh_configure(runtime: Runtime, config: MeshConfig) -> None:
     settings = archive_settings(config)
     if settings is None:
         return
-    recorder = Recorder(open_archive(settings.url, settings.table), settings, app.id)
-    app.plugin_state[name] = recorder
-    app.on_stop(recorder.close)
+    recorder = Recorder(open_archive(settings.url, settings.table), settings, runtime.id)
+    runtime.plugin_state[name] = recorder
+    runtime.on_stop(recorder.close)
 
 
 @hookimpl
-def mesh_app_started(app: App) -> None:
-    recorder = recorder_of(app)
+def mesh_app_started(runtime: Runtime) -> None:
+    recorder = recorder_of(runtime)
     if recorder is not None:
-        app.spawn(recorder.run(), name=f"mesh-archive:{app.id}")
+        runtime.spawn(recorder.run(), name=f"mesh-archive:{runtime.id}")
 
 
 @hookimpl
-def mesh_publish_layers(app: App) -> PublishLayer | None:
-    recorder = recorder_of(app)
+def mesh_publish_layers(runtime: Runtime) -> PublishLayer | None:
+    recorder = recorder_of(runtime)
     if recorder is None:
         return None
     settings = recorder.settings
@@ -88,8 +88,8 @@ def mesh_publish_layers(app: App) -> PublishLayer | None:
 
 
 @hookimpl
-def mesh_handler_layers(app: App, subscription: SubscriptionInfo) -> HandlerLayer | None:
-    recorder = recorder_of(app)
+def mesh_handler_layers(runtime: Runtime, subscription: SubscriptionInfo) -> HandlerLayer | None:
+    recorder = recorder_of(runtime)
     if recorder is None or "consumed" not in recorder.settings.record or not recorder.wants(subscription.topic):
         return None
     topic, group, durable = subscription.topic, subscription.group, recorder.settings.durable

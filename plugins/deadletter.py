@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 
-from mesh.dispatch import Context
 from mesh.errors import DeadLetter, DecodeError
 from mesh.event import Event, now
-from mesh.hookspecs import hookimpl
+from mesh.hooks import hookimpl
+from mesh.types import Context
 
 name = "deadletter"
 
@@ -68,7 +68,7 @@ def mesh_dead_letter_event(context: Context, error: BaseException | None) -> Eve
         body = raw.body if raw is not None else (error.raw if isinstance(error, DecodeError) else b"")
         return Event(
             UNDECODABLE_TYPE,
-            f"/{context.app.id}",
+            f"/{context.runtime.id}",
             bytes(body),
             extensions={
                 "mesherrortype": error_type,

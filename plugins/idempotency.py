@@ -23,9 +23,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mesh.config import MeshConfig, parse_duration, plugin_settings
-from mesh.dispatch import Context, Handle, HandlerLayer, SubscriptionInfo
-from mesh.hookspecs import hookimpl
+from mesh.hooks import hookimpl
 from mesh.keystores import KeyStore, open_key_store
+from mesh.runtime import Runtime
+from mesh.types import Context, Handle, HandlerLayer, SubscriptionInfo
 
 name = "idempotency"
 
@@ -53,22 +54,22 @@ def _open_store(settings: Settings) -> KeyStore:
 
 
 @hookimpl
-def mesh_configure(app: Any, config: MeshConfig) -> None:
+def mesh_configure(runtime: Runtime, config: MeshConfig) -> None:
     wanted = bool(config.defaults.idempotent) or any(s.idempotent for s in config.subscriptions.values())
     if wanted:
         settings = plugin_settings(Settings, config, name)
         store = _open_store(settings)
-        app.plugin_state[name] = (settings, store)
+        runtime.plugin_state[name] = (settings, store)
         close = getattr(store, "close", None)
         if close is not None:
-            app.on_stop(close)
+            runtime.on_stop(close)
 
 
 @hookimpl
-def mesh_handler_layers(app: Any, subscription: SubscriptionInfo) -> HandlerLayer | None:
-    if not subscription.config.idempotent or name not in app.plugin_state:
+def mesh_handler_layers(runtime: Runtime, subscription: SubscriptionInfo) -> HandlerLayer | None:
+    if not subscription.config.idempotent or name not in runtime.plugin_state:
         return None
-    settings, store = app.plugin_state[name]
+    settings, store = runtime.plugin_state[name]
     group, ttl = subscription.group, settings.window
 
     def layer(next_: Handle) -> Handle:

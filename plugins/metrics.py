@@ -42,15 +42,15 @@ from opentelemetry import metrics
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mesh import __version__
-from mesh.dispatch import Context, Handle, HandlerLayer, Publish, PublishLayer, SubscriptionInfo
 from mesh.errors import ConfigError
 from mesh.event import Event
-from mesh.hookspecs import hookimpl
+from mesh.hooks import hookimpl
 from mesh.invoke import Invocation, InvokeHandle, InvokeLayer
+from mesh.types import Context, Handle, HandlerLayer, Publish, PublishLayer, SubscriptionInfo
 
 if TYPE_CHECKING:
-    from mesh.app import App
     from mesh.config import MeshConfig
+    from mesh.runtime import Runtime
 
 name = "metrics"
 
@@ -189,7 +189,7 @@ def serve_prometheus(host: str, port: int, where: str) -> Instruments:
 
 
 @hookimpl
-def mesh_configure(app: App, config: MeshConfig) -> None:
+def mesh_configure(runtime: Runtime, config: MeshConfig) -> None:
     settings = settings_of(config)
     port, where = port_of(settings)
     if settings.enabled is False:
@@ -200,15 +200,15 @@ def mesh_configure(app: App, config: MeshConfig) -> None:
         instruments = global_instruments()
     else:
         return  # nothing would record: add no layer and no outcome hook
-    app.plugins.register(AppMetrics(app, instruments), name=APP_PLUGIN)
+    runtime.hooks.plugins.register(AppMetrics(runtime, instruments), name=APP_PLUGIN)
 
 
 class AppMetrics:
     """The per-App part of the plugin: its layers and outcome hook, with attributes cached per topic."""
 
-    def __init__(self, app: App, instruments: Instruments) -> None:
-        self.app_id = app.id
-        self.broker = app.config.broker.type
+    def __init__(self, runtime: Runtime, instruments: Instruments) -> None:
+        self.app_id = runtime.id
+        self.broker = runtime.config.broker.type
         self.i = instruments
         self._attrs: dict[str, dict[str, str]] = {}
 
@@ -222,7 +222,7 @@ class AppMetrics:
         return attrs
 
     @hookimpl(trylast=True)
-    def mesh_publish_layers(self, app: App) -> PublishLayer:
+    def mesh_publish_layers(self, runtime: Runtime) -> PublishLayer:
         counter = self.i.published
 
         def layer(next_: Publish) -> Publish:
@@ -235,7 +235,7 @@ class AppMetrics:
         return layer
 
     @hookimpl(trylast=True)
-    def mesh_handler_layers(self, app: App, subscription: SubscriptionInfo) -> HandlerLayer:
+    def mesh_handler_layers(self, runtime: Runtime, subscription: SubscriptionInfo) -> HandlerLayer:
         histogram = self.i.duration
         attrs = self.attributes(subscription.topic)
 
@@ -272,7 +272,7 @@ class AppMetrics:
     # -- invocation ----------------------------------------------------------------------------
 
     @hookimpl(trylast=True)
-    def mesh_invoke_layers(self, app: App) -> InvokeLayer:
+    def mesh_invoke_layers(self, runtime: Runtime) -> InvokeLayer:
         histogram = self.i.invoke_duration
 
         def layer(next_: InvokeHandle) -> InvokeHandle:
@@ -296,7 +296,7 @@ class AppMetrics:
 
     @hookimpl
     def mesh_invocation_outcome(
-        self, app: App, side: str, method: str, peer: str, outcome: str, error: BaseException | None
+        self, runtime: Runtime, side: str, method: str, peer: str, outcome: str, error: BaseException | None
     ) -> None:
         if side == "callee":
             attrs = {"app": self.app_id, "broker": self.broker, "method": method, "outcome": outcome}

@@ -20,9 +20,9 @@ import random
 from typing import Any
 
 from mesh.config import RetryPolicy
-from mesh.dispatch import Context, Decision, Handle, HandlerLayer, SubscriptionInfo
 from mesh.errors import DeadLetter, HandlerSignal, Retry
-from mesh.hookspecs import hookimpl
+from mesh.hooks import hookimpl
+from mesh.types import Context, Decision, Handle, HandlerLayer, SubscriptionInfo
 
 name = "retry"
 

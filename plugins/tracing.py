@@ -32,14 +32,14 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from mesh import __version__
-from mesh.dispatch import Context, Handle, HandlerLayer, Publish, PublishLayer, SubscriptionInfo
 from mesh.event import Event, ExtensionValue
-from mesh.hookspecs import hookimpl
+from mesh.hooks import hookimpl
 from mesh.invoke import Invocation, InvokeHandle, InvokeLayer
 from mesh.invoke.protocol import INVOKE_PREFIX
+from mesh.types import Context, Handle, HandlerLayer, Publish, PublishLayer, SubscriptionInfo
 
 if TYPE_CHECKING:
-    from mesh.app import App
+    from mesh.runtime import Runtime
 
 name = "tracing"
 
@@ -103,9 +103,9 @@ def inject(event: Event) -> Event:
     return event.with_extensions(traceparent=traceparent, tracestate=tracestate)
 
 
-def system_of(app: App) -> str:
+def system_of(runtime: Runtime) -> str:
     """``messaging.system`` of the App's broker (``jetstream`` is ``nats``)."""
-    kind = app.config.broker.type
+    kind = runtime.config.broker.type
     return SYSTEMS.get(kind, kind)
 
 
@@ -127,11 +127,11 @@ def event_attributes(event: Event) -> dict[str, str]:
 
 
 @hookimpl(tryfirst=True)
-def mesh_publish_layers(app: App) -> PublishLayer:
+def mesh_publish_layers(runtime: Runtime) -> PublishLayer:
     tracer = sdk_tracer()  # decided once per App, at start: no provider lookup per event
     if tracer is None:
         return _forward_context
-    system = system_of(app)
+    system = system_of(runtime)
 
     def layer(next_: Publish) -> Publish:
         async def publish(topic: str, event: Event) -> None:
@@ -168,13 +168,13 @@ def _forward_context(next_: Publish) -> Publish:
 
 
 @hookimpl(tryfirst=True)
-def mesh_delivery_layers(app: App, subscription: SubscriptionInfo) -> HandlerLayer:
+def mesh_delivery_layers(runtime: Runtime, subscription: SubscriptionInfo) -> HandlerLayer:
     tracer = sdk_tracer()  # decided once per subscription, at start
     if tracer is None:
         return _attach_context
     span_name = f"process {subscription.topic}"
     static = {
-        "messaging.system": system_of(app),
+        "messaging.system": system_of(runtime),
         "messaging.destination.name": subscription.topic,
         "messaging.consumer.group.name": subscription.group,
         "messaging.operation.type": "process",
@@ -182,7 +182,7 @@ def mesh_delivery_layers(app: App, subscription: SubscriptionInfo) -> HandlerLay
     }
     serving = subscription.topic.startswith(INVOKE_PREFIX)  # the app's methods: RPC server spans
     if serving:
-        static.update({"rpc.system": RPC_SYSTEM, "rpc.service": app.id})
+        static.update({"rpc.system": RPC_SYSTEM, "rpc.service": runtime.id})
 
     def layer(next_: Handle) -> Handle:
         async def handle(ctx: Context) -> Any:
@@ -194,7 +194,7 @@ def mesh_delivery_layers(app: App, subscription: SubscriptionInfo) -> HandlerLay
             attributes["mesh.delivery.attempt"] = ctx.delivery.attempt
             name, kind = span_name, SpanKind.CONSUMER
             if serving:
-                name, kind = f"{app.id}/{event.subject}", SpanKind.SERVER
+                name, kind = f"{runtime.id}/{event.subject}", SpanKind.SERVER
                 attributes["rpc.method"] = event.subject or ""
             span = tracer.start_span(
                 name,
@@ -250,11 +250,11 @@ def _annotate(span: Span, ctx: Context) -> None:
 
 
 @hookimpl(tryfirst=True)
-def mesh_invoke_layers(app: App) -> InvokeLayer:
+def mesh_invoke_layers(runtime: Runtime) -> InvokeLayer:
     tracer = sdk_tracer()  # decided once per App, at start
     if tracer is None:
         return _forward_invoke_context
-    system = system_of(app)
+    system = system_of(runtime)
 
     def layer(next_: InvokeHandle) -> InvokeHandle:
         async def invoke(call: Invocation) -> Any:

@@ -253,7 +253,7 @@ async def test_failed_dead_letter_write_does_not_ack(cfg: dict[str, Any], monkey
         await real_publish(topic, event)
 
     async with app:
-        app._publish = flaky_publish
+        app.runtime.publish = flaky_publish
         await app.publish("jobs", {}, type="x")
         await wait_for(lambda: len(app.broker.dead_letters("jobs")) == 1, timeout=5, what="the second dead-letter try")  # type: ignore[attr-defined]
     assert calls == 2, "the delivery came back after the dead-letter write failed"

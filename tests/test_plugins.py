@@ -11,12 +11,12 @@ import click
 import pytest
 from click.testing import CliRunner
 
-import mesh.dispatch
+import mesh.pipeline.settle
 from mesh import App, Context, Decision, Event, PluginError, hookimpl
 from mesh.brokers.memory import MemoryBroker
 from mesh.errors import ConfigError
-from mesh.hookspecs import hook_doc, hook_names
-from mesh.plugin_manager import PluginManager
+from mesh.hooks import PluginManager, hook_doc, hook_names
+from mesh.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,7 @@ def test_mesh_configure_sees_plugin_settings(hub: str) -> None:
         name = "settings"
 
         @hookimpl
-        def mesh_configure(self, app: App, config: Any) -> None:
+        def mesh_configure(self, runtime: Runtime, config: Any) -> None:
             seen.update(config.plugins.config["settings"])
 
     App("svc", config=config(hub, plugins={"config": {"settings": {"level": 3}}}), plugins=[Settings()])
@@ -109,12 +109,12 @@ async def test_mesh_app_started_and_stopping(hub: str) -> None:
 
     class Life:
         @hookimpl
-        def mesh_app_started(self, app: App) -> None:
-            events.append(f"started {app.id}")
+        def mesh_app_started(self, runtime: Runtime) -> None:
+            events.append(f"started {runtime.id}")
 
         @hookimpl
-        def mesh_app_stopping(self, app: App) -> None:
-            events.append(f"stopping {app.id}")
+        def mesh_app_stopping(self, runtime: Runtime) -> None:
+            events.append(f"stopping {runtime.id}")
 
     async with App("svc", config=config(hub), plugins=[Life()]):
         assert events == ["started svc"]
@@ -130,7 +130,7 @@ async def test_mesh_publish_attributes_and_layers(hub: str) -> None:
             return {"tenant": "acme", "partitionkey": "ignored-when-set"}
 
         @hookimpl
-        def mesh_publish_layers(self, app: App) -> Any:
+        def mesh_publish_layers(self, runtime: Runtime) -> Any:
             def layer(next_: Any) -> Any:
                 async def publish(topic: str, event: Event) -> None:
                     sent.append(topic)
@@ -160,7 +160,7 @@ async def test_mesh_handler_layers_wrap_in_order(hub: str) -> None:
 
     class Outer:
         @hookimpl(tryfirst=True)
-        def mesh_handler_layers(self, app: App, subscription: Any) -> Any:
+        def mesh_handler_layers(self, runtime: Runtime, subscription: Any) -> Any:
             def layer(next_: Any) -> Any:
                 async def handle(ctx: Context) -> Any:
                     trail.append(f"outer>{subscription.topic}")
@@ -229,7 +229,7 @@ async def test_mesh_dead_letter_target_event_and_notification(hub: str) -> None:
 async def test_a_plugin_raising_in_a_hook_is_named_and_the_message_is_not_lost(
     hub: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(mesh.dispatch, "FALLBACK_REDELIVERY", 0.05)
+    monkeypatch.setattr(mesh.pipeline.settle, "FALLBACK_REDELIVERY", 0.05)
     raised: list[int] = []
 
     class Broken:
@@ -358,7 +358,7 @@ async def test_mesh_delivery_layers_wrap_handling_and_settlement(hub: str) -> No
 
     class Around:
         @hookimpl
-        def mesh_delivery_layers(self, app: App, subscription: Any) -> Any:
+        def mesh_delivery_layers(self, runtime: Runtime, subscription: Any) -> Any:
             def layer(next_: Any) -> Any:
                 async def handle(ctx: Context) -> Any:
                     result = await next_(ctx)  # never raises for a handler failure

@@ -180,6 +180,12 @@ class MeshConfig(_Frozen):
     max_event_bytes: int = Field(1024 * 1024, ge=1024)
     """Largest encoded event the mesh publishes."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Level of the mesh's own log lines under ``mesh run``."""
+    drain_timeout: float = Field(30.0, ge=0)
+    """Seconds handlers in flight get to finish when the app stops; then they are cancelled and
+    their deliveries given back to the broker (``'30s'``, ``'2m'`` also work)."""
+
+    _durations = field_validator("drain_timeout", mode="before")(lambda v: parse_duration(v))
 
     def for_topic(self, topic: str) -> SubscriptionConfig:
         """The defaults overlaid with ``subscriptions.<topic>``."""

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mesh.brokers.base import Subscription
-from mesh.dispatch import Context, HandlerSpec, Route
 from mesh.errors import DeadLetter, MeshError, PluginError
 from mesh.event import Event, now
 from mesh.invoke.protocol import (
@@ -45,9 +44,11 @@ from mesh.invoke.protocol import (
     parse_request,
     reply_address,
 )
+from mesh.pipeline import HandlerSpec, Route
+from mesh.types import Context
 
 if TYPE_CHECKING:
-    from mesh.app import App
+    from mesh.runtime import Runtime
 
 __all__ = ["Callee", "MethodSpec"]
 
@@ -68,12 +69,12 @@ class MethodSpec:
 class Callee:
     """An App's methods and the subscription that serves them."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.topic = invoke_topic(app.id)
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.topic = invoke_topic(runtime.id)
         self.methods: dict[str, MethodSpec] = {}
         self._sub: Subscription | None = None
-        conf = app.config.invoke
+        conf = runtime.config.invoke
         self._allow = conf.allow
         self._traceback = conf.include_traceback
         self._concurrency = conf.concurrency
@@ -82,19 +83,19 @@ class Callee:
     def add(self, name: str, fn: Callable[..., Any], idempotent: bool) -> None:
         """Register a method (before the app starts)."""
         if name in self.methods:
-            raise MeshError(f"method {name!r} of {self.app.id} is registered twice")
-        self.methods[name] = MethodSpec(name, fn, idempotent, self.topic, self.app.id)
+            raise MeshError(f"method {name!r} of {self.runtime.id} is registered twice")
+        self.methods[name] = MethodSpec(name, fn, idempotent, self.topic, self.runtime.id)
 
     async def start(self) -> None:
         """Consume the invocation destination (when the app has methods)."""
         if not self.methods:
             return
-        self._hooks = bool(self.app.plugins.implementations("mesh_invocation_outcome"))
-        route = Route(self.app, self.topic, self.app.id)
-        route.add(HandlerSpec(self.serve, self.topic, self.app.id, {}, self._concurrency))
+        self._hooks = self.runtime.hooks.implements("mesh_invocation_outcome")
+        route = Route(self.runtime, self.topic, self.runtime.id)
+        route.add(HandlerSpec(self.serve, self.topic, self.runtime.id, {}, self._concurrency))
         route.build()
-        self._sub = await self.app.broker.subscribe_ephemeral(
-            self.topic, route, group=self.app.id, concurrency=route.concurrency
+        self._sub = await self.runtime.broker.subscribe_ephemeral(
+            self.topic, route, group=self.runtime.id, concurrency=route.concurrency
         )
 
     async def stop(self) -> None:
@@ -129,19 +130,19 @@ class Callee:
             if reply_address(event) is None:
                 raise DeadLetter(f"malformed invocation request: {exc}") from exc
             data = error_data(type="MalformedRequest", message=str(exc), code=MALFORMED)
-            await self._reply(event, error_reply(event, self.app.source, data))
+            await self._reply(event, error_reply(event, self.runtime.source, data))
             return
         if request.deadline is not None and request.deadline <= now():
             log.debug("dropped request %s for %s: its deadline passed", request.id, request.method)
             self._outcome(event, "expired", None)
             return
         if not self.allowed(request.method, request.caller):
-            message = f"{request.caller!r} may not call {self.app.id}.{request.method}"
+            message = f"{request.caller!r} may not call {self.runtime.id}.{request.method}"
             await self._error(event, type="PermissionDenied", message=message, code=PERMISSION_DENIED)
             return
         spec = self.methods.get(request.method)
         if spec is None:
-            message = f"{self.app.id} has no method {request.method!r} (it has: {', '.join(sorted(self.methods))})"
+            message = f"{self.runtime.id} has no method {request.method!r} (it has: {', '.join(sorted(self.methods))})"
             await self._error(event, type="MethodNotFound", message=message, code=METHOD_NOT_FOUND)
             return
         try:
@@ -160,8 +161,8 @@ class Callee:
             self._outcome(event, "ok", None)
             return
         try:
-            reply = ok_reply(event, self.app.source, result)
-            await self.app.broker.publish_ephemeral(request.reply_to, reply)
+            reply = ok_reply(event, self.runtime.source, result)
+            await self.runtime.broker.publish_ephemeral(request.reply_to, reply)
         except MeshError as exc:  # e.g. the return value cannot be serialised
             await self._error(event, exc)
             return
@@ -173,14 +174,14 @@ class Callee:
         self._outcome(
             request, code if code in (PERMISSION_DENIED, METHOD_NOT_FOUND, INVALID_ARGUMENT) else "error", exc
         )
-        return await self._reply(request, error_reply(request, self.app.source, data))
+        return await self._reply(request, error_reply(request, self.runtime.source, data))
 
     async def _reply(self, request: Event, reply: Event) -> bool:
         reply_to = reply_address(request)
         if reply_to is None:
             return False
         try:
-            await self.app.broker.publish_ephemeral(reply_to, reply)
+            await self.runtime.broker.publish_ephemeral(reply_to, reply)
         except MeshError as exc:  # the caller times out; running the method again would not help
             log.warning("reply to request %s on %s not sent: %s", request.id, reply_to, exc)
             return False
@@ -190,14 +191,13 @@ class Callee:
         if not self._hooks:
             return
         try:
-            self.app.plugins.call(
-                "mesh_invocation_outcome",
-                app=self.app,
-                side="callee",
-                method=request.subject if request.subject in self.methods else "<unknown>",
-                peer=request.source.removeprefix("/"),
-                outcome=outcome,
-                error=error,
+            self.runtime.hooks.invocation_outcome(
+                self.runtime,
+                "callee",
+                request.subject if request.subject in self.methods else "<unknown>",
+                request.source.removeprefix("/"),
+                outcome,
+                error,
             )
         except PluginError:
             log.exception("a plugin failed in mesh_invocation_outcome")

@@ -10,7 +10,7 @@ What a call can end with:
 - the reply's data (``meshstatus: ok``), or the :class:`~mesh.errors.RemoteError` it carries;
 - :class:`~mesh.errors.NoResponders` at once when nobody serves the app: the broker says so
   natively (NATS no-responders), else presence does (after its warm-up, see
-  :meth:`mesh.presence.Presence.wait_live`);
+  :meth:`mesh.invoke.presence.Presence.wait_live`);
 - :class:`~mesh.errors.InvocationTimeout` when no reply came within the timeout. The request
   carries the same deadline (``expirytime``), so the callee does not start work nobody waits for.
 
@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from mesh.brokers.base import Delivery, Subscription
 from mesh.errors import InvocationTimeout, MeshError, NoResponders, PluginError
-from mesh.event import Event, ExtensionValue, now
+from mesh.event import Event, now
 from mesh.invoke.protocol import (
     MalformedMessage,
     invoke_topic,
@@ -41,68 +40,25 @@ from mesh.invoke.protocol import (
     reply_topic,
     request_event,
 )
+from mesh.types import Invocation, InvokeHandle, InvokeLayer
 
 if TYPE_CHECKING:
-    from mesh.app import App
+    from mesh.invoke.presence import Presence
+    from mesh.runtime import Runtime
 
 __all__ = ["Caller", "Invocation", "InvokeHandle", "InvokeLayer"]
 
 log = logging.getLogger("mesh.invoke")
 
 
-class Invocation:
-    """One call on its way through the invoke layers (see ``mesh_invoke_layers``).
-
-    Layers may add extension attributes to :attr:`extensions` (every attempt's request carries
-    them: the tracing plugin puts its ``traceparent`` there) and read :attr:`outcome` after the
-    call: ``ok``, ``timeout``, ``no_responders``, ``failed`` (the request could not be sent) or
-    the code of the remote error (``internal``, ``method_not_found``, ``permission_denied``, ...).
-    """
-
-    __slots__ = (
-        "app",
-        "attempts",
-        "data",
-        "error",
-        "extensions",
-        "idempotent",
-        "key",
-        "method",
-        "outcome",
-        "request_id",
-        "target",
-        "timeout",
-    )
-
-    def __init__(self, app: App, target: str, method: str, data: Any, timeout: float, key: str | None) -> None:
-        self.app = app
-        self.target = target
-        self.method = method
-        self.data = data
-        self.timeout = timeout
-        self.key = key
-        self.extensions: dict[str, ExtensionValue] = {}
-        self.attempts = 0
-        self.outcome = ""
-        self.error: BaseException | None = None
-        self.request_id: str | None = None
-        """The id of the first attempt's request."""
-        self.idempotent: bool | None = None
-        """Whether the callee declares the method idempotent (``None``: unknown)."""
-
-
-InvokeHandle = Callable[[Invocation], Awaitable[Any]]
-InvokeLayer = Callable[[InvokeHandle], InvokeHandle]
-"""``layer(next) -> invoke``: wraps one invocation (see ``mesh_invoke_layers``)."""
-
-
 class Caller:
     """An App instance's outgoing calls: its reply topic, pending futures and the invoke layers."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.reply_topic = reply_topic(app.instance_id)
-        conf = app.config.invoke
+    def __init__(self, runtime: Runtime, presence: Presence) -> None:
+        self.runtime = runtime
+        self.presence = presence
+        self.reply_topic = reply_topic(runtime.instance_id)
+        conf = runtime.config.invoke
         self.default_timeout = conf.timeout
         self.retries = conf.retries
         self.late_replies = 0
@@ -118,13 +74,13 @@ class Caller:
 
     def build(self) -> None:
         """Compose the invoke layers (at app start)."""
-        plugins = self.app.plugins
+        hooks = self.runtime.hooks
         handle: InvokeHandle = self._call
-        for layer in reversed(plugins.call("mesh_invoke_layers", app=self.app)):
+        for layer in reversed(hooks.invoke_layers(self.runtime)):
             handle = layer(handle)
         self._handle = handle
-        self._hooks = bool(plugins.implementations("mesh_invocation_outcome"))
-        self._attributes = bool(plugins.implementations("mesh_publish_attributes"))
+        self._hooks = hooks.implements("mesh_invocation_outcome")
+        self._attributes = hooks.implements("mesh_publish_attributes")
 
     @property
     def pending(self) -> int:
@@ -135,7 +91,7 @@ class Caller:
         """Call ``target``'s ``method`` and return the reply's data (see the module docstring)."""
         if not target or not method:
             raise MeshError("invoke needs an app id and a method name")
-        call = Invocation(self.app, target, method, data, self.default_timeout if timeout is None else timeout, key)
+        call = Invocation(self.runtime, target, method, data, self.default_timeout if timeout is None else timeout, key)
         return await self._handle(call)
 
     # -- the reply consumer --------------------------------------------------------------------
@@ -154,8 +110,8 @@ class Caller:
             raise
 
     async def _start(self) -> None:
-        subscribe = self.app.broker.subscribe_ephemeral(self.reply_topic, self._on_reply, exclusive=True)
-        sub, _ = await asyncio.gather(subscribe, self.app.presence.listen())
+        subscribe = self.runtime.broker.subscribe_ephemeral(self.reply_topic, self._on_reply, exclusive=True)
+        sub, _ = await asyncio.gather(subscribe, self.presence.listen())
         self._sub = sub
 
     async def close(self) -> None:
@@ -169,7 +125,7 @@ class Caller:
             await sub.stop(drain=False)
         for future in self._pending.values():
             if not future.done():
-                future.set_exception(MeshError(f"{self.app.id} stopped while the call was waiting for its reply"))
+                future.set_exception(MeshError(f"{self.runtime.id} stopped while the call was waiting for its reply"))
         self._pending.clear()
 
     async def _on_reply(self, delivery: Delivery) -> None:
@@ -197,14 +153,13 @@ class Caller:
         if not self._hooks:
             return
         try:
-            self.app.plugins.call(
-                "mesh_invocation_outcome",
-                app=self.app,
-                side="caller",
-                method=(reply.subject or "") if reply is not None else "",
-                peer=reply.source.removeprefix("/") if reply is not None else "",
-                outcome=outcome,
-                error=error,
+            self.runtime.hooks.invocation_outcome(
+                self.runtime,
+                "caller",
+                (reply.subject or "") if reply is not None else "",
+                reply.source.removeprefix("/") if reply is not None else "",
+                outcome,
+                error,
             )
         except PluginError:
             log.exception("a plugin failed in mesh_invocation_outcome")
@@ -236,8 +191,8 @@ class Caller:
         deadline = loop.time() + call.timeout
         expires = now() + timedelta(seconds=call.timeout)
         await self.ready()
-        presence = self.app.presence
-        native = self.app.broker.features.native_request_reply
+        presence = self.presence
+        native = self.runtime.broker.features.native_request_reply
         if presence.enabled:
             if not native:  # NATS says "no responders" itself, at once
                 await presence.wait_live(call.target, deadline)
@@ -295,12 +250,12 @@ class Caller:
         status: asyncio.Future[None] | None,
     ) -> asyncio.Future[None] | None:
         """An instance of the callee vanished while the call waited: send again if that is safe."""
-        presence = self.app.presence
+        presence = self.presence
         if call.idempotent is None:
             call.idempotent = presence.idempotent(call.target, call.method)
         if not call.idempotent:
             return status
-        if not presence.has_live(call.target) and not self.app.broker.features.native_request_reply:
+        if not presence.has_live(call.target) and not self.runtime.broker.features.native_request_reply:
             raise NoResponders(f"every instance of app {call.target!r} vanished while {call.method} was pending")
         log.info("an instance of %s vanished: sending %s again (idempotent)", call.target, call.method)
         if status is not None:
@@ -310,7 +265,7 @@ class Caller:
     async def _send(
         self, call: Invocation, topic: str, future: asyncio.Future[Event], ids: list[str], expires: datetime
     ) -> asyncio.Future[None] | None:
-        app = self.app
+        app = self.runtime
         event = request_event(
             app.source,
             call.method,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from mesh.brokers.base import RESERVED_PREFIX
+from mesh import extensions as ext
 from mesh.codecs.data import parse_time
 from mesh.errors import EventError, MethodNotFound, PermissionDenied, RemoteError
 from mesh.event import Event, ExtensionValue
@@ -60,14 +60,14 @@ __all__ = [
 
 REQUEST_TYPE = "mesh.invoke.request"
 REPLY_TYPE = "mesh.invoke.reply"
-REPLY_TO = "meshreplyto"
-DEADLINE = "expirytime"
+REPLY_TO = ext.REPLY_TO
+DEADLINE = ext.DEADLINE
 """The CloudEvents extension for "stale after": the deadline travels under its documented name."""
-CORRELATION = "correlationid"
-STATUS = "meshstatus"
+CORRELATION = ext.CORRELATION
+STATUS = ext.STATUS
+INVOKE_PREFIX = ext.INVOKE_PREFIX
+REPLY_PREFIX = ext.REPLY_PREFIX
 
-INVOKE_PREFIX = f"{RESERVED_PREFIX}invoke."
-REPLY_PREFIX = f"{RESERVED_PREFIX}reply."
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 # error codes (gRPC's canonical names, lower case) and the caller-side class for each

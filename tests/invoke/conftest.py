@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from mesh import hookimpl
+from mesh import Runtime, hookimpl
 from mesh.invoke import Invocation, InvokeHandle, InvokeLayer
 from tests.conftest import _spec
 from tests.support import ALL_BROKERS, BrokerSpec
@@ -34,13 +34,13 @@ class Recorder:
 
     @hookimpl
     def mesh_invocation_outcome(
-        self, app: Any, side: str, method: str, peer: str, outcome: str, error: BaseException | None
+        self, runtime: Runtime, side: str, method: str, peer: str, outcome: str, error: BaseException | None
     ) -> None:
         self.outcomes[(side, method, outcome)] += 1
         self.peers[(outcome, peer)] += 1
 
     @hookimpl
-    def mesh_invoke_layers(self, app: Any) -> InvokeLayer:
+    def mesh_invoke_layers(self, runtime: Runtime) -> InvokeLayer:
         def layer(next_: InvokeHandle) -> InvokeHandle:
             async def invoke(call: Invocation) -> Any:
                 self.calls.append(call)

@@ -11,7 +11,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 from pydantic import BaseModel
 
-from mesh import App, Context, Event, InvocationError, MeshError, RemoteError, hookimpl
+from mesh import App, Context, Event, InvocationError, MeshError, RemoteError, Runtime, hookimpl
 from mesh.brokers.memory import MemoryBroker
 from mesh.invoke import Invocation, InvokeHandle, InvokeLayer
 from mesh_plugins.metrics import APP_PLUGIN, AppMetrics, Instruments
@@ -141,7 +141,7 @@ class Stamp:
         self.outcomes: list[tuple[str, str, str, str]] = []
 
     @hookimpl
-    def mesh_invoke_layers(self, app: App) -> InvokeLayer:
+    def mesh_invoke_layers(self, runtime: Runtime) -> InvokeLayer:
         def layer(next_: InvokeHandle) -> InvokeHandle:
             async def invoke(call: Invocation) -> Any:
                 call.extensions["tenant"] = "acme"
@@ -156,7 +156,7 @@ class Stamp:
 
     @hookimpl
     def mesh_invocation_outcome(
-        self, app: App, side: str, method: str, peer: str, outcome: str, error: BaseException | None
+        self, runtime: Runtime, side: str, method: str, peer: str, outcome: str, error: BaseException | None
     ) -> None:
         self.outcomes.append((side, method, peer, outcome))
 
@@ -212,7 +212,9 @@ async def test_metrics_of_invocations(hub: dict[str, Any]) -> None:
     svc = App("svc", config={**hub, "invoke": {"allow": {"*": ["caller"]}}})
     caller, other = App("caller", config=hub), App("other", config=hub)
     for app in (svc, caller, other):
-        app.plugins.register(AppMetrics(app, instruments), name=APP_PLUGIN)
+        if app.plugins.pm.get_plugin(APP_PLUGIN) is not None:  # a provider set by an earlier test
+            app.plugins.pm.unregister(name=APP_PLUGIN)
+        app.plugins.register(AppMetrics(app.runtime, instruments), name=APP_PLUGIN)
 
     @svc.method()
     async def slow(seconds: float) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from mesh import App, Event, NoResponders
 from mesh.brokers.memory import MemoryBroker
-from mesh.presence import HEARTBEAT, PRESENCE_TOPIC
+from mesh.invoke.presence import HEARTBEAT, PRESENCE_TOPIC
 from tests.support import unique, wait_for
 
 pytestmark = [pytest.mark.memory, pytest.mark.timeout(60)]

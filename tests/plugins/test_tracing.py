@@ -252,7 +252,7 @@ API_ONLY = textwrap.dedent(
             "out": {k: v for k, v in out.extensions.items() if k.startswith("trace")},
             "plain": sorted(plain.extensions),
             "plugins": app.plugins.names(),
-            "outcome_hooks": app.outcome_hooks,
+            "outcome_hooks": app.runtime.outcome_hooks,
             "sdk_loaded": any(m.startswith("opentelemetry.sdk.") for m in sys.modules),
         }
 

@@ -20,22 +20,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from mesh.brokers.base import RESERVED_PREFIX, Delivery, Subscription
+from mesh.brokers.base import Delivery, Subscription
 from mesh.errors import InvocationTimeout, MeshError, NoResponders
 from mesh.event import Event, now
+from mesh.extensions import PRESENCE_TOPIC
 
 if TYPE_CHECKING:
-    from mesh.app import App
+    from mesh.runtime import Runtime
+
+Offers = Callable[[], tuple[Mapping[str, bool], list[tuple[str, str]]]]
+"""What an instance serves, asked at each heartbeat: methods (name -> idempotent), (topic, group)s."""
 
 __all__ = ["HEARTBEAT", "LEAVE", "PRESENCE_TOPIC", "PROBE", "Instance", "Presence"]
 
 log = logging.getLogger("mesh.presence")
 
-PRESENCE_TOPIC = f"{RESERVED_PREFIX}presence"
 HEARTBEAT = "mesh.presence.heartbeat"
 LEAVE = "mesh.presence.leave"
 PROBE = "mesh.presence.probe"
@@ -98,9 +102,11 @@ def _instance(data: Any, default_expiry: float) -> Instance | None:
 class Presence:
     """One App's view of the mesh, and its own announcements (see the module docstring)."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        conf = app.config.presence
+    def __init__(self, runtime: Runtime, offers: Offers) -> None:
+        self.runtime = runtime
+        self._offers = offers
+        """What this instance serves: its methods (name -> idempotent) and (topic, group) subscriptions."""
+        conf = runtime.config.presence
         self.enabled = conf.enabled
         self.interval = conf.interval
         self.expiry = conf.expiry
@@ -123,11 +129,13 @@ class Presence:
         """Begin announcing (if the app offers anything) and, with ``listen``, listening."""
         if not self.enabled:
             return
-        self.announcing = bool(self.app.callee.methods or self.app.routes)
+        methods, subscriptions = self._offers()
+        self.announcing = bool(methods or subscriptions)
         if listen:
             await self.listen()
         if self.announcing:
-            self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name=f"mesh-presence:{self.app.id}")
+            name = f"mesh-presence:{self.runtime.id}"
+            self._heartbeat = asyncio.get_running_loop().create_task(self._beat(), name=name)
 
     async def listen(self) -> None:
         """Start listening (once; concurrent callers share the start) and probe the mesh."""
@@ -138,10 +146,10 @@ class Presence:
         await asyncio.shield(self._listening)
 
     async def _listen(self) -> None:
-        self._sub = await self.app.broker.subscribe_ephemeral(PRESENCE_TOPIC, self._on_message)
+        self._sub = await self.runtime.broker.subscribe_ephemeral(PRESENCE_TOPIC, self._on_message)
         self._since = asyncio.get_running_loop().time()
         self._spawn(self._sweep())
-        await self._send(PROBE, {"app": self.app.id, "instance": self.app.instance_id})
+        await self._send(PROBE, {"app": self.runtime.id, "instance": self.runtime.instance_id})
 
     async def leave(self) -> None:
         """Stop announcing and say goodbye (called first when the app stops)."""
@@ -152,7 +160,7 @@ class Presence:
                 await beat
         if self.announcing:
             self.announcing = False
-            await self._send(LEAVE, {"app": self.app.id, "instance": self.app.instance_id})
+            await self._send(LEAVE, {"app": self.runtime.id, "instance": self.runtime.instance_id})
 
     async def close(self) -> None:
         """Stop listening (after the app's handlers drained)."""
@@ -242,13 +250,14 @@ class Presence:
 
     def heartbeat_data(self) -> dict[str, Any]:
         """What this instance announces."""
-        app = self.app
+        runtime = self.runtime
+        methods, subscriptions = self._offers()
         return {
-            "app": app.id,
-            "instance": app.instance_id,
-            "version": app.version,
-            "methods": [{"name": n, "idempotent": m.idempotent} for n, m in app.callee.methods.items()],
-            "subscriptions": [{"topic": r.topic, "group": r.group} for r in app.routes],
+            "app": runtime.id,
+            "instance": runtime.instance_id,
+            "version": runtime.version,
+            "methods": [{"name": n, "idempotent": idempotent} for n, idempotent in methods.items()],
+            "subscriptions": [{"topic": topic, "group": group} for topic, group in subscriptions],
             "interval": self.interval,
             "expiry": self.expiry,
             "started": self._started,
@@ -260,13 +269,13 @@ class Presence:
             await asyncio.sleep(self.interval)
 
     async def _send(self, kind: str, data: dict[str, Any]) -> None:
-        event = Event(kind, self.app.source, data, subject=self.app.instance_id)
+        event = Event(kind, self.runtime.source, data, subject=self.runtime.instance_id)
         try:
-            await self.app.broker.publish_ephemeral(PRESENCE_TOPIC, event)
+            await self.runtime.broker.publish_ephemeral(PRESENCE_TOPIC, event)
         except asyncio.CancelledError:
             raise
         except (MeshError, OSError) as exc:  # presence is best effort: the next beat tries again
-            log.warning("presence of %s: %s not sent: %s", self.app.instance_id, kind, exc)
+            log.warning("presence of %s: %s not sent: %s", self.runtime.instance_id, kind, exc)
 
     # -- listening -----------------------------------------------------------------------------
 
@@ -280,7 +289,7 @@ class Presence:
                 self._heard(event)
             elif event.type == LEAVE:
                 self._left(event.data)
-            elif event.type == PROBE and self.announcing and event.subject != self.app.instance_id:
+            elif event.type == PROBE and self.announcing and event.subject != self.runtime.instance_id:
                 self._spawn(self._send(HEARTBEAT, self.heartbeat_data()))
         except Exception:  # foreign input never stops the listener
             log.debug("presence: ignored a broken %s message", event.type, exc_info=True)

@@ -9,11 +9,17 @@ wins; tracing is ``tryfirst`` so its span wraps retries and dead-lettering.
 A plugin is a module or object with functions named after these hooks, decorated with
 :data:`hookimpl`::
 
-    from mesh.hookspecs import hookimpl
+    from mesh import hookimpl
 
     @hookimpl
-    def mesh_publish_attributes(app, topic, event):
+    def mesh_publish_attributes(runtime, topic, event):
         return {"tenant": "acme"}
+
+Hooks that concern one App instance receive its :class:`~mesh.runtime.Runtime` (``runtime``): its
+ids, config, broker, ``spawn``/``on_stop`` and ``plugin_state`` — never the App itself. The core
+calls them through :class:`mesh.hooks.manager.Hooks`, one typed method per hook. Implementations
+return values; pluggy's ``hookwrapper``/``wrapper`` style is refused at registration (return a
+layer instead: layers can run code before and after the next one).
 """
 
 from __future__ import annotations
@@ -25,12 +31,11 @@ import pluggy
 if TYPE_CHECKING:
     import click
 
-    from mesh.app import App
     from mesh.components import Registry
     from mesh.config import MeshConfig
-    from mesh.dispatch import Context, Decision, HandlerLayer, PublishLayer, SubscriptionInfo
     from mesh.event import Event, ExtensionValue
-    from mesh.invoke import InvokeLayer
+    from mesh.runtime import Runtime
+    from mesh.types import Context, Decision, HandlerLayer, InvokeLayer, PublishLayer, SubscriptionInfo
 
 __all__ = ["PROJECT", "hookimpl", "hookspec"]
 
@@ -49,8 +54,10 @@ def mesh_register_components(registry: Registry) -> None:
 
 
 @hookspec
-def mesh_configure(app: App, config: MeshConfig) -> None:
+def mesh_configure(runtime: Runtime, config: MeshConfig) -> None:
     """Called once per App after its config was validated; read ``config.plugins.config[<name>]``.
+
+    ``runtime.plugin_state`` is where a plugin keeps per-app state (by plugin name).
 
     Raise :class:`~mesh.errors.ConfigError` for bad settings. Collect-all; return nothing.
     """
@@ -65,20 +72,20 @@ def mesh_register_commands(cli: click.Group) -> None:
 
 
 @hookspec
-def mesh_app_started(app: App) -> None:
+def mesh_app_started(runtime: Runtime) -> None:
     """Called when an App has connected and its consumers run. Collect-all; return nothing.
 
-    May schedule background tasks (``app.spawn``); must not block.
+    May schedule background tasks (``runtime.spawn``); must not block.
     """
 
 
 @hookspec
-def mesh_app_stopping(app: App) -> None:
+def mesh_app_stopping(runtime: Runtime) -> None:
     """Called when an App begins to stop, before its consumers drain. Collect-all; return nothing."""
 
 
 @hookspec
-def mesh_publish_attributes(app: App, topic: str, event: Event) -> dict[str, ExtensionValue] | None:
+def mesh_publish_attributes(runtime: Runtime, topic: str, event: Event) -> dict[str, ExtensionValue] | None:
     """Extension attributes to add to an outgoing event. Called on every publish.
 
     Return a mapping of name to value (names must match ``^[a-z][a-z0-9]{0,19}$``) or ``None``.
@@ -87,7 +94,7 @@ def mesh_publish_attributes(app: App, topic: str, event: Event) -> dict[str, Ext
 
 
 @hookspec
-def mesh_publish_layers(app: App) -> PublishLayer | None:
+def mesh_publish_layers(runtime: Runtime) -> PublishLayer | None:
     """A layer around publishing: ``layer(next) -> publish`` where ``publish(topic, event)`` is async.
 
     Called once per App at start; return the layer or ``None``. Collect-all: the first plugin's layer is outermost.
@@ -95,7 +102,7 @@ def mesh_publish_layers(app: App) -> PublishLayer | None:
 
 
 @hookspec
-def mesh_handler_layers(app: App, subscription: SubscriptionInfo) -> HandlerLayer | None:
+def mesh_handler_layers(runtime: Runtime, subscription: SubscriptionInfo) -> HandlerLayer | None:
     """A layer around a subscription's handler: ``layer(next) -> handle`` with ``handle(context)`` async.
 
     Called once per subscription at start; return the layer or ``None``. A layer may run code before and after ``next``,
@@ -105,7 +112,7 @@ def mesh_handler_layers(app: App, subscription: SubscriptionInfo) -> HandlerLaye
 
 
 @hookspec
-def mesh_delivery_layers(app: App, subscription: SubscriptionInfo) -> HandlerLayer | None:
+def mesh_delivery_layers(runtime: Runtime, subscription: SubscriptionInfo) -> HandlerLayer | None:
     """A layer around a whole delivery: the handler *and* its settlement (ack, retry or dead-letter).
 
     Called once per subscription at start; return the layer or ``None``. The layer's ``next``
@@ -121,7 +128,7 @@ def mesh_retry_decision(context: Context, error: BaseException) -> Decision | No
     """Decide what happens to a delivery whose handler failed: retry later or dead-letter.
 
     Called after the handler (with its layers) raised.
-    Return :class:`~mesh.dispatch.Decision` (``Decision.retry(delay)`` or
+    Return :class:`~mesh.types.Decision` (``Decision.retry(delay)`` or
     ``Decision.dead_letter(reason)``) or ``None`` to let the next plugin decide. firstresult.
     With no decision at all, the event is dead-lettered.
     """
@@ -153,7 +160,9 @@ def mesh_delivery_outcome(context: Context, outcome: str, error: BaseException |
 
     ``outcome`` is ``"handled"`` (acked after success), ``"skipped"`` (no handler matched; acked),
     ``"retry"`` (nacked for a later attempt), ``"dead_letter"`` (written to the dead-letter
-    destination, then acked) or ``"returned"`` (given back after a failure to dead-letter).
+    destination, then acked), ``"returned"`` (given back after a failure to dead-letter) or
+    ``"parked"`` (it could be neither handled nor dead-lettered after every attempt: held aside,
+    see the pipeline's docs).
     ``context.state`` carries what layers noted (the retry plugin sets ``"immediate_retries"``).
     Must be cheap: it runs on the hot path.
     """
@@ -165,9 +174,9 @@ def mesh_event_dead_lettered(context: Context, event: Event, target: str) -> Non
 
 
 @hookspec
-def mesh_invoke_layers(app: App) -> InvokeLayer | None:
+def mesh_invoke_layers(runtime: Runtime) -> InvokeLayer | None:
     """A layer around each invocation the App makes: ``layer(next) -> invoke``, where
-    ``invoke(call)`` is async, takes a :class:`~mesh.invoke.Invocation` and returns the reply's data.
+    ``invoke(call)`` is async, takes a :class:`~mesh.types.Invocation` and returns the reply's data.
 
     Called once per App at start; return the layer or ``None``. A layer may add extension
     attributes to ``call.extensions`` before calling ``next`` (every attempt's request carries
@@ -179,7 +188,7 @@ def mesh_invoke_layers(app: App) -> InvokeLayer | None:
 
 @hookspec
 def mesh_invocation_outcome(
-    app: App, side: str, method: str, peer: str, outcome: str, error: BaseException | None
+    runtime: Runtime, side: str, method: str, peer: str, outcome: str, error: BaseException | None
 ) -> None:
     """Called once per request an App served, and per reply it dropped. Collect-all; return nothing.
 

@@ -1,0 +1,151 @@
+"""Routes: the handlers of one (topic, group) of an App behind one broker subscription.
+
+A :class:`Route` hands each delivery to the first of its handlers whose filters match; events no
+handler wants are acked (``skipped``); an undecodable message goes straight to the dead-letter
+step. Each handler's pipeline is composed once at start: the plugins' delivery layers around
+handling plus settlement (:mod:`mesh.pipeline.settle`), their handler layers around the call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from mesh.errors import DeadLetter
+from mesh.event import Event
+from mesh.pipeline.injection import injection_plan, matcher
+from mesh.pipeline.settle import dead_letter, outcome, settling
+from mesh.types import Context, Handle, HandlerLayer, SubscriptionInfo
+
+if TYPE_CHECKING:
+    from mesh.brokers.base import Delivery
+    from mesh.runtime import Runtime
+
+__all__ = ["HandlerSpec", "Route"]
+
+
+class HandlerSpec:
+    """One decorated handler: its function, topic, group, filters and how to call it."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        topic: str,
+        group: str,
+        filters: Mapping[str, Any],
+        concurrency: int | None,
+    ) -> None:
+        self.fn = fn
+        self.topic = topic
+        self.group = group
+        self.filters = dict(filters)
+        self.concurrency = concurrency
+        self.name = f"{fn.__module__}.{fn.__qualname__}"
+        self._matchers = [(name, matcher(value)) for name, value in self.filters.items()]
+        self._plan = injection_plan(fn)
+        self._is_async = inspect.iscoroutinefunction(fn)
+        self._simple = len(self._plan) == 1 and self._plan[0][1] == "event"
+
+    def matches(self, event: Event) -> bool:
+        """Whether the event passes every filter."""
+        for name, match in self._matchers:
+            if not match(event.get(name)):
+                return False
+        return True
+
+    def arguments(self, ctx: Context) -> dict[str, Any]:
+        """The handler's keyword arguments for this delivery."""
+        event = ctx.event
+        assert event is not None
+        out: dict[str, Any] = {}
+        for name, kind, convert in self._plan:
+            if kind == "event":
+                out[name] = event
+            elif kind == "context":
+                out[name] = ctx
+            elif convert is None:
+                out[name] = event.data
+            else:
+                try:
+                    out[name] = convert(event.data)
+                except ValidationError as exc:
+                    summary = "; ".join(
+                        f"{'.'.join(str(p) for p in e['loc']) or '<data>'}: {e['msg']}" for e in exc.errors()[:5]
+                    )
+                    raise DeadLetter(f"event data does not match parameter {name!r}: {summary}") from exc
+        return out
+
+    async def call(self, ctx: Context) -> Any:
+        """Run the handler once for this delivery."""
+        if self._simple:
+            result = self.fn(ctx.event)
+        else:
+            result = self.fn(**self.arguments(ctx))
+        if self._is_async or inspect.isawaitable(result):
+            return await result
+        return result
+
+
+def _compose(layers: list[HandlerLayer], core: Handle) -> Handle:
+    handle = core
+    for layer in reversed(layers):
+        handle = layer(handle)
+    return handle
+
+
+class Route:
+    """The handlers of one (topic, group) in an App, behind one broker subscription."""
+
+    def __init__(self, runtime: Runtime, topic: str, group: str) -> None:
+        self.runtime = runtime
+        self.topic = topic
+        self.group = group
+        self.handlers: list[tuple[HandlerSpec, SubscriptionInfo, Handle]] = []
+        self.config = runtime.config.for_topic(topic)
+        self.undecodable_info = SubscriptionInfo(topic, group, "<undecodable>", self.config)
+
+    def add(self, spec: HandlerSpec) -> None:
+        """Add a handler (layers are built at :meth:`build`)."""
+        info = SubscriptionInfo(self.topic, self.group, spec.name, self.config, spec.filters)
+        self.handlers.append((spec, info, spec.call))
+
+    def build(self) -> None:
+        """Ask plugins for layers and compose each handler's pipeline: delivery layers around
+        handling plus settlement, handler layers around the handler call."""
+        built = []
+        runtime, hooks = self.runtime, self.runtime.hooks
+        for spec, info, _ in self.handlers:
+            handle = _compose(hooks.handler_layers(runtime, info), spec.call)
+            built.append(
+                (
+                    spec,
+                    info,
+                    _compose(hooks.delivery_layers(runtime, info), settling(handle)),
+                )
+            )
+        self.handlers = built
+
+    @property
+    def concurrency(self) -> int:
+        """Handlers in flight at once for this subscription."""
+        values = [s.concurrency for s, _, _ in self.handlers if s.concurrency]
+        return max(values) if values else (self.config.concurrency or 1)
+
+    async def __call__(self, delivery: Delivery) -> None:
+        event = delivery.event
+        if event is None:
+            ctx = Context(self.runtime, delivery, None, self.undecodable_info)
+            await dead_letter(ctx, delivery.error)
+            return
+        for spec, info, handle in self.handlers:  # noqa: B007 - the match is used after the loop
+            if spec.matches(event):
+                break
+        else:
+            await delivery.ack()
+            if self.runtime.outcome_hooks:
+                outcome(Context(self.runtime, delivery, event, self.undecodable_info), "skipped", None)
+            return
+        await handle(Context(self.runtime, delivery, event, info))
