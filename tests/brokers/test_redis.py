@@ -551,7 +551,7 @@ async def test_deleted_stream_and_group_are_created_again(make, raw, streams) ->
 
 
 async def test_idle_empty_consumers_are_forgotten(make, raw, streams, monkeypatch) -> None:
-    import mesh.brokers.redis.broker as module
+    import mesh.brokers.redis.consumer as module
 
     monkeypatch.setattr(module, "FORGET_IDLE_MS", 50)
     topic, group = streams(), unique("g")
@@ -631,4 +631,11 @@ def test_example_config_builds_a_redis_broker() -> None:
     broker = create_broker(config.broker.type, config.broker.url, options=config.broker.options)
     assert isinstance(broker, RedisBroker)
     assert broker.settings.claim_idle_ms == 15_000
-    assert broker.address == "127.0.0.1:6379/0"
+    assert broker.address == "redis://127.0.0.1:6379/0"
+
+
+def test_repr_and_address_mask_the_password() -> None:
+    broker = RedisBroker("redis://shop:s3cret@127.0.0.1:6379/0")
+    assert broker.address == "redis://shop:***@127.0.0.1:6379/0"
+    assert "s3cret" not in repr(broker)
+    assert "shop:***@127.0.0.1:6379/0" in repr(broker)

@@ -1,5 +1,6 @@
-"""The Redis Streams adapter (redis-py asyncio): options, consumer script, ephemeral streams, history, the broker.
+"""The Redis Streams adapter (redis-py asyncio): options, connection, consumer, ephemeral, history, groups, broker.
 
-Imports inside the package go one way: ``options`` <- ``connection`` <- parts <- ``broker``.
-Nothing here is imported until a Redis broker is configured.
+Imports inside the package go one way: ``options`` and ``script`` (the Lua source, imports
+nothing) <- ``connection`` <- parts (``consumer``, ``ephemeral``, ``history``, ``groups``; they
+never import each other) <- ``broker``. Nothing here is imported until a Redis broker is configured.
 """

@@ -13,50 +13,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from redis.exceptions import RedisError
 
-from mesh.brokers.base import Delivery, DeliveryHandler, HandlerRunner, Subscription
+from mesh.brokers.base import AtMostOnceDelivery, DeliveryHandler, HandlerRunner, Subscription
+from mesh.brokers.redis.connection import RedisConnection
 from mesh.codecs.binary import decode
 from mesh.codecs.bindings import REDIS
 from mesh.codecs.redis import from_fields, lossy
 from mesh.errors import DecodeError
 
-if TYPE_CHECKING:
-    from mesh.brokers.redis.broker import RedisBroker
-
-__all__ = ["EXCLUSIVE_TTL_MS", "EphemeralSubscription"]
+__all__ = ["EPHEMERAL_MAXLEN", "EXCLUSIVE_TTL_MS", "EphemeralSubscription", "ephemeral_args"]
 
 log = logging.getLogger("mesh.broker.redis")
 
 EXCLUSIVE_TTL_MS = 300_000
 """Expiry of an exclusive stream; its reader renews it every third of this."""
-
-
-class _Delivery(Delivery):
-    """At most once: nothing is pending, so there is nothing to ack or give back."""
-
-    __slots__ = ()
-
-    async def _ack(self) -> None:
-        pass
-
-    async def _nack(self, delay: float | None) -> None:
-        pass
+EPHEMERAL_MAXLEN = 10_000
+"""About how many entries an ephemeral stream (replies, presence, requests) keeps."""
 
 
 class EphemeralSubscription(Subscription):
-    """XREAD from the id that was last when it started (see the module docstring)."""
+    """XREAD from the id that was last when it started (see the module docstring).
+
+    ``on_stop`` is called with the subscription once it stopped (the broker forgets it).
+    """
 
     def __init__(
-        self, broker: RedisBroker, topic: str, handler: DeliveryHandler, concurrency: int, exclusive: bool
+        self,
+        conn: RedisConnection,
+        topic: str,
+        handler: DeliveryHandler,
+        concurrency: int,
+        exclusive: bool,
+        on_stop: Callable[[EphemeralSubscription], None],
     ) -> None:
         self.topic = topic
         self.group = ""
-        self.stream = broker.name_of(topic)
+        self.stream = conn.name_of(topic)
         self.exclusive = exclusive
-        self._broker = broker
+        self._conn = conn
+        self._on_stop = on_stop
         self._runner = HandlerRunner(handler, concurrency, topic)
         self._last: bytes | str = "0-0"
         self._running = True
@@ -65,8 +64,8 @@ class EphemeralSubscription(Subscription):
 
     async def start(self) -> None:
         """Create the stream if needed, remember where it ends, start reading."""
-        await self._broker.ensure_topic(self.topic)
-        execute = self._broker.execute
+        await self._conn.ensure_stream(self.stream)
+        execute = self._conn.execute
         last = await execute("XREVRANGE", self.stream, "+", "-", "COUNT", 1)
         if last:
             self._last = last[0][0]
@@ -76,8 +75,8 @@ class EphemeralSubscription(Subscription):
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"mesh-redis-ephemeral:{self.stream}")
 
     async def _loop(self) -> None:
-        execute, submit = self._broker.execute, self._runner.submit
-        block = self._broker.settings.block_ms
+        execute, submit = self._conn.execute, self._runner.submit
+        block = self._conn.settings.block_ms
         loop = asyncio.get_running_loop()
         backoff = 0.1
         while self._running:
@@ -102,15 +101,16 @@ class EphemeralSubscription(Subscription):
                     return
                 await submit(self._delivery(entry_id, fields))
 
-    def _delivery(self, entry_id: bytes, fields: dict[bytes, bytes]) -> _Delivery:
+    def _delivery(self, entry_id: bytes, fields: dict[bytes, bytes]) -> AtMostOnceDelivery:
         try:
             msg = from_fields(fields)
         except DecodeError as exc:
-            return _Delivery(self.topic, "", None, lossy(fields), exc)
+            return AtMostOnceDelivery(self.topic, "", None, lossy(fields), exc)
         try:
-            return _Delivery(self.topic, "", decode(msg, REDIS, self.topic, f"{self.stream}:{entry_id.decode()}"), msg)
+            event = decode(msg, REDIS, self.topic, f"{self.stream}:{entry_id.decode()}")
         except DecodeError as exc:
-            return _Delivery(self.topic, "", None, msg, exc)
+            return AtMostOnceDelivery(self.topic, "", None, msg, exc)
+        return AtMostOnceDelivery(self.topic, "", event, msg)
 
     async def stop(self, drain: bool = True) -> None:
         if not self._running:
@@ -126,12 +126,12 @@ class EphemeralSubscription(Subscription):
             await self._runner.drain()
         if self.exclusive:
             try:
-                await self._broker.execute("DEL", self.stream)
+                await self._conn.execute("DEL", self.stream)
             except (RedisError, OSError) as exc:
                 log.warning("could not delete the redis stream %s (it expires): %s", self.stream, exc)
-        self._broker.forget_ephemeral(self)
+        self._on_stop(self)
 
 
-def ephemeral_args(stream: str, maxlen: int, fields: list[Any]) -> list[Any]:
+def ephemeral_args(stream: str, fields: list[Any], maxlen: int = EPHEMERAL_MAXLEN) -> list[Any]:
     """XADD that never creates the stream and keeps it about ``maxlen`` entries long."""
     return ["XADD", stream, "NOMKSTREAM", "MAXLEN", "~", maxlen, "*", *fields]

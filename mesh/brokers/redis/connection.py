@@ -1,0 +1,222 @@
+"""The connection of the Redis Streams adapter: the client, the group script and what every part needs.
+
+One :class:`RedisConnection` per broker. The consumer, ephemeral subscriptions, history and
+group delivery take it (never the broker class) and use only its public members:
+
+==================  ==========================================================================
+member              what
+==================  ==========================================================================
+``settings``        the validated :class:`~mesh.brokers.redis.options.RedisOptions`
+``namespace``,      the key prefix; ``name_of(topic)`` is the stream key of a topic
+``name_of``
+``wire``            the binding in the configured content mode (what ``encode`` writes)
+``client_id``       the default prefix of consumer names
+``address``         the URL with its secrets masked (:func:`mesh.urls.mask_url`), for messages
+``execute``         ``execute_command`` of the connected client (one lookup on the hot path);
+                    raises :class:`BrokerError` "not connected" before ``open()``
+``script``          the group script (:mod:`.script`, EVALSHA, loaded again on NOSCRIPT)
+``trim``            the ``MAXLEN`` arguments of every XADD to a topic's stream
+``xadd``            send one XADD, coalesced into a pipeline with concurrent ones
+``ensure_stream``   create an empty stream (no entry, no group) unless one exists
+``error``,          the one place the adapter's error texts are made
+``publish_error``
+==================  ==========================================================================
+
+Publishes are coalesced: while one XADD is on the wire, the next ones queue and go together
+as one pipeline (one round trip) when it returns; each caller still gets its own outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.exceptions import RedisError
+
+from mesh.brokers.redis.options import RedisOptions
+from mesh.brokers.redis.script import SCRIPT
+from mesh.codecs.binary import Binding
+from mesh.errors import BrokerConnectionError, BrokerError, PublishError
+from mesh.extensions import GROUP_MARK
+from mesh.urls import mask_url
+
+__all__ = ["DEFAULT_URL", "GROUP_FIELD", "PIPELINE_MAX", "RedisConnection", "text"]
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+PIPELINE_MAX = 1000
+"""Most publishes sent in one pipeline when concurrent publishes are coalesced."""
+GROUP_FIELD = GROUP_MARK.encode()
+"""The entry field naming the one group a replayed entry is for (see :mod:`.groups`)."""
+
+
+def text(value: Any) -> str:
+    """A reply value (bytes or not) as text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RedisConnection:
+    """The client of one Redis broker and what its parts need (see the module docstring)."""
+
+    def __init__(
+        self, url: str | None, settings: RedisOptions, *, namespace: str, wire: Binding, client_id: str
+    ) -> None:
+        self.url = url or DEFAULT_URL
+        self.settings = settings
+        self.namespace = namespace
+        self.wire = wire
+        self.client_id = client_id
+        self.address = mask_url(self.url)
+        self.client: Redis | None = None
+        self.script: Any = None
+        self.execute: Callable[..., Awaitable[Any]] = self._not_connected
+        """``execute_command`` of the connected client (one attribute lookup on the hot path)."""
+        self.trim: tuple[Any, ...] = ()
+        if settings.maxlen is not None:
+            self.trim = ("MAXLEN", "~", settings.maxlen) if settings.approximate_trim else ("MAXLEN", settings.maxlen)
+        self._sending = False  # a publish (or a pipeline of them) is on the wire
+        self._queue: list[tuple[list[Any], asyncio.Future[None]]] = []
+        self._flushers: set[asyncio.Task[None]] = set()
+
+    def name_of(self, topic: str) -> str:
+        """The stream key of a topic (the namespace prefix applied)."""
+        return self.namespace + topic if self.namespace else topic
+
+    @property
+    def connected(self) -> bool:
+        """Whether :meth:`open` succeeded and :meth:`close` was not called since."""
+        return self.client is not None
+
+    def require_client(self) -> Redis:
+        """The connected client (raises :class:`BrokerError` before ``open()``)."""
+        if self.client is None:
+            raise self.not_connected()
+        return self.client
+
+    def not_connected(self) -> BrokerError:
+        """The error of a call made while not connected."""
+        return BrokerError(f"the redis broker at {self.address} is not connected")
+
+    async def _not_connected(self, *args: Any) -> Any:
+        raise self.not_connected()
+
+    def error(self, what: str, exc: BaseException) -> BrokerError:
+        """A :class:`BrokerError` saying what failed on this server and why."""
+        return BrokerError(f"redis at {self.address}: {what}{': ' if what else ''}{exc}")
+
+    def publish_error(self, stream: str, exc: BaseException) -> PublishError:
+        """The :class:`PublishError` of an XADD to ``stream`` that failed."""
+        return PublishError(f"redis at {self.address} did not take the event for {stream!r}: {exc}")
+
+    # -- connect / close ------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, authenticate and PING within ``connect_timeout`` (or BrokerConnectionError)."""
+        if self.client is not None:
+            return
+        opts = self.settings
+        kwargs: dict[str, Any] = {
+            "socket_connect_timeout": opts.connect_timeout,
+            "socket_timeout": opts.socket_timeout,
+        }
+        if opts.username is not None:
+            kwargs["username"] = opts.username
+        if opts.password is not None:
+            kwargs["password"] = opts.password
+        try:
+            # concurrent publishes are coalesced into pipelines on one connection (see xadd);
+            # every subscription holds a connection of its own while it blocks
+            pool = ConnectionPool.from_url(self.url, max_connections=2**31, **kwargs)
+            client = Redis.from_pool(pool)
+        except ValueError as exc:
+            raise BrokerConnectionError("redis", self.address, f"invalid URL: {exc}") from exc
+        try:
+            await asyncio.wait_for(client.ping(), opts.connect_timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            await client.aclose()
+            reason = (
+                f"no answer within {opts.connect_timeout:g}s"
+                if isinstance(exc, TimeoutError) and not str(exc)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            raise BrokerConnectionError("redis", self.address, reason) from exc
+        self.client = client
+        self.script = client.register_script(SCRIPT)
+        self.execute = cast(Callable[..., Awaitable[Any]], client.execute_command)
+
+    async def close(self) -> None:
+        """Let publishes riding a pipeline finish, then disconnect."""
+        if self._flushers:
+            await asyncio.gather(*self._flushers, return_exceptions=True)
+        client, self.client = self.client, None
+        self.execute = self._not_connected
+        if client is not None:
+            await client.aclose()
+
+    # -- streams --------------------------------------------------------------------------------
+
+    async def ensure_stream(self, stream: str) -> None:
+        """Create ``stream`` empty (no entry, no group) unless it exists; a key of another type is an error."""
+        try:
+            kind = await self.script(keys=(stream, stream), args=("", "", "ensure"), client=self.require_client())
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"cannot create stream {stream!r} on redis at {self.address}: {exc}") from exc
+        kind = text(kind)
+        if kind != "stream":
+            raise BrokerError(f"redis key {stream!r} exists and is a {kind}, not a stream")
+
+    # -- publishing -----------------------------------------------------------------------------
+
+    async def xadd(self, stream: str, args: list[Any]) -> None:
+        """Send one XADD, or ride the next pipeline when another publish is on the wire."""
+        if self._sending or self._queue:
+            await self._enqueue(args)  # another publish is on the wire: ride the next pipeline
+            return
+        self._sending = True
+        try:
+            await self.execute(*args)
+        except (RedisError, OSError) as exc:
+            raise self.publish_error(stream, exc) from exc
+        finally:
+            self._sending = False
+            if self._queue:
+                self._start_flusher()
+
+    async def _enqueue(self, args: list[Any]) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((args, future))
+        if not self._sending:
+            self._start_flusher()
+        await future
+
+    def _start_flusher(self) -> None:
+        self._sending = True
+        task = asyncio.get_running_loop().create_task(self._flush_queue())
+        self._flushers.add(task)
+        task.add_done_callback(self._flushers.discard)
+
+    async def _flush_queue(self) -> None:
+        """Send queued publishes as pipelines (one round trip each) until the queue is empty."""
+        try:
+            while self._queue:
+                batch = self._queue[:PIPELINE_MAX]
+                del self._queue[:PIPELINE_MAX]
+                try:
+                    pipe = self.require_client().pipeline(transaction=False)
+                    for args, _ in batch:
+                        pipe.execute_command(*args)
+                    results = await pipe.execute(raise_on_error=False)
+                except (RedisError, OSError, BrokerError) as exc:
+                    results = [exc] * len(batch)
+                for (args, future), result in zip(batch, results, strict=False):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        error = self.publish_error(args[1], result)
+                        error.__cause__ = result
+                        future.set_exception(error)
+                    else:
+                        future.set_result(None)
+        finally:
+            self._sending = False
