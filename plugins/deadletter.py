@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 
+from mesh import extensions as ext
 from mesh.errors import DeadLetter, DecodeError
 from mesh.event import Event, now
 from mesh.hooks import hookimpl
@@ -29,17 +30,9 @@ from mesh.types import Context
 
 name = "deadletter"
 
-UNDECODABLE_TYPE = "mesh.deadletter.undecodable"
-FAILURE_EXTENSIONS = (
-    "mesherrortype",
-    "mesherror",
-    "meshtopic",
-    "meshgroup",
-    "meshattempts",
-    "meshfirstfail",
-    "meshlastfail",
-)
-"""The extensions this plugin adds; redrive removes them."""
+UNDECODABLE_TYPE = ext.UNDECODABLE_TYPE
+FAILURE_EXTENSIONS = ext.DEAD_LETTER_EXTENSIONS
+"""The extensions this plugin adds (named in :mod:`mesh.extensions`); redrive removes them."""
 
 
 @hookimpl(trylast=True)

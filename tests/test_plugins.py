@@ -54,6 +54,29 @@ def test_every_hook_is_documented_and_tested() -> None:
         assert f"def {name}(" in tests, f"{name} has no test implementing it"
 
 
+def test_the_plugin_guide_lists_every_hook() -> None:
+    guide = (ROOT / "docs" / "writing-a-plugin.md").read_text()
+    missing = [name for name in hook_names() if f"`{name}(" not in guide]
+    assert not missing, f"docs/writing-a-plugin.md does not list {missing}"
+
+
+def test_every_hook_has_a_typed_method_on_hooks() -> None:
+    from mesh.hooks import Hooks
+
+    missing = [name for name in hook_names() if not callable(getattr(Hooks, name.removeprefix("mesh_"), None))]
+    assert not missing, f"mesh.hooks.Hooks has no method for {missing}"
+
+
+def test_a_hook_wrapper_is_refused_at_registration() -> None:
+    class Wrapping:
+        @hookimpl(wrapper=True)
+        def mesh_publish_layers(self, runtime: Runtime) -> Any:
+            return (yield)
+
+    with pytest.raises(ConfigError, match="hook wrapper"):
+        PluginManager([Wrapping()], entry_points=False)
+
+
 def test_builtins_load_first_in_order() -> None:
     assert PluginManager(entry_points=False).names()[:4] == ["tracing", "retry", "deadletter", "metrics"]
 

@@ -32,6 +32,7 @@ from mesh.codecs.structured import from_structured, to_structured
 from mesh.config import MeshConfig, parse_duration, plugin_settings
 from mesh.errors import ConfigError, DecodeError, MeshError
 from mesh.event import Event
+from mesh.extensions import ERROR_TYPE
 
 __all__ = [
     "ArchiveError",
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 PLUGIN = "archive"
-DEAD_LETTER_MARK = "mesherrortype"
+DEAD_LETTER_MARK = ERROR_TYPE
 """The extension that makes an event a dead letter (set by the deadletter plugin)."""
 _TABLE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 

@@ -94,12 +94,12 @@ class Tools:
     @property
     def replayer(self) -> Replayer:
         """A :class:`Replayer` on this app, archive and state."""
-        return Replayer(self.app, archive=self.archive, state=self.state, progress=self.progress)
+        return Replayer(self.app.runtime, archive=self.archive, state=self.state, progress=self.progress)
 
     def dead_letters(self, topic: str, source: Literal["archive", "broker"] | None = None) -> DeadLetters:
         """Operations on the dead-letter topic ``topic``."""
         return DeadLetters(
-            self.app, topic, archive=self.archive, state=self.state, source=source, progress=self.progress
+            self.app.runtime, topic, archive=self.archive, state=self.state, source=source, progress=self.progress
         )
 
 

@@ -9,7 +9,7 @@ the marks.
 
 Redrive sends each pending dead letter back to the topic it failed on (``meshtopic``) or to a
 chosen topic. The redriven event keeps its id, data and trace context, loses the failure
-extensions (:data:`mesh_plugins.deadletter.FAILURE_EXTENSIONS`) and carries ``meshredrive``
+extensions (:data:`mesh.extensions.DEAD_LETTER_EXTENSIONS`) and carries ``meshredrive``
 (how often it was redriven) and ``meshreplay`` (the redrive's name). If it fails again it goes
 back to the dead-letter topic with its ``meshredrive``; one redriven ``max_redrives`` times is
 not redriven again (raise the limit to force it), so nothing loops for ever.
@@ -22,13 +22,13 @@ consumers' retries take (attempts x backoff): an event comes back only after its
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from mesh import extensions as ext
 from mesh.archive import ArchiveStore
 from mesh.codecs.data import format_time
 from mesh.event import Event, now
@@ -40,16 +40,15 @@ from mesh.replay.sources import ArchiveSource, BrokerSource, Key, Record, Source
 from mesh.replay.targets import Sender, Target
 
 if TYPE_CHECKING:
-    from mesh.app import App
+    from mesh.runtime import Runtime
 
 __all__ = ["DeadLetterEntry", "DeadLetterSummary", "DeadLetters", "ErrorStats", "RedriveResult", "redriven"]
 
-_deadletter = importlib.import_module("mesh_plugins.deadletter")  # the built-in plugin defines the failure extensions
-FAILURE_EXTENSIONS: tuple[str, ...] = tuple(_deadletter.FAILURE_EXTENSIONS)
-UNDECODABLE_TYPE: str = str(_deadletter.UNDECODABLE_TYPE)
+FAILURE_EXTENSIONS: tuple[str, ...] = ext.DEAD_LETTER_EXTENSIONS
+UNDECODABLE_TYPE: str = ext.UNDECODABLE_TYPE
 PURGED = "~purged"
 """State name recording the last purge of archive rows (not a mark of one dead letter)."""
-REMOVED = (*FAILURE_EXTENSIONS, "meshrawheaders")
+REMOVED = (*FAILURE_EXTENSIONS, ext.RAW_HEADERS)
 """Extensions a redriven event loses."""
 
 
@@ -118,14 +117,14 @@ class RedriveResult:
 
 
 class DeadLetters:
-    """Operations on one dead-letter topic, through a started :class:`~mesh.App`.
+    """Operations on one dead-letter topic, through a started :class:`~mesh.Runtime`.
 
     ``source`` is ``archive`` or ``broker`` (default: the archive when one is given).
     """
 
     def __init__(
         self,
-        app: App,
+        runtime: Runtime,
         topic: str,
         *,
         archive: ArchiveStore | None = None,
@@ -133,7 +132,7 @@ class DeadLetters:
         source: Literal["archive", "broker"] | None = None,
         progress: ProgressSink | None = None,
     ) -> None:
-        self.app = app
+        self.runtime = runtime
         self.topic = topic
         self.archive = archive
         self.state = state or (ArchiveState(archive) if archive is not None else FileState())
@@ -143,7 +142,7 @@ class DeadLetters:
                 raise ReplayError("no archive is configured: add plugins.config.archive or use --from broker")
             self.source: Source = ArchiveSource(archive)
         else:
-            self.source = BrokerSource(app.broker)
+            self.source = BrokerSource(runtime.broker)
         self.progress = progress
         self._kind = f"dlq:{topic}"
 
@@ -225,7 +224,7 @@ class DeadLetters:
         name = name or new_name("redrive")
         started = now()
         marks = await self.state.all(self._kind)
-        sender = Sender(self.app, Target.origin(to), self.topic)
+        sender = Sender(self.runtime, Target.origin(to), self.topic)
         result = RedriveResult(name, dry_run=dry_run)
         limiter = RateLimiter(rate)
         pending: list[tuple[Event, Key, str]] = []

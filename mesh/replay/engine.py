@@ -37,7 +37,7 @@ from mesh.replay.sources import SEEK_MARGIN, ArchiveSource, BrokerSource, Record
 from mesh.replay.targets import Sender, Target
 
 if TYPE_CHECKING:
-    from mesh.app import App
+    from mesh.runtime import Runtime
 
 __all__ = ["ProgressSink", "RateLimiter", "ReplayResult", "ReplaySpec", "Replayer", "new_name"]
 
@@ -175,7 +175,7 @@ class ReplayResult:
 
 
 class Replayer:
-    """Runs replays through a started :class:`~mesh.App` (its broker and plugins).
+    """Runs replays through a started :class:`~mesh.Runtime` (its broker and plugins).
 
     ``archive`` is the store for ``source="archive"``; ``state`` keeps checkpoints (default: the
     archive's state table, else files, see :mod:`mesh.replay.checkpoint`).
@@ -183,13 +183,13 @@ class Replayer:
 
     def __init__(
         self,
-        app: App,
+        runtime: Runtime,
         *,
         archive: ArchiveStore | None = None,
         state: StateStore | None = None,
         progress: ProgressSink | None = None,
     ) -> None:
-        self.app = app
+        self.runtime = runtime
         self.archive = archive
         self.state = state or (ArchiveState(archive) if archive is not None else FileState())
         self.progress = progress
@@ -204,7 +204,7 @@ class Replayer:
                 )
             return ArchiveSource(self.archive)
         if kind == "broker":
-            return BrokerSource(self.app.broker, margin=timedelta(seconds=margin))
+            return BrokerSource(self.runtime.broker, margin=timedelta(seconds=margin))
         raise BadReplayInput(f"unknown source {kind!r}: archive or broker")
 
     async def check_topic(self, source: Source, topic: str) -> None:
@@ -260,7 +260,7 @@ class Replayer:
     async def _run(self, spec: ReplaySpec, saved: dict[str, Any] | None, *, dry_run: bool) -> ReplayResult:
         source = self.source(spec.source, spec.seek_margin)
         await self.check_topic(source, spec.topic)
-        sender = Sender(self.app, spec.target, spec.topic)
+        sender = Sender(self.runtime, spec.target, spec.topic)
         if not dry_run:
             await sender.check()
         result = ReplayResult(spec.name, dry_run=dry_run, resumed=saved is not None)

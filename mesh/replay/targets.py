@@ -19,7 +19,7 @@ from mesh.event import Event
 from mesh.replay.errors import BadReplayInput, UnknownGroup
 
 if TYPE_CHECKING:
-    from mesh.app import App
+    from mesh.runtime import Runtime
 
 __all__ = ["Sender", "Target"]
 
@@ -80,8 +80,8 @@ class Target:
 class Sender:
     """Sends events to a target through a started App (checks the target first)."""
 
-    def __init__(self, app: App, target: Target, topic: str) -> None:
-        self.app = app
+    def __init__(self, runtime: Runtime, target: Target, topic: str) -> None:
+        self.runtime = runtime
         self.target = target
         self.topic = topic
         self._group: GroupPublisher | None = None
@@ -90,11 +90,11 @@ class Sender:
         """Refuse a target that cannot work, before anything is sent."""
         if self.target.kind == "group":
             assert self.target.name is not None
-            publisher = group_publisher(self.app.broker)
+            publisher = group_publisher(self.runtime.broker)
             if not await publisher.has_group(self.topic, self.target.name):
                 raise UnknownGroup(
                     f"no group {self.target.name!r} subscribes to {self.topic!r} on the "
-                    f"{self.app.broker.type} broker: check the name (a group is the app id by default) "
+                    f"{self.runtime.broker.type} broker: check the name (a group is the app id by default) "
                     "and that its app subscribed at least once"
                 )
             self._group = publisher
@@ -122,4 +122,4 @@ class Sender:
         topic = destination or self.destination(event)
         if topic is None:
             raise BadReplayInput(f"event {event.id} has no original topic (meshtopic): redrive it with --to TOPIC")
-        await self.app.send(topic, event)
+        await self.runtime.send(topic, event)
