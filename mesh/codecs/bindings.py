@@ -1,4 +1,4 @@
-"""The protocol bindings the brokers use (DESIGN §3): the header prefix written and those read.
+"""The protocol bindings the brokers use: the header prefix written and those read.
 
 Named after the CloudEvents protocol binding, not the broker: a broker's registry entry
 (:class:`~mesh.components.BrokerInfo`) and its adapter class name the binding they use.

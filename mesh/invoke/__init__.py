@@ -1,4 +1,4 @@
-"""Service invocation: request/reply over publish/subscribe, on every broker (DESIGN §8).
+"""Service invocation: request/reply over publish/subscribe, on every broker (see docs/invocation.md).
 
 :mod:`mesh.invoke.protocol` defines the two CloudEvents (request and reply),
 :mod:`mesh.invoke.callee` serves an app's methods and :mod:`mesh.invoke.caller` makes calls;
