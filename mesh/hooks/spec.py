@@ -195,8 +195,9 @@ def mesh_invocation_outcome(
     ``side="callee"``: ``outcome`` is ``ok``, ``error`` (the method raised), ``method_not_found``
     (``method`` is then ``"<unknown>"``), ``permission_denied``, ``invalid_argument``,
     ``expired`` (the deadline had passed: not run, no reply) or ``malformed``; ``peer`` is the
-    caller's app id. ``side="caller"``: ``late_reply`` (its call had ended) or
-    ``malformed_reply``; ``peer`` is the replying app. Must be cheap: it runs on the hot path.
+    caller's app id. ``side="caller"``: ``late_reply`` (its call had ended), ``malformed_reply``
+    or ``foreign_reply`` (a reply to a pending call from another source than the called app:
+    dropped); ``peer`` is the replying app. Must be cheap: it runs on the hot path.
     """
 
 

@@ -66,6 +66,9 @@ class Caller:
         self.malformed_replies = 0
         """Messages on the reply topic that are not replies (dropped)."""
         self._pending: dict[str, asyncio.Future[Event]] = {}
+        self._expected: dict[str, str] = {}  # request id -> the source its reply must come from
+        self.foreign_replies = 0
+        """Replies to a pending call from a source other than the called app (dropped)."""
         self._sub: Subscription | None = None
         self._starting: asyncio.Task[None] | None = None
         self._handle: InvokeHandle = self._call
@@ -123,6 +126,7 @@ class Caller:
         sub, self._sub = self._sub, None
         if sub is not None:
             await sub.stop(drain=False)
+        self._expected.clear()
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(MeshError(f"{self.runtime.id} stopped while the call was waiting for its reply"))
@@ -141,6 +145,16 @@ class Caller:
             self._outcome(event, "malformed_reply", exc)
             return
         future = self._pending.get(correlation)
+        if future is not None and event.source != self._expected.get(correlation):
+            self.foreign_replies += 1
+            log.warning(
+                "dropped a reply to request %s from %r: the request went to %r",
+                correlation,
+                event.source,
+                self._expected.get(correlation),
+            )
+            self._outcome(event, "foreign_reply", None)
+            return
         if future is None:
             self.late_replies += 1
             log.debug("dropped a late reply to request %s (%s)", correlation, event.subject)
@@ -237,6 +251,7 @@ class Caller:
         finally:
             for request_id in ids:
                 self._pending.pop(request_id, None)
+                self._expected.pop(request_id, None)
             if status is not None:
                 status.cancel()
 
@@ -278,6 +293,7 @@ class Caller:
         if self._attributes:
             event = app.with_attributes(topic, event)
         self._pending[event.id] = future
+        self._expected[event.id] = f"/{call.target}"
         ids.append(event.id)
         call.attempts += 1
         if call.request_id is None:

@@ -292,6 +292,22 @@ async def test_late_reply_is_dropped_and_counted(mesh: Mesh) -> None:
     assert await mesh.orders.invoke(mesh.callee_id, "secret", timeout=30) == "the recipe"
 
 
+async def test_a_reply_from_another_source_than_the_called_app_is_dropped(mesh: Mesh) -> None:
+    caller = mesh.orders.caller
+    await caller.ready()
+    foreign = caller.foreign_replies
+    marker = unique("forged")
+    call = asyncio.ensure_future(
+        mesh.orders.invoke(mesh.callee_id, "slow", {"marker": marker, "sleep": 0.5}, timeout=30)
+    )
+    await wait_for(lambda: caller.pending >= 1, what="the request in flight")
+    for request_id in list(caller._pending):  # the ids of the requests now waiting
+        forged = Event(REPLY_TYPE, mesh.intruder.source, "forged", extensions={CORRELATION: request_id, STATUS: "ok"})
+        await mesh.intruder.broker.publish_ephemeral(caller.reply_topic, forged)
+    assert await call == "late", "the caller took the answer of the app it called"
+    assert caller.foreign_replies > foreign
+
+
 async def test_malformed_requests_get_an_error_reply_or_a_dead_letter(mesh: Mesh) -> None:
     broker = mesh.orders.broker
     topic = invoke_topic(mesh.callee_id)
