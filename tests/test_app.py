@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from mesh import App, Context, DeadLetter, Event, MeshError, Retry
+from mesh import App, Context, DeadLetter, Event, MeshError, Retry, hookimpl
 from mesh.brokers.memory import MemoryBroker
 from mesh.codecs import WireMessage
+from mesh.pipeline import settle
 from tests.support import wait_for
 
 
@@ -257,6 +258,77 @@ async def test_failed_dead_letter_write_does_not_ack(cfg: dict[str, Any], monkey
         await app.publish("jobs", {}, type="x")
         await wait_for(lambda: len(app.broker.dead_letters("jobs")) == 1, timeout=5, what="the second dead-letter try")  # type: ignore[attr-defined]
     assert calls == 2, "the delivery came back after the dead-letter write failed"
+
+
+async def test_a_delivery_that_can_never_be_dead_lettered_is_parked_not_spun(
+    cfg: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(settle, "FALLBACK_REDELIVERY", 0.02)
+    monkeypatch.setattr(settle, "PARK_DELAY", 3600.0)
+    app = App("svc", config=with_retry(cfg, attempts=1))
+    calls, outcomes = 0, []
+
+    class Outcomes:
+        @hookimpl
+        def mesh_delivery_outcome(self, context: Context, outcome: str, error: BaseException | None) -> None:
+            outcomes.append(outcome)
+
+    app.plugins.register(Outcomes())
+
+    @app.subscribe("jobs")
+    async def work(event: Event) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("fail")
+
+    real_publish = app.broker.publish
+
+    async def dlq_down(topic: str, event: Event) -> None:
+        if topic.endswith(".dlq"):
+            raise ConnectionError("dlq unavailable")
+        await real_publish(topic, event)
+
+    async with app:
+        app.runtime.publish = dlq_down
+        await app.publish("jobs", {}, type="x")
+        await wait_for(lambda: "parked" in outcomes, timeout=10, what="the delivery parked")
+        parked_at = calls
+        await asyncio.sleep(0.3)  # a spinning delivery would be called again many times by now
+    assert outcomes.count("returned") == settle.DEAD_LETTER_ATTEMPTS - 1
+    assert outcomes.count("parked") == 1
+    assert calls == parked_at == settle.DEAD_LETTER_ATTEMPTS, "parked: no further handler calls"
+
+
+async def test_app_stop_cancels_stuck_handlers_after_the_drain_timeout_and_gives_them_back(cfg: dict[str, Any]) -> None:
+    app = App("svc", config=cfg)
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    @app.subscribe("jobs")
+    async def stuck(event: Event) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    await app.start()
+    await app.publish("jobs", {}, type="x")
+    await asyncio.wait_for(started.wait(), 5)
+    loop = asyncio.get_running_loop()
+    begun = loop.time()
+    await app.stop(timeout=0.2)
+    assert cancelled.is_set(), "the stuck handler was cancelled"
+    assert loop.time() - begun < 5, "stop ended soon after the drain timeout"
+    again = App("svc", config=cfg)
+    seen: list[Event] = []
+
+    @again.subscribe("jobs")
+    async def takes_over(event: Event) -> None:
+        seen.append(event)
+
+    async with again:
+        await wait_for(lambda: len(seen) == 1, timeout=5, what="the cancelled delivery redelivered")
 
 
 async def test_concurrency_setting_runs_handlers_in_parallel(cfg: dict[str, Any]) -> None:
