@@ -24,7 +24,9 @@ from cloudevents.core.bindings import rabbitmq as sdk  # noqa: E402
 from cloudevents.core.v1.event import CloudEvent  # noqa: E402
 
 from mesh.brokers import Delivery, create_broker  # noqa: E402
-from mesh.brokers.rabbitmq.broker import ATTEMPT_HEADER, RabbitMQBroker, _as_text, _attempt, delay_ms  # noqa: E402
+from mesh.brokers.rabbitmq.broker import RabbitMQBroker  # noqa: E402
+from mesh.brokers.rabbitmq.connection import as_text, delay_ms  # noqa: E402
+from mesh.brokers.rabbitmq.consumer import ATTEMPT_HEADER, attempt_of  # noqa: E402
 from mesh.codecs.binary import LEGACY_TYPE  # noqa: E402
 from mesh.errors import BrokerConnectionError, ConfigError, PublishError  # noqa: E402
 from mesh.event import Event  # noqa: E402
@@ -133,16 +135,16 @@ def test_delay_is_rounded_up_to_significant_digits() -> None:
 
 
 def test_attempt_reads_our_header_and_the_broker_count() -> None:
-    assert _attempt({}) == 1
-    assert _attempt({ATTEMPT_HEADER: 3}) == 3
-    assert _attempt({ATTEMPT_HEADER: b"2", "x-delivery-count": 2}) == 4
-    assert _attempt({"x-delivery-count": 1}) == 2
-    assert _attempt({ATTEMPT_HEADER: "garbage"}) == 1
+    assert attempt_of({}) == 1
+    assert attempt_of({ATTEMPT_HEADER: 3}) == 3
+    assert attempt_of({ATTEMPT_HEADER: b"2", "x-delivery-count": 2}) == 4
+    assert attempt_of({"x-delivery-count": 1}) == 2
+    assert attempt_of({ATTEMPT_HEADER: "garbage"}) == 1
 
 
 def test_amqp_header_values_become_canonical_text() -> None:
     when = datetime(2026, 1, 2, 3, 4, 5)
-    out = _as_text({"a": True, "b": 7, "c": bytearray(b"x"), "d": when, "e": "s"})
+    out = as_text({"a": True, "b": 7, "c": bytearray(b"x"), "d": when, "e": "s"})
     assert out == {"a": "true", "b": "7", "c": b"x", "d": "2026-01-02T03:04:05Z", "e": "s"}
 
 
@@ -548,6 +550,37 @@ async def test_connection_errors_are_bounded_and_clear(rabbit_url: str, url: str
     assert needle in str(err.value)
     assert "rabbitmq" in str(err.value)
     assert "wrong" not in str(err.value), "the password never shows"
+
+
+def _without_credentials(url: str) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{rest.rsplit('@', 1)[-1]}"
+
+
+async def test_credentials_given_as_options_override_the_url(rabbit_url: str) -> None:
+    bare = _without_credentials(rabbit_url)
+    assert "@" not in bare
+    for url, options in [
+        (bare, {"username": "guest", "password": "guest"}),
+        (rabbit_url.replace("guest:guest", "guest:wrong"), {"password": "guest"}),
+    ]:
+        broker = RabbitMQBroker(url, options={"connect_timeout": 3, **options})
+        try:
+            await broker.connect()
+            await broker.publish(unique(), Event(type="t", source="/s"))
+        finally:
+            await broker.close()
+    refused = RabbitMQBroker(bare, options={"connect_timeout": 3, "username": "guest", "password": "wrong"})
+    with pytest.raises(BrokerConnectionError, match="authentication") as err:
+        await refused.connect()
+    assert "wrong" not in str(err.value), "the password never shows"
+
+
+def test_repr_masks_the_password() -> None:
+    broker = RabbitMQBroker("amqp://app:s3cret@rabbit:5672/shop", options={"password": "other"})
+    assert repr(broker) == "RabbitMQBroker(url='amqp://app:***@rabbit:5672/shop')"
+    assert "other" not in repr(broker.settings)
+    assert broker.address == "rabbit:5672 (vhost shop)"
 
 
 async def test_unknown_vhost_is_a_connection_error(rabbit_url: str) -> None:

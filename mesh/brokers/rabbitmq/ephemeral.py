@@ -12,64 +12,62 @@ confirms. A subscription declares a queue bound to that exchange with its topic 
 
 Nothing durable is left behind but the one exchange. A message nobody's queue is bound for is
 dropped by the broker (it is not ``mandatory``).
+
+===============  ============================  ==============================================
+queue            delivery                      ``ack()`` / ``nack()`` / ``nack(delay)``
+===============  ============================  ==============================================
+exclusive        ``AtMostOnceDelivery``        end it (consumed with ``no_ack``)
+group's          :class:`EphemeralDelivery`    ``basic.ack`` / back to the queue at once / back
+                                               after ``delay`` held in process (unacked)
+===============  ============================  ==============================================
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
-from aio_pika.exceptions import ChannelInvalidStateError
 
-from mesh.brokers.base import Delivery, DeliveryHandler, HandlerRunner, Subscription
+from mesh.brokers.base import AtMostOnceDelivery, Delivery, DeliveryHandler, HandlerRunner, Subscription
+from mesh.brokers.rabbitmq.connection import GONE, STOP_TIMEOUT, RabbitMQConnection, ack_queued, as_text, unreadable
 from mesh.codecs.binary import WireMessage, decode
 from mesh.errors import DecodeError
+from mesh.event import Event
 
-if TYPE_CHECKING:
-    from mesh.brokers.rabbitmq.broker import RabbitMQBroker
+__all__ = ["EphemeralDelivery", "EphemeralSubscription"]
 
-__all__ = ["EphemeralSubscription", "ack_queued"]
-
-log = logging.getLogger("mesh.broker.rabbitmq")
-
-_STOP_TIMEOUT = 5.0
+# What settling on a channel that went away raises (the broker gives the message back then).
+_SETTLE_GONE = (*GONE, RuntimeError)
 
 
-async def ack_queued(message: AbstractIncomingMessage) -> None:
-    """Ack ``message``: the frame is queued for the connection's writer, not waited for.
+class EphemeralDelivery(Delivery):
+    """A delivery from a group's ephemeral queue: acked on its channel, or given back to the queue."""
 
-    aio-pika's ``ack()`` waits until the frame is written, one loop turn per message; without
-    the wait the loop takes the next message at once and the writer sends a burst's acks
-    together. An ack lost with the connection is a redelivery either way.
-    """
-    tag = message.delivery_tag
-    if tag is not None:  # None: consumed with no_ack, nothing to settle
-        await message.channel.basic_ack(delivery_tag=tag, wait=False)
+    __slots__ = ("_message",)
 
-
-class _Delivery(Delivery):
-    """Acked on its channel when the queue needs acks (a group's); a no-op otherwise."""
-
-    __slots__ = ("_acks", "_message")
-
-    def __init__(self, sub: EphemeralSubscription, message: AbstractIncomingMessage, *args: Any) -> None:
-        super().__init__(sub.topic, sub.group, *args)
+    def __init__(
+        self,
+        message: AbstractIncomingMessage,
+        topic: str,
+        group: str,
+        event: Event | None,
+        raw: WireMessage,
+        error: DecodeError | None,
+    ) -> None:
+        super().__init__(topic, group, event, raw, error)
         self._message = message
-        self._acks = sub.shared
 
     async def _ack(self) -> None:
-        if self._acks:
-            with contextlib.suppress(ChannelInvalidStateError, ConnectionError, RuntimeError):
-                await ack_queued(self._message)
+        with contextlib.suppress(*_SETTLE_GONE):
+            await ack_queued(self._message)
 
-    async def _nack(self, delay: float | None) -> None:
-        if self._acks:  # back to the group's queue at once (an ephemeral queue has no delays)
-            with contextlib.suppress(ChannelInvalidStateError, ConnectionError, RuntimeError):
-                await self._message.nack(requeue=True)
+    async def _requeue(self) -> None:
+        with contextlib.suppress(*_SETTLE_GONE):
+            await self._message.nack(requeue=True)
 
 
 class EphemeralSubscription(Subscription):
@@ -77,27 +75,32 @@ class EphemeralSubscription(Subscription):
 
     def __init__(
         self,
-        broker: RabbitMQBroker,
+        conn: RabbitMQConnection,
         topic: str,
         group: str | None,
         handler: DeliveryHandler,
         concurrency: int,
+        on_stop: Callable[[EphemeralSubscription], None],
     ) -> None:
         self.topic = topic
         self.group = group or ""
         self.shared = group is not None
-        self._key = broker.name_of(topic)
-        self._broker = broker
+        self._key = conn.name_of(topic)
+        self._conn = conn
+        self._wire = conn.wire
+        self._on_stop = on_stop
         self._runner = HandlerRunner(handler, concurrency, topic)
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractRobustQueue | None = None
         self._tag: str | None = None
         self._running = False
 
-    async def start(self, connection: aio_pika.RobustConnection, exchange_name: str, prefetch: int) -> None:
-        channel = self._channel = await connection.channel(publisher_confirms=False)
-        await channel.set_qos(prefetch_count=max(prefetch, self._runner.concurrency))
-        exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.DIRECT, durable=True)
+    async def start(self) -> None:
+        """Declare the queue, bind it to the ephemeral exchange with the topic, start consuming."""
+        conn = self._conn
+        channel = self._channel = await conn.channel()
+        await channel.set_qos(prefetch_count=max(conn.settings.prefetch, self._runner.concurrency))
+        exchange = await channel.declare_exchange(conn.ephemeral_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
         if self.shared:
             queue = await channel.declare_queue(f"{self._key}.{self.group}", durable=False, auto_delete=True)
         else:
@@ -113,16 +116,19 @@ class EphemeralSubscription(Subscription):
             return  # a group queue gets it back when the channel closes; an exclusive one drops it
         headers: Any = message.headers or {}
         if any(type(v) is not str and type(v) is not bytes for v in headers.values()):
-            headers = {k: v if isinstance(v, str | bytes) else str(v) for k, v in headers.items()}
+            headers = as_text(headers)
         wire = WireMessage(message.body, headers, None, message.content_type)
+        error = None
         try:
-            delivery = _Delivery(self, message, decode(wire, self._broker.wire, self.topic, message.message_id), wire)
+            event = decode(wire, self._wire, self.topic, message.message_id)
         except DecodeError as exc:
-            delivery = _Delivery(self, message, None, wire, exc)
+            event, error = None, exc
         except Exception as exc:  # foreign input never stops the consumer
-            error = DecodeError(f"unreadable message: {type(exc).__name__}: {exc}", bytes(message.body))
-            delivery = _Delivery(self, message, None, wire, error)
-        await self._runner.submit(delivery)
+            event, error = None, unreadable(exc, message.body)
+        if self.shared:
+            await self._runner.submit(EphemeralDelivery(message, self.topic, self.group, event, wire, error))
+        else:
+            await self._runner.submit(AtMostOnceDelivery(self.topic, self.group, event, wire, error))
 
     async def stop(self, drain: bool = True) -> None:
         if not self._running:
@@ -131,13 +137,13 @@ class EphemeralSubscription(Subscription):
         queue, tag, channel = self._queue, self._tag, self._channel
         if queue is not None and tag is not None and channel is not None and not channel.is_closed:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(_STOP_TIMEOUT):
+                async with asyncio.timeout(STOP_TIMEOUT):
                     await queue.cancel(tag)  # an auto-delete queue goes with its last consumer
         if drain:
             await self._runner.drain()
         self._channel = None
         if channel is not None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(_STOP_TIMEOUT):
+                async with asyncio.timeout(STOP_TIMEOUT):
                     await channel.close()  # unacked messages of a group queue go back to it
-        self._broker.forget_ephemeral(self)
+        self._on_stop(self)

@@ -1,7 +1,8 @@
 """Options of the RabbitMQ broker (``broker: {type: rabbitmq, options: {...}}``).
 
-The URL carries the address, credentials and virtual host:
-``amqp://user:pass@host:5672/vhost`` (``amqps://`` for TLS). There is no ``initial_offset``:
+The URL carries the address and virtual host, and may carry credentials:
+``amqp://user:pass@host:5672/vhost`` (``amqps://`` for TLS). ``username`` and ``password``
+override the URL's, so a ``secretKeyRef`` can supply them. There is no ``initial_offset``:
 a RabbitMQ queue keeps no history, so a new group starts with the events published after it
 was created.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from mesh.brokers.base import BrokerOptions
 
@@ -23,6 +24,10 @@ class RabbitMQOptions(BrokerOptions):
     # -- connection ------------------------------------------------------------------------------
     connect_timeout: float = Field(5.0, gt=0)
     """Seconds ``connect()`` may take before it fails with ``BrokerConnectionError``."""
+    username: str | None = None
+    """User; overrides the one in the URL (the client's default is ``guest``)."""
+    password: SecretStr | None = None
+    """Password; overrides the one in the URL (use a ``secretKeyRef`` rather than the URL)."""
     heartbeat: int = Field(60, ge=0, le=65_535)
     """AMQP heartbeat in seconds: a silent peer is declared dead after about twice this (0: off)."""
     reconnect_interval: float = Field(1.0, gt=0)

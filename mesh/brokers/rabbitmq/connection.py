@@ -1,0 +1,345 @@
+"""The connection of a RabbitMQ broker: what its parts (consumers, ephemeral queues, groups) share.
+
+One :class:`RabbitMQConnection` per broker owns the aio-pika robust connection and the channels
+everyone publishes on, and carries what the parts need besides (settings, names, the binding,
+the client id). The parts take it instead of the broker.
+
+=================  =========================================  ===================================
+channel            publishes                                   confirms
+=================  =========================================  ===================================
+publish            events on topic exchanges (``publish``)     ``publisher_confirms`` (default on)
+control            nack copies, delayed copies, one-group     always, ``mandatory`` (a copy that
+                   replays, through the default exchange or   finds no queue comes back as an
+                   a ``_mesh.delay.<ms>`` exchange            error instead of vanishing)
+ephemeral          replies, presence, invocation requests     never (at most once, not persistent)
+scratch            delay-queue declarations, passive queue    a channel of its own that a refused
+                   look-ups                                   declaration may close
+=================  =========================================  ===================================
+
+Credentials: ``username``/``password`` options override the URL's. Every address shown (errors,
+``repr``) is :func:`~mesh.urls.mask_url`-ed or has no credentials at all (:attr:`address`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import math
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
+from aio_pika.exceptions import (
+    AMQPError,
+    AuthenticationError,
+    ChannelClosed,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    ProbableAuthenticationError,
+)
+from aiormq.abc import AbstractChannel
+from pamqp.commands import Basic
+
+from mesh.brokers.base import RESERVED_PREFIX
+from mesh.brokers.rabbitmq.options import RabbitMQOptions
+from mesh.codecs.binary import Binding
+from mesh.codecs.data import format_time
+from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
+from mesh.urls import mask_url
+
+__all__ = [
+    "DEFAULT_URL",
+    "EPHEMERAL_EXCHANGE",
+    "GONE",
+    "STOP_TIMEOUT",
+    "RabbitMQConnection",
+    "ack_queued",
+    "as_text",
+    "delay_ms",
+    "quietly",
+    "reason",
+    "unreadable",
+]
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+EPHEMERAL_EXCHANGE = RESERVED_PREFIX + "ephemeral"
+"""The direct exchange of the mesh's short-lived traffic (see :mod:`mesh.brokers.rabbitmq.ephemeral`)."""
+MAX_TTL_MS = 2**32 - 1
+STOP_TIMEOUT = 5.0
+"""Seconds a consumer's cancel or channel close may take (bounded while the broker is away)."""
+GONE = (ChannelInvalidStateError, AMQPError, ConnectionError)
+"""What a call on a channel or connection that went away raises."""
+
+
+class RabbitMQConnection:
+    """One broker's AMQP connection, its shared channels, and what its parts need to know."""
+
+    def __init__(
+        self,
+        url: str | None,
+        settings: RabbitMQOptions,
+        wire: Binding,
+        *,
+        namespace: str = "",
+        client_id: str = "mesh",
+    ) -> None:
+        self.url = url or DEFAULT_URL
+        self.settings = settings
+        self.wire = wire
+        """The binding in the configured content mode."""
+        self.namespace = namespace
+        self.client_id = client_id
+        self.timeout: float = settings.operation_timeout
+        self.delivery_mode = 2 if settings.persistent else 1
+        self.address = _address(self.url)
+        """Where the broker is, without credentials: ``host:port (vhost v)``."""
+        self.ephemeral_exchange = self.name_of(EPHEMERAL_EXCHANGE)
+        self._amqp: aio_pika.RobustConnection | None = None
+        self._pub: AbstractRobustChannel | None = None
+        self._ctl: AbstractRobustChannel | None = None
+        self._eph: AbstractRobustChannel | None = None
+        self._delays: dict[int, float] = {}
+
+    def name_of(self, topic: str) -> str:
+        """The broker-side name of a topic (the namespace prefix applied)."""
+        return self.namespace + topic if self.namespace else topic
+
+    def queue_of(self, topic: str, group: str) -> str:
+        """The durable queue of one group's subscription to a topic: ``<topic>.<group>``."""
+        return f"{self.name_of(topic)}.{group}"
+
+    def amqp(self) -> aio_pika.RobustConnection:
+        """The live aio-pika connection, or BrokerError when :meth:`connect` was not called."""
+        if self._amqp is None:
+            raise BrokerError("the rabbitmq broker is not connected: call connect() first")
+        return self._amqp
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect within ``connect_timeout`` (and open the shared channels) or raise BrokerConnectionError."""
+        if self._amqp is not None and not self._amqp.is_closed:
+            return
+        opts = self.settings
+        if urlsplit(self.url).scheme not in ("amqp", "amqps"):
+            why = f"the URL must start with amqp:// or amqps://: {mask_url(self.url)!r}"
+            raise BrokerConnectionError("rabbitmq", self.address, why)
+        query = {"heartbeat": opts.heartbeat, "reconnect_interval": opts.reconnect_interval}
+        target = aio_pika.connection.make_url(self.url)
+        target = target.update_query({k: v for k, v in query.items() if k not in target.query})
+        if opts.username is not None:
+            target = target.with_user(opts.username)
+        if opts.password is not None:
+            target = target.with_password(opts.password.get_secret_value())
+        conn = aio_pika.RobustConnection(target, client_properties={"connection_name": self.client_id})
+        try:
+            async with asyncio.timeout(opts.connect_timeout + 1.0):
+                await conn.connect(timeout=opts.connect_timeout)
+                self._pub = await conn.channel(publisher_confirms=opts.publisher_confirms)
+                self._ctl = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        except Exception as exc:  # every failure is one clear error
+            await quietly(conn.close())
+            raise BrokerConnectionError("rabbitmq", self.address, reason(exc, opts.connect_timeout)) from exc
+        self._amqp = conn
+
+    async def close(self) -> None:
+        """Close the connection (and with it every channel); idempotent."""
+        conn, self._amqp = self._amqp, None
+        self._pub = self._ctl = self._eph = None
+        self._delays.clear()
+        if conn is not None:
+            await quietly(conn.close())
+
+    async def channel(self) -> AbstractRobustChannel:
+        """A new robust channel without confirms (a consumer's own)."""
+        return await self.amqp().channel(publisher_confirms=False)
+
+    # -- publishing channels -----------------------------------------------------------------------
+
+    async def publish_channel(self) -> AbstractChannel:
+        """The live channel under the publish channel (callers cache it while it is open)."""
+        return await self._underlay(self._pub)
+
+    async def ephemeral_channel(self) -> AbstractChannel:
+        """The live unconfirmed channel for ephemeral publishing, with the exchange declared on it."""
+        if self._eph is None:
+            channel = await self.amqp().channel(publisher_confirms=False)
+            async with asyncio.timeout(self.timeout):
+                await channel.declare_exchange(self.ephemeral_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+            self._eph = channel
+        return await self._underlay(self._eph)
+
+    async def declare_topic(self, name: str) -> None:
+        """Declare a topic's durable topic exchange on the publish channel (bounded)."""
+        channel = self._pub
+        if channel is None:
+            raise BrokerError("the rabbitmq broker is not connected: call connect() first")
+        async with asyncio.timeout(self.timeout):
+            await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
+
+    async def _underlay(self, channel: AbstractRobustChannel | None) -> AbstractChannel:
+        """The live AMQP channel under a robust one, waiting (bounded) for a reconnection."""
+        if channel is None:
+            raise PublishError("the rabbitmq broker is not connected: call connect() first")
+        try:
+            async with asyncio.timeout(self.timeout):
+                await channel.ready()
+                return await channel.get_underlay_channel()
+        except TimeoutError as exc:
+            raise PublishError(f"rabbitmq at {self.address} is unreachable (reconnecting)") from exc
+
+    # -- control: copies for one queue, delayed or not -------------------------------------------
+
+    async def publish_control(self, body: bytes, exchange: str, key: str, props: Basic.Properties) -> None:
+        """Publish on the control channel: confirmed and mandatory (no queue for ``key`` is an error)."""
+        channel = await self._underlay(self._ctl)
+        await channel.basic_publish(
+            body, exchange=exchange, routing_key=key, properties=props, mandatory=True, timeout=self.timeout
+        )
+
+    async def publish_copy(self, body: bytes, props: Basic.Properties, queue: str, delay: float | None) -> None:
+        """Publish a copy for one queue (confirmed, mandatory), now or after ``delay`` seconds."""
+        if not delay or delay <= 0:
+            await self.publish_control(body, "", queue, props)
+            return
+        ms = delay_ms(delay, self.settings.delay_precision)
+        exchange = await self._delay_exchange(ms)
+        try:
+            await self.publish_control(body, exchange, queue, props)
+        except (aiormq.exceptions.PublishError, ChannelNotFoundEntity):
+            self._delays.pop(ms, None)  # the delay queue expired or was deleted: declare it again
+            exchange = await self._delay_exchange(ms)
+            await self.publish_control(body, exchange, queue, props)
+
+    async def _delay_exchange(self, ms: int) -> str:
+        """Declare ``_mesh.delay.<ms>`` (exchange + TTL queue) unless declared recently enough."""
+        name = self.name_of(f"{RESERVED_PREFIX}delay.{ms}")
+        loop = asyncio.get_running_loop()
+        expires = self.settings.delay_queue_expires
+        declared = self._delays.get(ms)
+        # Re-declaring keeps a queue in use from expiring (publishing to it does not count).
+        if declared is not None and (expires is None or loop.time() - declared < expires / 2):
+            return name
+        arguments: dict[str, Any] = {"x-message-ttl": ms, "x-dead-letter-exchange": ""}
+        if expires is not None:
+            arguments["x-expires"] = int(expires * 1000) + ms
+        connection = self.amqp()
+        async with asyncio.timeout(self.timeout):
+            await connection.ready()
+            try:
+                await self._declare_delay_queue(name, arguments)
+            except ChannelPreconditionFailed:
+                # Declared by an app with another delay_queue_expires: use it as it is.
+                await self._declare_delay_queue(name, None)
+        self._delays[ms] = loop.time()
+        return name
+
+    async def _declare_delay_queue(self, name: str, arguments: dict[str, Any] | None) -> None:
+        """Declare a delay exchange and queue (passively when ``arguments`` is None), bound.
+
+        The declaration is not restored after a reconnection; a copy that finds no queue is
+        returned (mandatory) and the queue declared again.
+        """
+        async with self._scratch() as channel:
+            exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
+            queue = await channel.declare_queue(name, durable=True, arguments=arguments, passive=arguments is None)
+            await queue.bind(exchange, routing_key="")
+
+    async def queue_exists(self, name: str) -> bool:
+        """Whether a queue exists (a passive declare, bounded); other failures raise as they are."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.amqp().ready()
+                async with self._scratch() as channel:
+                    await channel.declare_queue(name, passive=True)
+        except (ChannelNotFoundEntity, ChannelClosed):
+            return False
+        return True
+
+    @contextlib.asynccontextmanager
+    async def _scratch(self) -> AsyncIterator[aio_pika.Channel]:
+        """A short-lived channel of its own: a refused declaration closes only it."""
+        channel = aio_pika.Channel(self.amqp(), publisher_confirms=False)
+        try:
+            await channel.initialize()
+            yield channel
+        finally:
+            await quietly(channel.close())
+
+
+def _address(url: str) -> str:
+    """``host:port (vhost v)`` of an AMQP URL: no credentials."""
+    parts = urlsplit(url)
+    vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672} (vhost {vhost})"
+
+
+async def ack_queued(message: AbstractIncomingMessage) -> None:
+    """Ack ``message``: the frame is queued for the connection's writer, not waited for.
+
+    aio-pika's ``ack()`` waits until the frame is written, one loop turn per message; without
+    the wait the loop takes the next message at once and the writer sends a burst's acks
+    together. An ack lost with the connection is a redelivery either way.
+    """
+    tag = message.delivery_tag
+    if tag is not None:  # None: consumed with no_ack, nothing to settle
+        await message.channel.basic_ack(delivery_tag=tag, wait=False)
+
+
+def delay_ms(delay: float, precision: int) -> int:
+    """A delay in whole milliseconds, rounded up to ``precision`` significant digits.
+
+    >>> delay_ms(0.5, 2), delay_ms(1.234, 2), delay_ms(0.0001, 2)
+    (500, 1300, 1)
+    """
+    ms: int = max(1, math.ceil(delay * 1000))
+    step: int = 10 ** max(0, len(str(ms)) - precision)
+    return min(MAX_TTL_MS, -(-ms // step) * step)
+
+
+def as_text(headers: Mapping[str, Any]) -> dict[str, str | bytes]:
+    """AMQP header values (ints, booleans, timestamps, tables) as the strings the codec reads."""
+    out: dict[str, str | bytes] = {}
+    for name, value in headers.items():
+        if isinstance(value, str | bytes):
+            out[name] = value
+        elif isinstance(value, bool):
+            out[name] = "true" if value else "false"
+        elif isinstance(value, bytearray | memoryview):
+            out[name] = bytes(value)
+        elif isinstance(value, datetime):
+            out[name] = format_time(value if value.tzinfo else value.replace(tzinfo=UTC))
+        else:
+            out[name] = str(value)
+    return out
+
+
+def unreadable(exc: Exception, body: bytes) -> DecodeError:
+    """The decode error of a message the codec choked on (foreign input never stops a consumer)."""
+    return DecodeError(f"unreadable message: {type(exc).__name__}: {exc}", bytes(body))
+
+
+def reason(exc: BaseException, timeout: float) -> str:
+    """A one-line reason for a client error, credentials masked."""
+    if isinstance(exc, ProbableAuthenticationError | AuthenticationError):
+        return "authentication failed: check the user name and password"
+    if isinstance(exc, aiormq.exceptions.ConnectionNotAllowed):
+        return f"access refused (does the virtual host exist and may this user use it?): {mask_url(exc)}"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g}s"
+    if isinstance(exc, ConnectionRefusedError) or (exc.args and exc.args[0] == errno.ECONNREFUSED):
+        return "connection refused (is RabbitMQ running on that port?)"
+    text = mask_url(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+async def quietly(awaitable: Any) -> None:
+    """Await ``awaitable`` and ignore its failure (closing what is already broken)."""
+    with contextlib.suppress(Exception):
+        await awaitable
