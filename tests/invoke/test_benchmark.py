@@ -18,6 +18,7 @@ def test_invoke_benchmark_prints_a_table_for_the_mesh(capsys: pytest.CaptureFixt
 
 @pytest.mark.nats
 def test_invoke_benchmark_shows_raw_faststream_and_mesh_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("faststream", reason="the FastStream rows need the bench extra: pip install '.[bench]'")
     if not reachable(DEFAULT_URLS["nats"], 4222):
         unavailable("nats")
     rows = invoke.main(["--brokers", "nats", "--n", "20", "--calls", "40", "--concurrency", "5"])
