@@ -148,13 +148,14 @@ class Binding:
         return header
 
     def attribute_of(self, header: str) -> str:
-        """The attribute a header carries under the written prefix, exact case; ``""`` if none."""
+        """The attribute a header carries under the written prefix, in any case; ``""`` if none."""
         attr = self._attr_of.get(header)
         if attr is None:
             prefix = self.write_prefix
             if type(header) is not str:  # a broker client may hand over bytes or worse: not ours
                 return ""
-            attr = header[len(prefix) :].lower() if header.startswith(prefix) else ""
+            low = header.lower()  # any case: cached per header name, so the hot path never pays
+            attr = low[len(prefix) :] if low.startswith(prefix.lower()) else ""
             if len(self._attr_of) < 1024:  # foreign producers' header names must not grow it forever
                 self._attr_of[header] = attr
         return attr
