@@ -117,11 +117,14 @@ def decode_data(body: bytes, content_type: str | None) -> Any:
             return None
         return "" if content_type.startswith("text/") else b""
     if is_json(content_type):
+        if type(body) is not bytes:
+            body = bytes(body)
         try:
             value = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"invalid JSON data: {exc}", bytes(body)) from exc
-        check_json(body if type(body) is bytes else bytes(body), value, 1)
+        if body.translate(_CLASSES).count(b"0") > 18 or len(body) > _SHORTEST_DEEP:  # inlined: the hot path
+            check_json(body, value, 1)
         return value
     if content_type is not None and content_type.startswith("text/"):
         try:
@@ -181,6 +184,7 @@ def parse_time(text: str) -> datetime:
 _CLASSES = bytes(ord("0") if chr(i).isdigit() and i < 128 else ord("[") if i in b"[{" else ord(" ") for i in range(256))
 _DIGIT_RUN = b"0" * 19  # the shortest integer that may fall outside 64 bits
 _DEPTH = 254  # orjson writes this many levels and refuses more
+_SHORTEST_DEEP = 2 * (_DEPTH - 1)  # JSON nested too deep to write back is at least this long
 
 
 def check_json(body: bytes, value: Any, nesting: int) -> None:

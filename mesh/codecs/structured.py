@@ -30,7 +30,17 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from mesh.codecs.data import check_json, format_time, is_json, json_dumps, parse_time, unreadable
+from mesh.codecs.data import (
+    _CLASSES,
+    _DIGIT_RUN,
+    _SHORTEST_DEEP,
+    check_json,
+    format_time,
+    is_json,
+    json_dumps,
+    parse_time,
+    unreadable,
+)
 from mesh.errors import DecodeError
 from mesh.event import READ_NAME, Event, ExtensionValue
 
@@ -189,7 +199,8 @@ def from_structured(body: bytes | str) -> Event:
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"invalid JSON: {exc}", raw) from exc
     try:
-        check_json(raw, doc, 0)
+        if len(raw) > _SHORTEST_DEEP or _DIGIT_RUN in raw.translate(_CLASSES):
+            check_json(raw, doc, 0)
         return _from_doc(doc)
     except DecodeError as exc:
         exc.raw = raw
