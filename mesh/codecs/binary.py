@@ -5,6 +5,29 @@ content type (each adapter puts it in its transport's slot). A :class:`Binding` 
 prefix a protocol writes and the ones it reads; the per-broker modules beside this one are
 instances of it. Everything here is pure: no broker client is imported.
 
+Every public reader returns an :class:`~mesh.event.Event` or raises
+:class:`~mesh.errors.DecodeError`, for any input, and what it returns can be encoded again in
+either content mode (the dead-letter step re-encodes it). What the reader does with odd input:
+
+=====================================  ===================================================
+input                                  read as
+=====================================  ===================================================
+header value ``None`` (Kafka)          absent (never the text ``"None"``)
+``bytes`` value                        UTF-8 text; not UTF-8: ``DecodeError``
+``bool`` / ``int`` / ``datetime``      canonical string (``true``, ``42``, RFC 3339; naive = UTC)
+any other value type (list, float...)  ``DecodeError`` naming the header (only for attributes)
+header name that is not ``str``        not an attribute (ignored)
+prefix or name in any case             read (``ce_Type`` is ``type``); the last one wins
+``ce_data`` / ``ce-data``              ``DecodeError``: ``data`` is no extension name
+extension name not ``[a-z0-9]+``       ``DecodeError``
+content type ``bytes``                 UTF-8 text; any other non-``str`` type: ``DecodeError``
+JSON data: integer beyond 64 bits      ``DecodeError`` (orjson would make it a float, and
+                                       refuses to write it back)
+JSON nested 254+ levels                ``DecodeError`` (cannot be written back)
+anything else unexpected               ``DecodeError("unreadable message: ...")``, never
+                                       another exception
+=====================================  ===================================================
+
 >>> from mesh.event import Event
 >>> KAFKA = Binding(write_prefix="ce_")
 >>> msg = to_binary(Event(type="t", source="/s", id="1", data={"a": 1}), KAFKA)
@@ -17,17 +40,25 @@ instances of it. Everything here is pure: no broker client is imported.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-import orjson
-
-from mesh.codecs.data import canonical, decode_data, encode_data, format_time, is_json, parse_time
+from mesh.codecs.data import (
+    canonical,
+    content_type_text,
+    decode_data,
+    encode_data,
+    format_time,
+    is_json,
+    parse_time,
+    shown_headers,
+    unreadable,
+)
 from mesh.codecs.structured import CONTENT_TYPE, from_structured, to_structured
 from mesh.errors import DecodeError
-from mesh.event import READ_NAME, Event, new_id
+from mesh.event import READ_NAME, RESERVED, Event, new_id
 
 __all__ = [
     "LEGACY_TYPE",
@@ -117,11 +148,14 @@ class Binding:
         return header
 
     def attribute_of(self, header: str) -> str:
-        """The attribute a header carries under the written prefix, exact case; ``""`` if none."""
+        """The attribute a header carries under the written prefix, in any case; ``""`` if none."""
         attr = self._attr_of.get(header)
         if attr is None:
             prefix = self.write_prefix
-            attr = header[len(prefix) :] if header.startswith(prefix) else ""
+            if type(header) is not str:  # a broker client may hand over bytes or worse: not ours
+                return ""
+            low = header.lower()  # any case: cached per header name, so the hot path never pays
+            attr = low[len(prefix) :] if low.startswith(prefix.lower()) else ""
             if len(self._attr_of) < 1024:  # foreign producers' header names must not grow it forever
                 self._attr_of[header] = attr
         return attr
@@ -180,22 +214,27 @@ def encode(event: Event, binding: Binding) -> WireMessage:
     return to_binary(event, binding)
 
 
-def _text(value: object, name: str) -> str:
-    """A header value as text: bytes are UTF-8; AMQP's typed values get their canonical form."""
+def _text(value: object, name: object) -> str | None:
+    """A header value as text (see the table above); ``None`` for a value that is absent."""
     if isinstance(value, str):
         return value
+    if value is None:
+        return None
     if isinstance(value, bytes | bytearray | memoryview):
         try:
             return bytes(value).decode()
         except UnicodeDecodeError as exc:
             raise DecodeError(f"header {name!r} is not UTF-8") from exc
-    if isinstance(value, bool | int | datetime):
+    if isinstance(value, datetime):
+        return format_time(value if value.tzinfo is not None else value.replace(tzinfo=UTC))
+    if isinstance(value, bool | int):
         return canonical(value)
-    return str(value)
+    raise DecodeError(f"header {name!r} holds a {type(value).__name__}, which is no attribute value")
 
 
 def _attributes(msg: WireMessage, binding: Binding) -> dict[str, str]:
-    """The CloudEvents attributes among the headers, by the first prefix that has any."""
+    """The CloudEvents attributes among the headers, by the written prefix (exact case) or else
+    by the first listed prefix that has any (any case)."""
     table, attribute_of = binding._attr_of, binding.attribute_of
     attrs: dict[str, str] = {}
     try:
@@ -209,22 +248,34 @@ def _attributes(msg: WireMessage, binding: Binding) -> dict[str, str]:
                 elif type(value) is bytes:
                     attrs[attr] = value.decode()
                 else:
-                    attrs[attr] = _text(value, name)
+                    text = _text(value, name)
+                    if text is not None:
+                        attrs[attr] = text
     except UnicodeDecodeError:
-        attrs = {}
         for name, value in msg.headers.items():  # again, to name the header that is not UTF-8
             if attribute_of(name):
                 _text(value, name)
     if attrs:
-        _trace_headers(msg, attrs)
+        if "traceparent" in msg.headers:
+            _trace_headers(msg, attrs)
         return attrs
-    for prefix in (binding.write_prefix, *binding.read_prefixes):  # any case, every listed prefix
+    return _attributes_any_case(msg, binding)
+
+
+def _attributes_any_case(msg: WireMessage, binding: Binding) -> dict[str, str]:
+    """The attributes by the first listed prefix that has any, prefix and name in any case."""
+    attrs: dict[str, str] = {}
+    for prefix in (binding.write_prefix, *binding.read_prefixes):
         low = prefix.lower()
         n = len(low)
         for name, value in msg.headers.items():
+            if type(name) is not str:
+                continue
             lname = name.lower()
             if lname.startswith(low) and lname[n:] not in attrs:
-                attrs[lname[n:]] = value if type(value) is str else _text(value, name)
+                text = _text(value, name)
+                if text is not None:
+                    attrs[lname[n:]] = text
         if attrs:
             break
     _trace_headers(msg, attrs)
@@ -234,45 +285,70 @@ def _attributes(msg: WireMessage, binding: Binding) -> dict[str, str]:
 def _trace_headers(msg: WireMessage, attrs: dict[str, str]) -> None:
     headers = msg.headers
     if "traceparent" in headers and "traceparent" not in attrs:
-        attrs["traceparent"] = _text(headers["traceparent"], "traceparent")
+        parent = _text(headers["traceparent"], "traceparent")
+        if parent is None:
+            return
+        attrs["traceparent"] = parent
         if "tracestate" in headers and "tracestate" not in attrs:
-            attrs["tracestate"] = _text(headers["tracestate"], "tracestate")
+            state = _text(headers["tracestate"], "tracestate")
+            if state is not None:
+                attrs["tracestate"] = state
 
 
 def from_binary(msg: WireMessage, binding: Binding) -> Event:
     """An event from prefixed headers and a body; raises :class:`DecodeError` when unreadable."""
-    attrs = _attributes(msg, binding)
-    specversion = attrs.pop("specversion", None)
-    if specversion != "1.0":
-        raise DecodeError(f"unsupported or missing specversion {specversion!r}")
-    ev_id = attrs.pop("id", None)
-    source = attrs.pop("source", None)
-    ev_type = attrs.pop("type", None)
-    if not ev_id or not source or not ev_type:
-        missing = [k for k, v in (("id", ev_id), ("source", source), ("type", ev_type)) if not v]
-        raise DecodeError(f"missing required attribute(s): {', '.join(missing)}")
-    time = attrs.pop("time", None)
-    declared = attrs.pop("datacontenttype", None)  # the transport's content-type slot wins
-    subject = attrs.pop("subject", None)
-    dataschema = attrs.pop("dataschema", None)
-    for name in attrs:
-        if name not in _READ_NAMES:
-            if not READ_NAME.match(name):
-                raise DecodeError(f"invalid attribute name {name!r}")
-            if len(_READ_NAMES) < 1024:
-                _READ_NAMES.add(name)
-    content_type = msg.content_type or declared
-    return Event._trusted(
-        type=ev_type,
-        source=source,
-        id=ev_id,
-        data=decode_data(msg.body, content_type),
-        subject=subject,
-        time=parse_time(time) if time else None,
-        datacontenttype=content_type,
-        dataschema=dataschema,
-        extensions=attrs,  # type: ignore[arg-type]
-    )
+    try:
+        attrs = _attributes(msg, binding)
+        specversion = attrs.pop("specversion", None)
+        ev_id = attrs.pop("id", None)
+        source = attrs.pop("source", None)
+        ev_type = attrs.pop("type", None)
+        if specversion != "1.0" or not ev_id or not source or not ev_type:
+            # Some headers in another case or prefix than the written one: read them all that way.
+            attrs = _attributes_any_case(msg, binding)
+            specversion = attrs.pop("specversion", None)
+            if specversion != "1.0":
+                raise DecodeError(f"unsupported or missing specversion {specversion!r}")
+            ev_id, source, ev_type = attrs.pop("id", None), attrs.pop("source", None), attrs.pop("type", None)
+            if not ev_id or not source or not ev_type:
+                missing = [k for k, v in (("id", ev_id), ("source", source), ("type", ev_type)) if not v]
+                raise DecodeError(f"missing required attribute(s): {', '.join(missing)}")
+        time = attrs.pop("time", None)
+        declared = attrs.pop("datacontenttype", None)  # the transport's content-type slot wins
+        subject = attrs.pop("subject", None)
+        dataschema = attrs.pop("dataschema", None)
+        for name in attrs:
+            if name not in _READ_NAMES:
+                if not READ_NAME.match(name) or name in RESERVED:
+                    raise DecodeError(f"invalid extension name {name!r}")
+                if len(_READ_NAMES) < 1024:
+                    _READ_NAMES.add(name)
+        content_type = msg.content_type or declared
+        if type(content_type) is not str and content_type is not None:
+            content_type = content_type_text(content_type)
+        when = None
+        if time:
+            try:
+                when = datetime.fromisoformat(time)  # parse_time inlined (the hot path); it explains errors
+            except ValueError:
+                when = parse_time(time)
+            if when.tzinfo is None:
+                when = parse_time(time)
+        return Event._trusted(  # positional: the hot path
+            ev_type,
+            source,
+            ev_id,
+            decode_data(msg.body, content_type),
+            subject,
+            when,
+            content_type,
+            dataschema,
+            attrs,  # type: ignore[arg-type]
+        )
+    except DecodeError:
+        raise
+    except Exception as exc:  # a safety net: the cases above are meant to leave nothing here
+        raise unreadable(exc, msg.body, msg.headers) from exc
 
 
 _READ_NAMES: set[str] = set()
@@ -286,56 +362,81 @@ def _base_type(content_type: str | None) -> str:
 
 def is_cloudevent(msg: WireMessage, binding: Binding) -> bool:
     """Whether the message claims to be a CloudEvent in either content mode."""
-    ct = _base_type(msg.content_type)
-    if ct in (CONTENT_TYPE, BATCH_CONTENT_TYPE):
+    content_type = msg.content_type
+    if isinstance(content_type, str) and _base_type(content_type) in (CONTENT_TYPE, BATCH_CONTENT_TYPE):
         return True
-    names = {n.lower() for n in msg.headers}
+    return _claims_binary(msg, binding)
+
+
+def _claims_binary(msg: WireMessage, binding: Binding) -> bool:
+    """Whether a ``specversion`` header is there under any listed prefix, in any case."""
+    names = {n.lower() for n in msg.headers if type(n) is str}
     return any(p.lower() + "specversion" in names for p in binding.prefixes())
 
 
 def wrap_legacy(msg: WireMessage, topic: str, fallback_id: str | None = None) -> Event:
-    """A CloudEvent around a message that is not one (type :data:`LEGACY_TYPE`)."""
-    content_type = msg.content_type
-    body = msg.body
-    data: Any
-    if content_type is None:
-        try:
-            data = orjson.loads(body) if body else None
-            content_type = "application/json" if body else None
-        except orjson.JSONDecodeError:
-            data = bytes(body)
-            content_type = "application/octet-stream"
-    else:
-        data = decode_data(body, content_type)
-    return Event._trusted(
-        type=LEGACY_TYPE,
-        source=f"/mesh/legacy/{topic}",
-        id=fallback_id or new_id(),
-        data=data,
-        subject=msg.key,
-        time=None,
-        datacontenttype=content_type,
-        dataschema=None,
-        extensions={},
-    )
+    """A CloudEvent around a message that is not one (type :data:`LEGACY_TYPE`).
+
+    Without a content type, a body that is JSON the mesh can write back is JSON data, anything
+    else bytes (``application/octet-stream``). A key that is not text becomes no subject.
+    """
+    try:
+        content_type = msg.content_type
+        body = msg.body
+        data: Any
+        if content_type is None:
+            try:
+                data = decode_data(body, "application/json") if body else None
+                content_type = "application/json" if body else None
+            except DecodeError:
+                data = bytes(body)
+                content_type = "application/octet-stream"
+        else:
+            if type(content_type) is not str:
+                content_type = content_type_text(content_type)
+            data = decode_data(body, content_type)
+        key = msg.key
+        if key is not None and type(key) is not str:
+            try:
+                key = _text(key, "key")
+            except DecodeError:
+                key = None
+        return Event._trusted(
+            type=LEGACY_TYPE,
+            source=f"/mesh/legacy/{topic}",
+            id=fallback_id if fallback_id and type(fallback_id) is str else new_id(),
+            data=data,
+            subject=key or None,
+            time=None,
+            datacontenttype=content_type,
+            dataschema=None,
+            extensions={},
+        )
+    except DecodeError:
+        raise
+    except Exception as exc:  # a safety net, as in from_binary
+        raise unreadable(exc, msg.body, msg.headers) from exc
 
 
 def decode(msg: WireMessage, binding: Binding, topic: str = "", fallback_id: str | None = None) -> Event:
     """Read any form: structured, binary with any listed prefix, or a legacy message (wrapped).
 
     Raises :class:`DecodeError`, with the raw bytes and headers attached, for a message that
-    claims to be a CloudEvent and is not a valid one, or whose data does not match its type.
+    claims to be a CloudEvent and is not a valid one, or whose data does not match its type;
+    never another exception, whatever the input.
     """
     try:
         if binding.h_specversion in msg.headers:  # the common case first
             return from_binary(msg, binding)
-        ct = _base_type(msg.content_type)
+        content_type = msg.content_type
+        if type(content_type) is not str and content_type is not None:
+            content_type = content_type_text(content_type)
+        ct = _base_type(content_type)
         if ct == CONTENT_TYPE:
             return from_structured(msg.body)
         if ct == BATCH_CONTENT_TYPE:
             raise DecodeError("batched CloudEvents are not supported on a subscription")
-        names = {n.lower() for n in msg.headers}
-        if any(p.lower() + "specversion" in names for p in binding.prefixes()):
+        if _claims_binary(msg, binding):
             return from_binary(msg, binding)
         if ct == "" and msg.body[:1] == b"{" and b'"specversion"' in msg.body:
             try:
@@ -345,10 +446,10 @@ def decode(msg: WireMessage, binding: Binding, topic: str = "", fallback_id: str
         return wrap_legacy(msg, topic, fallback_id)
     except DecodeError as exc:
         exc.raw = bytes(msg.body)
-        exc.headers = {k: v if isinstance(v, str) else v.decode("utf-8", "replace") for k, v in msg.headers.items()}
+        exc.headers = shown_headers(msg.headers)
         raise
-    except Exception as exc:
-        raise DecodeError(f"unreadable message: {type(exc).__name__}: {exc}", bytes(msg.body)) from exc
+    except Exception as exc:  # a safety net, as in from_binary
+        raise unreadable(exc, msg.body, msg.headers) from exc
 
 
 def binary_is_json(msg: WireMessage) -> bool:

@@ -1,8 +1,27 @@
-"""Event data to bytes and back, by ``datacontenttype``; shared by every binding."""
+"""Event data to bytes and back, by ``datacontenttype``; shared by every binding.
+
+JSON data is read by orjson, which turns an integer beyond 64 bits into a float and refuses to
+write one back, and which writes at most 254 levels of nesting. So reading JSON refuses what
+writing would refuse, on a path the common message never takes:
+
+=====================================  ==============================================
+JSON body                              read as
+=====================================  ==============================================
+integer in ``[-2**63, 2**64)``         ``int``, exact
+integer outside it                     ``DecodeError`` (never a silent float)
+nested 254+ levels (253 for data,      ``DecodeError`` (not ``RecursionError`` when
+which structured mode nests once)      written back)
+=====================================  ==============================================
+
+The check runs only when a cheap scan of the bytes finds a run of 19 digits or more than 250
+brackets; a precise check (stdlib ``json`` for the integers) follows only then.
+"""
 
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
@@ -15,11 +34,15 @@ from mesh.event import Event, ExtensionValue
 
 __all__ = [
     "canonical",
+    "check_json",
+    "content_type_text",
     "decode_data",
     "encode_data",
     "is_json",
     "json_dumps",
     "parse_time",
+    "shown_headers",
+    "unreadable",
 ]
 
 
@@ -94,10 +117,15 @@ def decode_data(body: bytes, content_type: str | None) -> Any:
             return None
         return "" if content_type.startswith("text/") else b""
     if is_json(content_type):
+        if type(body) is not bytes:
+            body = bytes(body)
         try:
-            return orjson.loads(body)
+            value = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise DecodeError(f"invalid JSON data: {exc}", bytes(body)) from exc
+        if body.translate(_CLASSES).count(b"0") > 18 or len(body) > _SHORTEST_DEEP:  # inlined: the hot path
+            check_json(body, value, 1)
+        return value
     if content_type is not None and content_type.startswith("text/"):
         try:
             return bytes(body).decode()
@@ -151,3 +179,82 @@ def parse_time(text: str) -> datetime:
     if value.tzinfo is None:
         raise DecodeError(f"'time' has no offset: {text!r}")
     return value
+
+
+_CLASSES = bytes(ord("0") if chr(i).isdigit() and i < 128 else ord("[") if i in b"[{" else ord(" ") for i in range(256))
+_DIGIT_RUN = b"0" * 19  # the shortest integer that may fall outside 64 bits
+_DEPTH = 254  # orjson writes this many levels and refuses more
+_SHORTEST_DEEP = 2 * (_DEPTH - 1)  # JSON nested too deep to write back is at least this long
+
+
+def check_json(body: bytes, value: Any, nesting: int) -> None:
+    """Refuse JSON the mesh could not write back: integers beyond 64 bits, too deep a nesting
+    (``nesting`` more levels are added when the value is written: 1 for data).
+
+    The common document costs one ``translate`` of its bytes; the precise checks run only on a hit.
+    """
+    classes = body.translate(_CLASSES)
+    if len(body) > 2 * (_DEPTH - nesting) and classes.count(b"[") > _DEPTH - nesting - 1:
+        wrapped = value
+        for _ in range(nesting):
+            wrapped = [wrapped]
+        try:
+            orjson.dumps(wrapped)
+        except TypeError as exc:
+            raise DecodeError(f"JSON nested deeper than {_DEPTH - nesting} levels", body) from exc
+    if _DIGIT_RUN in classes:
+        try:
+            json.loads(body, parse_int=_int64)
+        except (ValueError, RecursionError) as exc:
+            reason = exc.reason if isinstance(exc, DecodeError) else str(exc)
+            raise DecodeError(reason, body) from exc
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise DecodeError(f"JSON integer {text[:40]} is beyond 64 bits (it would be read as a float)")
+    return value
+
+
+def content_type_text(value: object) -> str:
+    """A content type from a transport slot that did not hold ``str``: UTF-8 bytes, else an error."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode()
+        except UnicodeDecodeError as exc:
+            raise DecodeError("the content type is not UTF-8") from exc
+    raise DecodeError(f"the content type is a {type(value).__name__}, not text")
+
+
+def shown_headers(headers: Mapping[Any, Any]) -> dict[str, str]:
+    """Headers as text for an error or a dead letter: a ``None`` value is left out, bytes are
+    decoded leniently, any other value is shown by ``str``; never raises."""
+    out: dict[str, str] = {}
+    try:
+        for name, value in headers.items():
+            if value is None:
+                continue
+            key = name if isinstance(name, str) else _lenient(name)
+            out[key] = value if isinstance(value, str) else _lenient(value)
+    except Exception:  # a mapping that fails while iterated: keep what was read
+        out.setdefault("<unreadable headers>", "")
+    return out
+
+
+def _lenient(value: object) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    try:
+        return str(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+
+
+def unreadable(exc: BaseException, body: object, headers: object) -> DecodeError:
+    """The :class:`DecodeError` for an exception no check foresaw (a reader's safety net)."""
+    raw = bytes(body) if isinstance(body, bytes | bytearray | memoryview) else b""
+    shown = shown_headers(headers) if isinstance(headers, Mapping) else {}
+    return DecodeError(f"unreadable message: {type(exc).__name__}: {exc}"[:1000], raw, shown)

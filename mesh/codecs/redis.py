@@ -3,6 +3,10 @@
 Binary mode: one field per attribute ``ce_<attr>``, ``content-type`` and ``data``. Structured mode:
 one ``event`` field holding the JSON. Pure functions; no Redis client here.
 
+:func:`from_fields` returns a wire message or raises :class:`~mesh.errors.DecodeError` for any
+fields (names and values ``bytes`` or ``str``; anything else is refused); :func:`lossy` never
+raises.
+
 >>> from mesh.codecs.binary import WireMessage
 >>> to_fields(WireMessage(b"{}", {"ce_id": "1"}, None, "application/json"))
 ['ce_id', '1', 'content-type', 'application/json', 'data', b'{}']
@@ -12,6 +16,7 @@ one ``event`` field holding the JSON. Pure functions; no Redis client here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -47,7 +52,20 @@ def _text(value: bytes, what: str) -> str:
         raise DecodeError(f"{what} is not UTF-8", bytes(value)) from exc
 
 
-def from_fields(fields: dict[bytes, bytes]) -> WireMessage:
+def _bytes(value: object, what: str) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return value.encode()
+        except UnicodeEncodeError as exc:
+            raise DecodeError(f"{what} is not text that UTF-8 can hold") from exc
+    raise DecodeError(f"{what} is a {type(value).__name__}, not bytes")
+
+
+def from_fields(fields: Mapping[Any, Any]) -> WireMessage:
     """The wire message an entry's fields stand for.
 
     Binary entries (a ``ce_specversion`` field): headers = every field but ``data`` and
@@ -56,21 +74,25 @@ def from_fields(fields: dict[bytes, bytes]) -> WireMessage:
     JSON object. Raises :class:`DecodeError` for field names or texts that are not UTF-8.
     """
     if len(fields) == 1 and b"event" in fields:
-        return WireMessage(fields[b"event"], {}, None, CONTENT_TYPE)
+        return WireMessage(_bytes(fields[b"event"], "the event field"), {}, None, CONTENT_TYPE)
     headers: dict[str, bytes] = {}
     body = b""
     content_type: str | None = None
+    has_data = False
     try:
         for name, value in fields.items():
+            if type(name) is not bytes:
+                name = _bytes(name, "a field name")
             if name == b"data":
-                body = value
+                body = _bytes(value, "the data field")
+                has_data = True
             elif name == b"content-type":
-                content_type = value.decode()
+                content_type = _bytes(value, "the content-type field").decode()
             else:
-                headers[name.decode()] = value
+                headers[name.decode()] = value if type(value) is bytes else _bytes(value, f"field {name!r}")
     except UnicodeDecodeError as exc:
-        raise DecodeError(f"a field name or the content-type is not UTF-8: {exc}", exc.object) from exc
-    if _SPECVERSION in headers or b"data" in fields:
+        raise DecodeError(f"a field name or the content-type is not UTF-8: {exc}", bytes(exc.object)) from exc
+    if _SPECVERSION in headers or has_data:
         return WireMessage(body, headers, None, content_type)
     obj = {name: _text(value, f"field {name!r}") for name, value in headers.items()}
     if content_type is not None:
@@ -78,9 +100,24 @@ def from_fields(fields: dict[bytes, bytes]) -> WireMessage:
     return WireMessage(orjson.dumps(obj), headers, None, "application/json")
 
 
-def lossy(fields: dict[bytes, bytes]) -> WireMessage:
+def lossy(fields: Mapping[Any, Any]) -> WireMessage:
     """The raw entry as well as it can be shown, for a delivery that could not be decoded."""
-    headers: dict[str, str | bytes] = {
-        k.decode("utf-8", "replace"): v for k, v in fields.items() if k not in (b"data", b"event")
-    }
-    return WireMessage(fields.get(b"data", fields.get(b"event", b"")), headers)
+    headers: dict[str, str | bytes] = {}
+    body = b""
+    for name, value in fields.items():
+        if value is None:
+            continue
+        key = (
+            name
+            if isinstance(name, str)
+            else bytes(name).decode("utf-8", "replace")
+            if isinstance(name, bytes | bytearray | memoryview)
+            else repr(name)
+        )
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8", "replace")
+        if key in ("data", "event"):
+            if key == "data" or not body:
+                body = raw
+        else:
+            headers[key] = raw
+    return WireMessage(body, headers)
