@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 
 from mesh import extensions as ext
+from mesh.codecs.data import shown_headers
 from mesh.errors import DeadLetter, DecodeError
 from mesh.event import Event, now
 from mesh.hooks import hookimpl
@@ -53,11 +54,11 @@ def mesh_dead_letter_event(context: Context, error: BaseException | None) -> Eve
     event = context.event
     if event is None:
         raw = context.delivery.raw
-        headers = dict(error.headers) if isinstance(error, DecodeError) else {}
+        headers = shown_headers(error.headers) if isinstance(error, DecodeError) else {}
         if raw is not None and not headers:
-            headers = {k: v if isinstance(v, str) else v.decode("utf-8", "replace") for k, v in raw.headers.items()}
+            headers = shown_headers(raw.headers)
         if raw is not None and raw.content_type:
-            headers.setdefault("content-type", raw.content_type)
+            headers.setdefault("content-type", shown_headers({"c": raw.content_type}).get("c", ""))
         body = raw.body if raw is not None else (error.raw if isinstance(error, DecodeError) else b"")
         return Event(
             UNDECODABLE_TYPE,

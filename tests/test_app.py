@@ -299,6 +299,24 @@ async def test_a_delivery_that_can_never_be_dead_lettered_is_parked_not_spun(
     assert calls == parked_at == settle.DEAD_LETTER_ATTEMPTS, "parked: no further handler calls"
 
 
+async def test_a_dead_letter_over_the_size_limit_becomes_a_bounded_stub(cfg: dict[str, Any]) -> None:
+    app = App("svc", config={**with_retry(cfg, attempts=1), "max_event_bytes": 20_000})
+
+    @app.subscribe("jobs")
+    async def work(event: Event) -> None:
+        raise RuntimeError("cannot handle it")
+
+    body = bytes(range(256)) * 400  # 102,400 bytes from a producer that ignores the limit
+    async with app:
+        await app.broker.publish_raw("jobs", WireMessage(body, content_type="application/octet-stream"))  # type: ignore[attr-defined]
+        await app.join()
+    [dead] = app.broker.dead_letters("jobs")  # type: ignore[attr-defined]
+    assert dead.type == "mesh.deadletter.stub"
+    assert dead.extensions["mesherrortype"] == "RuntimeError"
+    assert dead.data["size"] == len(body)
+    assert "max_event_bytes" in dead.data["reason"]
+
+
 async def test_app_stop_cancels_stuck_handlers_after_the_drain_timeout_and_gives_them_back(cfg: dict[str, Any]) -> None:
     app = App("svc", config=cfg)
     started, cancelled = asyncio.Event(), asyncio.Event()

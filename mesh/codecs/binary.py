@@ -51,7 +51,6 @@ from mesh.codecs.data import (
     decode_data,
     encode_data,
     format_time,
-    is_json,
     parse_time,
     shown_headers,
     unreadable,
@@ -451,7 +450,3 @@ def decode(msg: WireMessage, binding: Binding, topic: str = "", fallback_id: str
     except Exception as exc:  # a safety net, as in from_binary
         raise unreadable(exc, msg.body, msg.headers) from exc
 
-
-def binary_is_json(msg: WireMessage) -> bool:
-    """Whether the body is JSON by its content type."""
-    return is_json(msg.content_type)

@@ -29,8 +29,10 @@ import logging
 from collections import OrderedDict
 from datetime import datetime
 
+from mesh.codecs.stub import oversize_stub, undecodable_stub
 from mesh.errors import DeadLetter, EncodeError, EventError, PluginError
 from mesh.event import Event, now
+from mesh.extensions import DEAD_LETTER_EXTENSIONS
 from mesh.types import Context, Decision, Handle
 
 __all__ = ["FALLBACK_REDELIVERY", "FailureMemory", "dead_letter", "failed", "outcome", "settling"]
@@ -223,9 +225,13 @@ async def _dead_letter_failed(ctx: Context, error: BaseException | None, exc: Ex
 
 
 def _stub(ctx: Context, event: Event, error: BaseException | None, refused: Exception) -> Event:
-    """A bounded, always-encodable stand-in for a dead letter that cannot be written as it is."""
-    from mesh.codecs.stub import oversize_stub
-
+    """A bounded, always-encodable stand-in for a dead letter that cannot be written as it is, with
+    the dead-letter extensions the plugins put on the refused one."""
     reason = f"{error if error is not None else 'dead-lettered'}; the dead letter itself was refused: {refused}"
-    limit = max(1024, ctx.runtime.config.max_event_bytes // 4)
-    return oversize_stub(event, reason, limit)
+    limit = ctx.runtime.config.max_event_bytes
+    if ctx.event is None:
+        stub = undecodable_stub(ctx.delivery.raw, reason, limit)
+    else:
+        stub = oversize_stub(event, reason, limit)
+    failure = {k: v for k, v in event.extensions.items() if k in DEAD_LETTER_EXTENSIONS}
+    return stub.with_extensions(**failure) if failure else stub
