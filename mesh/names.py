@@ -30,10 +30,8 @@ fill (it would dead-letter every event at run time). What dispatch fills, by ann
 
 >>> check_topic("shop.order-created_v2")
 'shop.order-created_v2'
->>> check_app_id("billing service")
-Traceback (most recent call last):
-...
-mesh.names.InvalidName: app id 'billing service' cannot be used on every broker: ' ' is not allowed (use letters, digits, '_', '-', and '.' between words)
+>>> name_problems("billing service")
+["' ' is not allowed"]
 """
 
 from __future__ import annotations
