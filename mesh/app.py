@@ -32,10 +32,10 @@ from mesh.components import Registry
 from mesh.config import MeshConfig, load_config
 from mesh.errors import ConfigError, InvocationError, MeshError
 from mesh.event import Event, ExtensionValue, new_id
-from mesh.extensions import RESERVED_PREFIX
 from mesh.hooks import Hooks, PluginManager
 from mesh.invoke import Callee, Caller
 from mesh.invoke.presence import Presence
+from mesh.names import InvalidName, check_app_id, check_subscription, check_topic
 from mesh.pipeline import HandlerSpec, Route, data_adapter
 from mesh.runtime import Runtime
 
@@ -63,8 +63,10 @@ class App:
         plugins: tuple[object, ...] | list[object] = (),
         version: str = "0",
     ) -> None:
-        if not id or not isinstance(id, str) or id.startswith(RESERVED_PREFIX):
-            raise ConfigError([("app.id", f"invalid app id {id!r}")])
+        try:
+            check_app_id(id)
+        except InvalidName as exc:
+            raise ConfigError([("app.id", str(exc))]) from None
         self.id = id
         self.version = version
         self.instance_id = f"{id}-{new_id()[:8]}"
@@ -111,6 +113,19 @@ class App:
         broker: Broker = self.components.load("broker", conf.type)(conf.url, **kwargs)
         return broker
 
+    def use_broker(self, broker: Broker) -> None:
+        """Run this (not yet started) app on ``broker`` instead of the one its config names (tests)."""
+        if self.started:
+            raise MeshError(f"{self.id} already started: change its broker before starting it")
+        self.broker = self.runtime.broker = broker
+        self.runtime.publish = broker.publish
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether this instance is ready for traffic (``/readyz``), and why not."""
+        if not self.started:
+            return False, f"{self.id} is not started" if not self._invocable else f"{self.id} is draining"
+        return True, f"{self.id}: {self.broker.type} connected, {len(self._subscriptions)} subscription(s) consuming"
+
     def _offers(self) -> tuple[dict[str, bool], list[tuple[str, str]]]:
         methods = {name: spec.idempotent for name, spec in self.callee.methods.items()}
         return methods, [(route.topic, route.group) for route in self._routes.values()]
@@ -140,9 +155,11 @@ class App:
         one app and group an event goes to the first handler whose filters match. ``group``
         defaults to the app id: instances of the app share the work, other apps each get every
         event. The handler's parameters are filled by annotation: :class:`~mesh.Event`, a
-        pydantic model or any type for the data, :class:`~mesh.dispatch.Context`.
+        pydantic model or any type for the data, :class:`~mesh.Context`.
         """
-        _check_topic(topic)
+        namespace = self.config.broker.namespace
+        check_topic(topic, namespace=namespace)
+        check_subscription(topic, group or self.id, namespace=namespace)
         filters = {k: v for k, v in {"type": type, "source": source, "subject": subject}.items() if v is not None}
         filters.update(extensions)
 
@@ -162,7 +179,7 @@ class App:
         """Register a handler other apps call with ``invoke(<this app id>, name, data)``.
 
         Parameters are filled as for :meth:`subscribe` (typed data, :class:`~mesh.Event`,
-        :class:`~mesh.dispatch.Context`); the return value is the reply's data (a pydantic model
+        :class:`~mesh.Context`); the return value is the reply's data (a pydantic model
         is sent as JSON) and an exception becomes an error reply (type, message and code; its
         ``code`` attribute if it has a string one). Instances of the app share the calls.
         ``idempotent=True`` tells callers it is safe to send a call again when an instance dies
@@ -205,7 +222,7 @@ class App:
         ``key`` becomes the ``partitionkey`` extension: events with one key keep their order
         where the broker can. Returns once the broker has taken the event.
         """
-        _check_topic(topic)
+        _check_topic(topic, self.config.broker.namespace)
         ext = dict(extensions) if extensions else None
         if key is not None:
             ext = ext or {}
@@ -404,8 +421,13 @@ class App:
         return f"App({self.id!r}, broker={self.config.broker.type})"
 
 
-def _check_topic(topic: str) -> None:
-    if not topic or not isinstance(topic, str):
-        raise MeshError("a topic must be a non-empty string")
-    if topic.startswith(RESERVED_PREFIX):
-        raise MeshError(f"topic {topic!r} uses the reserved prefix {RESERVED_PREFIX!r}")
+_CHECKED: set[tuple[str, str]] = set()
+
+
+def _check_topic(topic: str, namespace: str) -> None:
+    """The topic's name checked once per process (publish is the hot path)."""
+    if (topic, namespace) in _CHECKED:
+        return
+    check_topic(topic, namespace=namespace)
+    if len(_CHECKED) < 10_000:
+        _CHECKED.add((topic, namespace))

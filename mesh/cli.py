@@ -10,21 +10,28 @@ import importlib
 import importlib.util
 import os
 import sys
+import traceback
 from collections.abc import Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 import orjson
 
+from mesh import logs
 from mesh.app import App
-from mesh.config import config_schema, find_config, load_config
+from mesh.cli_config import choose_config, describe, memory_fallback_warning
+from mesh.config import config_schema, load_config
 from mesh.errors import MeshError, RemoteError
+from mesh.health import HealthServer, Ready, all_ready
 from mesh.hooks import PluginManager
 from mesh.replay.cli import dlq, replay
 
-__all__ = ["cli", "load_target", "main"]
+__all__ = ["DEFAULT_DRAIN_TIMEOUT", "cli", "load_target", "main"]
+
+DEFAULT_DRAIN_TIMEOUT = 30.0
+"""Seconds ``mesh run`` lets handlers finish after Ctrl-C or SIGTERM (Kubernetes' grace period)."""
 
 
 @contextmanager
@@ -35,11 +42,12 @@ def _errors() -> Iterator[None]:
         raise click.ClickException(str(exc)) from exc
 
 
-def load_target(target: str) -> list[App]:
+def load_target(target: str, *, debug: bool = False) -> list[App]:
     """Apps named by ``module:attribute`` or ``path/to/file.py:attribute`` (attribute optional).
 
-    The attribute may be an App, a list of Apps or a function returning either; without one,
-    every App defined at the module's top level is taken.
+    The attribute may be an App, a list or tuple holding Apps (other members are ignored) or a
+    function returning either; without one, every App defined at the module's top level is
+    taken. With ``debug``, an import error prints its traceback (where it happened) first.
     """
     module_name, _, attr = target.partition(":")
     try:
@@ -59,8 +67,12 @@ def load_target(target: str) -> list[App]:
     except click.ClickException:
         raise
     except MeshError as exc:
+        if debug:
+            traceback.print_exc()
         raise click.ClickException(f"cannot run {target!r}: {exc}") from exc
     except Exception as exc:
+        if debug:
+            traceback.print_exc()
         raise click.ClickException(f"cannot run {target!r}: {type(exc).__name__}: {exc}") from exc
     if not attr:
         apps = [v for v in vars(module).values() if isinstance(v, App)]
@@ -77,29 +89,80 @@ def load_target(target: str) -> list[App]:
         try:
             value = value()
         except Exception as exc:
+            if debug:
+                traceback.print_exc()
             raise click.ClickException(
                 f"cannot run {target!r}: calling {attr} failed: {type(exc).__name__}: {exc}"
             ) from exc
-    apps = [value] if isinstance(value, App) else list(value) if isinstance(value, list | tuple) else []
-    if not apps or not all(isinstance(a, App) for a in apps):
+    if isinstance(value, App):
+        apps = [value]
+    elif isinstance(value, list | tuple):
+        apps = [a for a in value if isinstance(a, App)]  # build() may return its Apps with other parts
+    else:
+        apps = []
+    if not apps:
         raise click.ClickException(f"cannot run {target!r}: {attr!r} is not an App or a list of Apps")
     return apps
 
 
-async def _serve(apps: list[App]) -> None:
+def _readiness(app: App) -> Ready:
+    return app.ready
+
+
+async def _stop(app: App, timeout: float) -> None:
+    """Stop ``app``, letting handlers finish for at most ``timeout`` seconds."""
+    await app.stop(timeout=timeout)  # cancels handlers still running after it, nacks their deliveries
+
+
+async def _serve(
+    apps: list[App],
+    *,
+    drain_timeout: float,
+    health_port: int | None = None,
+    health_host: str = "0.0.0.0",
+    where: str = "",
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     import signal
 
+    def interrupted() -> None:
+        if stop.is_set():  # a second Ctrl-C (or SIGTERM) while draining: out now
+            click.echo("mesh: interrupted again: exiting now; unfinished events are redelivered", err=True)
+            sys.stderr.flush()
+            os._exit(130)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with AsyncExitStack() as stack:
+        loop.add_signal_handler(sig, interrupted)
+    started: list[App] = []
+    health: HealthServer | None = None
+    draining = False
+    try:
         for app in apps:
-            await stack.enter_async_context(app)
+            await app.start()
+            started.append(app)
+        if health_port is not None:
+            apps_ready = all_ready([_readiness(a) for a in apps])
+            health = HealthServer(lambda: (False, "draining") if draining else apps_ready(), health_port, health_host)
+            await health.start()
         names = ", ".join(f"{a.id} ({a.config.broker.type})" for a in apps)
         click.echo(f"mesh: serving {names}; Ctrl-C drains and stops", err=True)
+        if where:
+            click.echo(f"mesh: {where}", err=True)
+        if health is not None:
+            click.echo(f"mesh: health on http://{health_host}:{health.port}/livez and /readyz", err=True)
         await stop.wait()
-        click.echo("mesh: draining in-flight handlers...", err=True)
+        draining = True
+        click.echo(
+            f"mesh: draining in-flight handlers (up to {drain_timeout:g}s; Ctrl-C again exits at once)...", err=True
+        )
+    finally:
+        draining = True
+        for app in reversed(started):
+            await _stop(app, drain_timeout)
+        if health is not None:
+            await health.stop()
     click.echo("mesh: stopped", err=True)
 
 
@@ -116,23 +179,68 @@ def cli() -> None:
     "-c",
     "config",
     type=click.Path(dir_okay=False),
-    help="Config file (default $MESH_CONFIG or ./mesh.yaml).",
+    help="Config file (default $MESH_CONFIG, ./mesh.yaml or ./mesh.yml).",
 )
 @click.option(
     "--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT."
 )
-def run(targets: tuple[str, ...], config: str | None, metrics_port: int | None) -> None:
+@click.option(
+    "--health-port", type=click.IntRange(0, 65535), default=None, help="Serve /livez and /readyz on PORT."
+)
+@click.option("--health-host", default="0.0.0.0", show_default=True, help="Address of the health server.")
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    help=f"Seconds handlers may finish after Ctrl-C/SIGTERM (default: drain_timeout, else {DEFAULT_DRAIN_TIMEOUT:g}).",
+)
+@click.option(
+    "--log-format", type=click.Choice(["console", "json"]), default="console", show_default=True, help="Log lines."
+)
+@click.option("--debug", is_flag=True, help="DEBUG logs, tracebacks, and where an import failed.")
+def run(
+    targets: tuple[str, ...],
+    config: str | None,
+    metrics_port: int | None,
+    health_port: int | None,
+    health_host: str,
+    drain_timeout: float | None,
+    log_format: str,
+    debug: bool,
+) -> None:
     """Run apps given as MODULE:APP (or file.py:APP) until Ctrl-C, then drain and exit 0."""
-    if config:
-        os.environ["MESH_CONFIG"] = config
+    logs.configure("DEBUG" if debug else "INFO", log_format, debug=debug)
+    path = choose_config(config)
+    if path is not None:
+        os.environ["MESH_CONFIG"] = str(path)
     if metrics_port is not None:
         os.environ["MESH_METRICS_PORT"] = str(metrics_port)  # read by the metrics plugin
     with _errors():
-        apps = [app for target in targets for app in load_target(target)]
+        apps = [app for target in targets for app in load_target(target, debug=debug)]
+        first = apps[0].config
+        if not debug:
+            logs.configure(first.log_level, log_format, debug=False)
+        timeout = drain_timeout
+        if timeout is None:
+            timeout = float(getattr(first, "drain_timeout", DEFAULT_DRAIN_TIMEOUT))
+        where = describe(path, first.broker.type, first.broker.url)
+        if path is None and first.broker.type == "memory":
+            where += " (in-process memory broker: other processes cannot reach these apps)"
         try:
-            asyncio.run(_serve(apps))
-        except KeyboardInterrupt:  # a second Ctrl-C while draining
+            asyncio.run(
+                _serve(apps, drain_timeout=timeout, health_port=health_port, health_host=health_host, where=where)
+            )
+        except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
             raise SystemExit(130) from None
+
+
+def _client_config(config: str | None, command: str) -> str | None:
+    """The config file a client command uses (warning loudly when there is none)."""
+    path = choose_config(config)
+    if path is None:
+        memory_fallback_warning(command)
+        return None
+    return str(path)
 
 
 @cli.command()
@@ -154,7 +262,7 @@ def publish(
         except orjson.JSONDecodeError:
             payload = data
     with _errors():
-        app = App("mesh-cli", config=config)
+        app = App("mesh-cli", config=_client_config(config, "publish"))
 
         async def send() -> Any:
             async with app:
@@ -184,7 +292,7 @@ def invoke(app_id: str, method: str, data: str | None, timeout: float | None, ca
     """Call METHOD of APP and print the reply's data (exit 1 with the error if it fails)."""
     payload = _json_or_text(data)
     with _errors():
-        app = App(caller, config=config)
+        app = App(caller, config=_client_config(config, "invoke"))
 
         async def call() -> Any:
             async with app:
@@ -215,7 +323,7 @@ def invoke(app_id: str, method: str, data: str | None, timeout: float | None, ca
 def apps(wait: float | None, as_json: bool, config: str | None) -> None:
     """List the live apps: their instances, methods and subscriptions (from presence heartbeats)."""
     with _errors():
-        app = App("mesh-cli", config=config)
+        app = App("mesh-cli", config=_client_config(config, "apps"))
         if not app.config.presence.enabled:
             raise click.ClickException("presence is disabled in this config: no app announces itself")
 
@@ -254,12 +362,18 @@ def config() -> None:
 @config.command("check")
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 def config_check(file: str | None) -> None:
-    """Validate FILE (default $MESH_CONFIG or ./mesh.yaml); every problem with its path."""
-    path = find_config(file)
+    """Validate FILE (default $MESH_CONFIG, ./mesh.yaml or ./mesh.yml); every problem with its path."""
+    path = choose_config(file)
     with _errors():
         cfg = load_config(path)
-    where = str(path) if path else "defaults (no config file found)"
-    click.echo(f"ok: {where}: broker {cfg.broker.type}" + (f" at {cfg.broker.url}" if cfg.broker.url else ""))
+    click.echo(f"ok: {describe(path, cfg.broker.type, cfg.broker.url)}")
+    if path is None:
+        click.secho(
+            "warning: no config file found (./mesh.yaml, ./mesh.yml, $MESH_CONFIG): apps use the in-process "
+            "memory broker",
+            fg="yellow",
+            err=True,
+        )
 
 
 @config.command("schema")

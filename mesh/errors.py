@@ -5,6 +5,8 @@
     MeshError
     ├── ConfigError (ValueError)            bad config: every problem with its path in the file
     ├── PluginError                         a plugin failed inside a hook (names plugin and hook)
+    ├── InvalidName (ValueError)            an app id, topic or group that would not work on every broker
+    ├── InvalidHandler (TypeError)          a handler whose parameters the mesh cannot fill
     ├── ComponentNotInstalled (ImportError)  a component's client library is missing: names the extra
     ├── EventError (ValueError)
     │   ├── InvalidEvent                    an attribute breaks the CloudEvents rules
@@ -45,6 +47,8 @@ __all__ = [
     "FeatureNotSupported",
     "HandlerSignal",
     "InvalidEvent",
+    "InvalidHandler",
+    "InvalidName",
     "InvocationError",
     "InvocationTimeout",
     "MeshError",
@@ -107,6 +111,14 @@ class DecodeError(EventError):
 
 class BrokerError(MeshError):
     """The broker failed or refused."""
+
+
+class InvalidName(MeshError, ValueError):
+    """An app id, topic or group name that would not work on every broker."""
+
+
+class InvalidHandler(MeshError, TypeError):
+    """A handler whose parameters the mesh cannot fill (reported when it is decorated)."""
 
 
 class ComponentNotInstalled(MeshError, ImportError):

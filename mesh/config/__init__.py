@@ -56,14 +56,17 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path | None:
-    """The config file to use: the argument, else ``$MESH_CONFIG``, else ``./mesh.yaml`` if present."""
+    """The config file to use: the argument, else ``$MESH_CONFIG``, else ``./mesh.yaml`` or ``./mesh.yml``."""
     if explicit is not None:
         return Path(explicit)
     env = os.environ.get("MESH_CONFIG")
     if env:
         return Path(env)
-    local = Path(DEFAULT_FILE)
-    return local if local.is_file() else None
+    for name in (DEFAULT_FILE, "mesh.yml"):
+        local = Path(name)
+        if local.is_file():
+            return local
+    return None
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

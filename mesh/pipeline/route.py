@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from mesh.errors import DeadLetter
 from mesh.event import Event
+from mesh.names import check_handler_signature
 from mesh.pipeline.injection import injection_plan, matcher
 from mesh.pipeline.settle import dead_letter, outcome, settling
 from mesh.types import Context, Handle, HandlerLayer, SubscriptionInfo
@@ -38,6 +39,7 @@ class HandlerSpec:
         filters: Mapping[str, Any],
         concurrency: int | None,
     ) -> None:
+        check_handler_signature(fn)
         self.fn = fn
         self.topic = topic
         self.group = group

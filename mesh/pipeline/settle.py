@@ -33,11 +33,12 @@ from mesh.codecs.stub import oversize_stub, undecodable_stub
 from mesh.errors import DeadLetter, EncodeError, EventError, PluginError
 from mesh.event import Event, now
 from mesh.extensions import DEAD_LETTER_EXTENSIONS
+from mesh.logs import log_dead_letter, log_handler_failure, one_line
 from mesh.types import Context, Decision, Handle
 
 __all__ = ["FALLBACK_REDELIVERY", "FailureMemory", "dead_letter", "failed", "outcome", "settling"]
 
-log = logging.getLogger("mesh.dispatch")
+log = logging.getLogger("mesh.pipeline")
 
 FALLBACK_REDELIVERY = 30.0
 """Seconds before a delivery comes back when it could be neither handled nor dead-lettered."""
@@ -143,10 +144,14 @@ async def failed(ctx: Context, exc: BaseException) -> None:
         return
     if decision is None:
         decision = Decision.dead_letter(str(exc))
+    event_id = ctx.event.id if ctx.event is not None else "?"
     if decision.action == "retry":
+        step = f"retried in {decision.delay:.3g}s" if decision.delay else "retried"
+        log_handler_failure(ctx.topic, ctx.group, event_id, ctx.attempt, exc, next_step=step)
         await ctx.delivery.nack(delay=decision.delay or None)
         _settled(ctx, "retry", exc)
         return
+    log_handler_failure(ctx.topic, ctx.group, event_id, ctx.attempt, exc, next_step="dead-lettering")
     if not isinstance(exc, DeadLetter):
         reason, cause = decision.reason or str(exc), exc
         exc = DeadLetter(reason)
@@ -185,11 +190,18 @@ async def dead_letter(ctx: Context, error: BaseException | None) -> None:
         return
     await ctx.delivery.ack()
     runtime.failures.forget(ctx)
+    log_dead_letter(ctx.topic, ctx.group, ctx.event.id if ctx.event is not None else event.id, target, _reason(error))
     _settled(ctx, "dead_letter", error)
     try:
         runtime.hooks.event_dead_lettered(ctx, event, target)
     except PluginError:
         log.exception("a plugin failed after dead-lettering to %s", target)
+
+
+def _reason(error: BaseException | None) -> str:
+    if isinstance(error, DeadLetter):
+        return error.reason
+    return one_line(error) if error is not None else "dead-lettered"
 
 
 class _NoDestination(Exception):

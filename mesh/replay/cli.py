@@ -90,7 +90,13 @@ def _run(
     work: Callable[[Tools], Awaitable[T]],
 ) -> T:
     from mesh.app import App
+    from mesh.cli_config import choose_config, memory_fallback_warning
 
+    path = choose_config(config)
+    if path is None:
+        ctx = click.get_current_context(silent=True)
+        memory_fallback_warning(ctx.command_path.removeprefix("mesh ") if ctx else "replay")
+    config = None if path is None else str(path)
     show = sys.stderr.isatty() if progress is None else progress
 
     async def main() -> T:
