@@ -81,6 +81,10 @@ class BrokerInfo(ComponentInfo):
     """OpenTelemetry ``messaging.system`` for its spans (``kafka``, ``rabbitmq``, ``nats``, ...)."""
 
 
+BUILTIN_LISTS: tuple[str, ...] = ("mesh.brokers:BUILTIN_BROKERS",)
+"""Where the built-in entries of each kind are listed (each module imports no client library)."""
+
+
 def _import(ref: str) -> Any:
     module, _, name = ref.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -96,10 +100,9 @@ class Registry:
 
     def __post_init__(self) -> None:
         if not self._entries:
-            from mesh.brokers import BUILTIN_BROKERS  # the built-in lists live with their kind
-
-            for info in BUILTIN_BROKERS:
-                self.add(info)
+            for ref in BUILTIN_LISTS:  # the built-in lists live with their kind
+                for info in _import(ref):
+                    self.add(info)
 
     # -- adding --------------------------------------------------------------------------------
 

@@ -24,12 +24,14 @@ from mesh.components import Registry
 from mesh.config.loader import Problems, parse_yaml, resolve_secrets, substitute
 from mesh.config.models import (
     BrokerConfig,
+    ComponentConfig,
     InvokeConfig,
     MeshConfig,
     PluginsConfig,
     PresenceConfig,
     RetryPolicy,
     SubscriptionConfig,
+    component_problems,
     parse_duration,
 )
 from mesh.config.secrets import builtin_stores
@@ -37,6 +39,7 @@ from mesh.errors import ConfigError
 
 __all__ = [
     "BrokerConfig",
+    "ComponentConfig",
     "InvokeConfig",
     "MeshConfig",
     "PluginsConfig",
@@ -139,10 +142,23 @@ def load_config(
             if not any(r == where or r.startswith(where + ".") for r in reported):  # one report per cause
                 problems.append((where, _message(err)))
         config = None
+    if config is not None:
+        config = _with_components(config, registry or Registry(), problems)
     if problems:
         raise ConfigError([(_with_line(p, lines), m) for p, m in problems], name)
     assert config is not None
     return config
+
+
+def _with_components(config: MeshConfig, registry: Registry, problems: Problems) -> MeshConfig:
+    """The config with each block's components validated by their registered type's options model."""
+    update: dict[str, Any] = {}
+    for kind, section in (("state", "state"), ("binding", "bindings")):
+        value = getattr(config, section)
+        if value:
+            update[section], found = component_problems(kind, section, value, registry)
+            problems.extend(found)
+    return config.model_copy(update=update) if update else config
 
 
 def _message(err: Any) -> str:

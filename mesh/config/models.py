@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mesh.components import Registry
 
 __all__ = [
     "BrokerConfig",
+    "ComponentConfig",
     "InvokeConfig",
     "MeshConfig",
     "PluginsConfig",
@@ -166,6 +167,50 @@ class PresenceConfig(_Frozen):
         return self
 
 
+class ComponentConfig(BaseModel):
+    """One named component of a block (``state.<name>``, ``bindings.<name>``): its ``type`` and options.
+
+    The options sit beside ``type`` and are validated by the registered type's options model
+    (built-in or from a plugin), so a misspelt option is reported at its path in the file.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Everything but ``type``, as validated by the type's options model."""
+        return dict(self.model_extra or {})
+
+
+def component_problems(
+    kind: str, section: str, value: dict[str, ComponentConfig], registry: Registry
+) -> tuple[dict[str, ComponentConfig], list[tuple[str, str]]]:
+    """The components of one section with their options validated by their type's model, and
+    the problems found, each with its path (``state.carts.url``)."""
+    known = registry.types(kind)
+    out: dict[str, ComponentConfig] = {}
+    problems: list[tuple[str, str]] = []
+    for name, component in value.items():
+        if component.type not in known:
+            shown = ", ".join(known) or "none registered"
+            problems.append((f"{section}.{name}.type", f"unknown {kind} type {component.type!r} (one of: {shown})"))
+            continue
+        model = registry.options_model(kind, component.type)
+        options = component.options
+        if model is not None:
+            try:
+                options = model.model_validate(options).model_dump(exclude_unset=True)
+            except ValidationError as exc:
+                for e in exc.errors():
+                    where = ".".join([section, name, *(str(p) for p in e["loc"])])
+                    problems.append((where, "unknown key" if e["type"] == "extra_forbidden" else e["msg"]))
+                continue
+        out[name] = ComponentConfig.model_validate({"type": component.type, **options})
+    return out, problems
+
+
 class MeshConfig(_Frozen):
     """The whole ``mesh.yaml``."""
 
@@ -177,6 +222,10 @@ class MeshConfig(_Frozen):
     presence: PresenceConfig = Field(default_factory=lambda: PresenceConfig())
     secrets: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Settings per secret store, e.g. ``file: {path: /run/secrets}``."""
+    state: dict[str, ComponentConfig] = Field(default_factory=dict)
+    """State stores by name: ``{carts: {type: postgres, url: ...}}`` (types from the registry)."""
+    bindings: dict[str, ComponentConfig] = Field(default_factory=dict)
+    """Input and output bindings by name: ``{github: {type: http-in, ...}}`` (types from the registry)."""
     max_event_bytes: int = Field(1024 * 1024, ge=1024)
     """Largest encoded event the mesh publishes."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
