@@ -25,7 +25,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from mesh.brokers.base import Broker, DeliveryHandler, Features, Subscription
 from mesh.brokers.kafka.connection import KafkaConnection, parse_servers, reason, record_of
-from mesh.brokers.kafka.consumer import KafkaDelivery, KafkaSubscription, wait_for_peers
+from mesh.brokers.kafka.consumer import KafkaDelivery, KafkaSubscription, ensure_topics, wait_for_peers
 from mesh.brokers.kafka.ephemeral import EphemeralSubscription
 from mesh.brokers.kafka.history import KafkaGroups, KafkaHistory
 from mesh.brokers.kafka.options import KafkaOptions
@@ -166,6 +166,7 @@ class KafkaBroker(Broker):
     async def subscribe(
         self, topic: str, group: str, handler: DeliveryHandler, *, concurrency: int = 1
     ) -> Subscription:
+        await ensure_topics(self.connection, topic, group)
         sub = KafkaSubscription(self.connection, topic, group, handler, concurrency, self._forget)
         await sub.start()
         self._subs.append(sub)
@@ -204,6 +205,7 @@ class KafkaBroker(Broker):
         creates the topic with one partition and deletes an exclusive one at stop."""
         if group is not None:
             return await self.subscribe(topic, group, handler, concurrency=concurrency)
+        await self.connection.ensure(self.name_of(topic), 1)
         sub = EphemeralSubscription(self.connection, topic, handler, concurrency, exclusive, self._forget_ephemeral)
         await sub.start()
         self._ephemeral.append(sub)

@@ -4,23 +4,27 @@ A :class:`KafkaConnection` owns the producer and the admin client of one broker,
 the parts (subscriptions, ephemeral subscriptions, history, group delivery) take instead of the
 broker. It also holds the one copy of the steps they all need:
 
-=========================  ==================================================================
-member                     what
-=========================  ==================================================================
-``settings``, ``wire``     the validated options and the binding in its content mode
-``name_of``                a mesh topic to its Kafka topic (the namespace applied)
-``retry_topic``            ``_mesh.retry.<group>.<topic>``, made legal and kept distinct
-``consumer(**kw)``         a new, unstarted consumer with the connection's client settings
-``ensure`` / ``topics``    create a topic (cached); list the cluster's topics
-``exists`` / ``drop``      is a topic there (ephemeral publishes); delete an exclusive one
-``send``                   write one record; returns once the cluster has it
-``read_record``            a fetched record to an event or a :class:`DecodeError`, never raising
-``salvage``/``unreadable``  a record that cannot be read as raw bytes plus a :class:`DecodeError`
-``reason`` / ``quietly``   a client error as one line; a close step that may fail
-=========================  ==================================================================
+===========================  =========================================================================
+member                       what
+===========================  =========================================================================
+``settings``, ``wire``       the validated options and the binding in its content mode
+``name_of``                  a mesh topic to its Kafka topic (the namespace applied)
+``retry_topic``              ``_mesh.retry.<group>.<topic>``, made legal and kept distinct
+``consumer(**kw)``           a new, unstarted consumer with the connection's client settings
+``open`` / ``close``         start (bounded by ``connect_timeout``) and stop producer and admin client
+``ensure`` / ``topics``      create a topic (cached); list the cluster's topics
+``exists`` / ``drop``        is a topic there (ephemeral publishes); delete an exclusive one
+``send``                     write one record; returns once the cluster has it
+``record_of``                an event as a record's value, key and headers
+``read_record``              a fetched record to an event or a :class:`DecodeError`, never raising
+``salvage``, ``unreadable``  a record that cannot be read: its raw bytes and a :class:`DecodeError`
+``reason``, ``quietly``      a client error as one line; a close step that may fail
+===========================  =========================================================================
 
-Header values of a Kafka record may be ``None`` (a null header): every reader here treats such a
-header as absent.
+Header values of a Kafka record may be ``None`` (a null header). The reads done here and in
+the parts (``content-type``, the retry headers) treat such a value as absent; the codec gets the
+headers as fetched (no copy on the hot path), and a record that still cannot be read becomes an
+undecodable delivery through :func:`salvage`, whose raw headers leave the null values out.
 """
 
 from __future__ import annotations

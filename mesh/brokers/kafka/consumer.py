@@ -10,6 +10,11 @@ every ``commit_interval_ms``, when idle, on stop and when a rebalance revokes pa
 ``nack(delay)`` writes a copy to the retry topic with the due time and next attempt in internal
 headers, then acks the original; a retry partition whose head record is not due yet is paused
 at that record until it is, so nothing else waits.
+
+A record that cannot be turned into a delivery, whatever raises (a null header the codec trips
+on, say), is logged once and handed on as undecodable (``event`` None, a ``DecodeError``): the
+loop never dies on one record. The subscription takes the broker's
+:class:`~mesh.brokers.kafka.connection.KafkaConnection`, never the broker.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from mesh.codecs.binary import WireMessage, decode
 from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
 from mesh.event import Event
 
-__all__ = ["KafkaDelivery", "KafkaSubscription", "PartitionOffsets", "wait_for_peers"]
+__all__ = ["KafkaDelivery", "KafkaSubscription", "PartitionOffsets", "ensure_topics", "wait_for_peers"]
 
 log = logging.getLogger("mesh.broker.kafka")
 
@@ -135,7 +140,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class KafkaSubscription(Subscription):
     """One consumer in ``group`` reading ``topic`` and its retry topic (see the module docstring).
 
-    ``on_stop`` is called with the subscription once it stopped (the broker's bookkeeping).
+    Build it once both topics exist (:func:`ensure_topics`): its consumer is made here and must
+    be started and stopped. ``on_stop`` is called with the subscription once it stopped (the broker's bookkeeping).
     """
 
     def __init__(
@@ -181,12 +187,9 @@ class KafkaSubscription(Subscription):
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Create the topic and the retry topic, connect, join the group and return once it
-        assigned this member its partitions."""
+        """Connect, join the group and return once it assigned this member its partitions (the
+        topic and the retry topic exist: see :func:`ensure_topics`)."""
         conn, o = self._conn, self._conn.settings
-        await conn.ensure(self.name, o.partitions)
-        retry_config = {} if o.retry_retention_ms is None else {"retention.ms": str(o.retry_retention_ms)}
-        await conn.ensure(self.retry_topic, o.retry_partitions or o.partitions, retry_config)
         consumer = self._consumer
         try:
             async with asyncio.timeout(o.connect_timeout):
@@ -393,6 +396,14 @@ class KafkaSubscription(Subscription):
     def running(self) -> bool:
         """Whether the subscription still consumes."""
         return self._running
+
+
+async def ensure_topics(conn: KafkaConnection, topic: str, group: str) -> None:
+    """Create a subscription's topic and its group's retry topic (before its consumer exists)."""
+    o = conn.settings
+    await conn.ensure(conn.name_of(topic), o.partitions)
+    retry_config = {} if o.retry_retention_ms is None else {"retention.ms": str(o.retry_retention_ms)}
+    await conn.ensure(conn.retry_topic(topic, group), o.retry_partitions or o.partitions, retry_config)
 
 
 async def wait_for_peers(sub: KafkaSubscription, members: weakref.WeakSet[KafkaSubscription], limit: float) -> None:

@@ -35,7 +35,9 @@ POLL_MS = 100
 class EphemeralSubscription(Subscription):
     """A group-less consumer of every partition of one topic, from its end.
 
-    At stop an exclusive topic is deleted, then ``on_stop`` is called with the subscription.
+    Build it once the topic exists (the broker creates it with one partition): its consumer is
+    made here and must be started and stopped. At stop an exclusive topic is deleted, then
+    ``on_stop`` is called with the subscription.
     """
 
     def __init__(
@@ -68,11 +70,9 @@ class EphemeralSubscription(Subscription):
         self._fetching = False
 
     async def start(self) -> None:
-        """Create the topic (one partition), connect, take every partition by hand and fix the
-        start at the current end."""
+        """Connect, take every partition by hand and fix the start at the current end."""
         conn = self._conn
         timeout = conn.settings.connect_timeout
-        await conn.ensure(self.name, 1)
         consumer = self._consumer
         try:
             async with asyncio.timeout(timeout):
