@@ -154,19 +154,19 @@ def salvage(record: Any, why: str) -> tuple[WireMessage, DecodeError]:
     Null header values are left out (absent), so whoever reads the raw headers later (the
     dead-letter plugin) finds bytes only.
     """
-    value = record.value if isinstance(record.value, bytes) else b""
+    value = getattr(record, "value", None)
+    value = value if isinstance(value, bytes) else b""
     try:
-        headers = {k: v for k, v in record.headers if isinstance(k, str) and isinstance(v, bytes)}
+        headers = {k: v for k, v in getattr(record, "headers", ()) if isinstance(k, str) and isinstance(v, bytes)}
     except Exception:  # not even a list of pairs
         headers = {}
-    ctype = headers.get(CONTENT_TYPE)
-    key = record.key if isinstance(record.key, bytes) else None
-    msg = WireMessage(
-        value,
-        headers,
-        None if key is None else key.decode("utf-8", "replace"),
-        None if ctype is None else ctype.decode("utf-8", "replace"),
-    )
+    try:
+        ctype = headers[CONTENT_TYPE].decode() if CONTENT_TYPE in headers else None
+    except UnicodeDecodeError:
+        ctype = None
+    key = getattr(record, "key", None)
+    key = key if isinstance(key, bytes) else None
+    msg = WireMessage(value, headers, None if key is None else key.decode("utf-8", "replace"), ctype)
     shown = {k: v.decode("utf-8", "replace") for k, v in headers.items()}
     return msg, DecodeError(why, value, shown)
 
