@@ -123,8 +123,8 @@ def test_options_are_validated() -> None:
     with pytest.raises(ConfigError, match="heartbeat"):
         KafkaBroker("127.0.0.1:9092", options={"heartbeat_interval_ms": 20_000})
     broker = KafkaBroker("127.0.0.1:9092", options={"acks": 1, "compression": "gzip"})
-    assert broker.opts.acks == 1
-    assert broker.opts.fetch_max_wait_ms == 50
+    assert broker.settings.acks == 1
+    assert broker.settings.fetch_max_wait_ms == 50
 
 
 def test_commit_boundary_is_the_lowest_unacked_offset() -> None:
@@ -156,6 +156,16 @@ def test_retry_topic_is_reserved_and_legal() -> None:
     assert odd.startswith("dev._mesh.retry.my_group_1.orders.")
     assert " " not in odd
     assert odd != broker.retry_topic("orders", "my_group_1")
+
+
+def test_repr_and_errors_mask_credentials() -> None:
+    broker = KafkaBroker("kafka://user:s3cret@h:9092")
+    assert "s3cret" not in repr(broker)
+    assert "user:***@h:9092" in repr(broker)
+    assert "s3cret" not in broker.address
+    with pytest.raises(ValueError) as info:
+        parse_servers("kafka://user:s3cret@h/x:9092")
+    assert "s3cret" not in str(info.value)
 
 
 # -- connection errors ------------------------------------------------------------------------------
@@ -322,6 +332,21 @@ async def test_corrupt_input_reaches_the_handler_as_an_error_and_good_events_flo
     assert "JSON" in str(errors[2].error)
     assert "id" in str(errors[3].error)
     assert sorted(e.data["i"] for e in got.events()) == [0, 1, 2]
+
+
+async def test_null_header_values_never_stop_the_consumer(kafka, raw_producer) -> None:
+    broker: KafkaBroker = await kafka()
+    topic, got = unique(), Recorder()
+    await broker.subscribe(topic, unique("g"), got)
+    await raw_producer.send_and_wait(topic, b"{not json", headers=[("ce_specversion", None), ("x", None)], partition=0)
+    for i in range(5):
+        await broker.publish(topic, Event(type="good", source="/ok", data={"i": i}, extensions={"partitionkey": "one"}))
+    await wait_for(lambda: len(got.deliveries) == 6, timeout=30, what="the bad record and five good events")
+    bad = [d for d in got.deliveries if d.error is not None]
+    assert len(bad) == 1
+    assert bad[0].event is None and bad[0].raw is not None and bad[0].done
+    assert all(v is not None for v in bad[0].raw.headers.values()), "a null header is left out of the raw copy"
+    assert sorted(e.data["i"] for e in got.events()) == [0, 1, 2, 3, 4]
 
 
 # -- ordering and retries ----------------------------------------------------------------------------

@@ -10,6 +10,11 @@ every ``commit_interval_ms``, when idle, on stop and when a rebalance revokes pa
 ``nack(delay)`` writes a copy to the retry topic with the due time and next attempt in internal
 headers, then acks the original; a retry partition whose head record is not due yet is paused
 at that record until it is, so nothing else waits.
+
+A record that cannot be turned into a delivery, whatever raises (a null header the codec trips
+on, say), is logged once and handed on as undecodable (``event`` None, a ``DecodeError``): the
+loop never dies on one record. The subscription takes the broker's
+:class:`~mesh.brokers.kafka.connection.KafkaConnection`, never the broker.
 """
 
 from __future__ import annotations
@@ -18,39 +23,46 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from mesh.brokers.base import RESERVED_PREFIX, Delivery, DeliveryHandler, HandlerRunner, Subscription
+from mesh.brokers.kafka.connection import (
+    ATTEMPT_HEADER,
+    CONTENT_TYPE,
+    DUE_HEADER,
+    ORIGIN_HEADER,
+    KafkaConnection,
+    quietly,
+    reason,
+    salvage,
+    unreadable,
+)
 from mesh.codecs.binary import WireMessage, decode
 from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
 from mesh.event import Event
 
-if TYPE_CHECKING:
-    from mesh.brokers.kafka.broker import KafkaBroker
-
-__all__ = ["KafkaDelivery", "KafkaSubscription", "PartitionOffsets", "quietly", "reason"]
+__all__ = ["KafkaDelivery", "KafkaSubscription", "PartitionOffsets", "ensure_topics", "wait_for_peers"]
 
 log = logging.getLogger("mesh.broker.kafka")
 
-CONTENT_TYPE = "content-type"
-ORIGIN_HEADER = RESERVED_PREFIX + "origin"
-"""``topic:partition:offset`` of the first delivery: a stable id for wrapped legacy messages."""
-DUE_HEADER = RESERVED_PREFIX + "due"
-"""Epoch milliseconds when a retry copy may be delivered."""
-ATTEMPT_HEADER = RESERVED_PREFIX + "attempt"
-"""The attempt number the retry copy is delivered with."""
 POLL_MS = 100
 """How long one fetch round waits when nothing arrives (bounds how late an async nack is seen)."""
 
 
 class KafkaDelivery(Delivery):
-    """A record handed to a handler; ack marks its offset committable."""
+    """A record handed to a handler; ack marks its offset committable.
 
-    __slots__ = ("_part", "_record", "_sub")
+    ``nack()`` hands it to the handler again in process; ``nack(delay)`` goes through the
+    subscription's retry topic (the adapter's own delay, see the module docstring).
+    """
+
+    __slots__ = ("part", "record", "sub")
 
     def __init__(
         self,
@@ -63,15 +75,24 @@ class KafkaDelivery(Delivery):
         attempt: int,
     ) -> None:
         super().__init__(sub.topic, sub.group, event, raw, error, attempt)
-        self._sub = sub
-        self._part = part
-        self._record = record
+        self.sub = sub
+        """The subscription that fetched the record."""
+        self.part = part
+        """The offsets of the record's partition."""
+        self.record = record
+        """The record as aiokafka fetched it."""
 
     async def _ack(self) -> None:
-        self._part.ack(self._record.offset)
+        self.part.ack(self.record.offset)
+
+    async def _requeue(self) -> None:
+        self.sub.requeue(self)
 
     async def _nack(self, delay: float | None) -> None:
-        await self._sub.give_back(self, delay)
+        if not delay or delay <= 0:
+            self.sub.requeue(self)
+        else:
+            await self.sub.retry_later(self, delay)
 
 
 class PartitionOffsets:
@@ -117,23 +138,41 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class KafkaSubscription(Subscription):
-    """One consumer in ``group`` reading ``topic`` and its retry topic (see the module docstring)."""
+    """One consumer in ``group`` reading ``topic`` and its retry topic (see the module docstring).
+
+    Build it once both topics exist (:func:`ensure_topics`): its consumer is made here and must
+    be started and stopped. ``on_stop`` is called with the subscription once it stopped (the broker's bookkeeping).
+    """
 
     def __init__(
         self,
-        broker: KafkaBroker,
+        conn: KafkaConnection,
         topic: str,
         group: str,
-        retry_topic: str,
-        consumer: AIOKafkaConsumer,
         handler: DeliveryHandler,
         concurrency: int,
+        on_stop: Callable[[KafkaSubscription], None],
     ) -> None:
+        o = conn.settings
         self.topic = topic
         self.group = group
-        self.retry_topic = retry_topic
-        self._broker = broker
-        self._consumer = consumer
+        self.name = conn.name_of(topic)
+        """The Kafka topic read."""
+        self.retry_topic = conn.retry_topic(topic, group)
+        self._conn = conn
+        self._consumer = conn.consumer(
+            group_id=group,
+            group_instance_id=f"{o.group_instance_id}-{topic}" if o.group_instance_id else None,
+            enable_auto_commit=False,
+            auto_offset_reset=o.initial_offset,
+            fetch_max_wait_ms=o.fetch_max_wait_ms,
+            max_poll_records=o.max_poll_records,
+            session_timeout_ms=o.session_timeout_ms,
+            heartbeat_interval_ms=o.heartbeat_interval_ms,
+            max_poll_interval_ms=o.max_poll_interval_ms,
+            rebalance_timeout_ms=o.rebalance_timeout_ms,
+        )
+        self._on_stop = on_stop
         self._runner = HandlerRunner(handler, concurrency, topic)
         self._parts: dict[TopicPartition, PartitionOffsets] = {}
         self._redeliver: deque[KafkaDelivery] = deque()
@@ -142,29 +181,31 @@ class KafkaSubscription(Subscription):
         self._running = True
         self._fetching = False
         self._task: asyncio.Task[None] | None = None
-        self._commit_every = broker.opts.commit_interval_ms / 1000
+        self._commit_every = o.commit_interval_ms / 1000
         self._last_commit = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self, name: str, join_timeout: float, connect_timeout: float) -> None:
-        """Connect, join the group and return once it assigned this member its partitions."""
+    async def start(self) -> None:
+        """Connect, join the group and return once it assigned this member its partitions (the
+        topic and the retry topic exist: see :func:`ensure_topics`)."""
+        conn, o = self._conn, self._conn.settings
         consumer = self._consumer
         try:
-            async with asyncio.timeout(connect_timeout):
+            async with asyncio.timeout(o.connect_timeout):
                 await consumer.start()  # connects only: it is not subscribed yet
         except (KafkaError, OSError, TimeoutError) as exc:
             await quietly(consumer.stop())
-            raise BrokerConnectionError("kafka", self._broker.address, reason(exc, connect_timeout)) from exc
-        consumer.subscribe([name, self.retry_topic], listener=_Listener(self))  # joins in the background
+            raise BrokerConnectionError("kafka", conn.address, reason(exc, o.connect_timeout)) from exc
+        consumer.subscribe([self.name, self.retry_topic], listener=_Listener(self))  # joins in the background
         loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._loop(), name=f"mesh-kafka:{name}:{self.group}")
+        self._task = loop.create_task(self._loop(), name=f"mesh-kafka:{self.name}:{self.group}")
         try:
-            await asyncio.wait_for(self._assigned.wait(), join_timeout)
+            await asyncio.wait_for(self._assigned.wait(), o.join_timeout)
         except TimeoutError:
             await self.stop(drain=False)
             raise BrokerError(
-                f"kafka group {self.group!r} assigned no partitions of {name!r} within {join_timeout:g}s"
+                f"kafka group {self.group!r} assigned no partitions of {self.name!r} within {o.join_timeout:g}s"
             ) from None
 
     async def stop(self, drain: bool = True) -> None:
@@ -185,14 +226,14 @@ class KafkaSubscription(Subscription):
         self._redeliver.clear()
         await self._commit()
         await quietly(self._consumer.stop())  # leaves the group: uncommitted records go back
-        self._broker.forget(self)
+        self._on_stop(self)
 
     # -- the fetch loop --------------------------------------------------------------------------
 
     async def _loop(self) -> None:
         consumer = self._consumer
         runner = self._runner
-        binding = self._broker.wire
+        binding = self._conn.wire
         topic = self.topic
         retry_topic = self.retry_topic
         loop = asyncio.get_running_loop()
@@ -231,20 +272,16 @@ class KafkaSubscription(Subscription):
                             self._defer(tp, record.offset, due)
                             break
                     part.inflight.append(record.offset)
-                    headers = dict(record.headers)  # values stay bytes: the codec decodes lazily
-                    ctype = headers.get(CONTENT_TYPE)
-                    error = None
-                    if ctype is not None:
-                        try:
+                    # inline, not connection.read_record: the hot path (same steps, no tuple per record)
+                    try:
+                        headers = dict(record.headers)  # values stay bytes: the codec decodes lazily
+                        ctype = headers.get(CONTENT_TYPE)
+                        if ctype is not None:  # a null content-type is absent
                             ctype = ctype.decode()
-                        except UnicodeDecodeError:
-                            ctype = None
-                            error = DecodeError("content-type header is not UTF-8", record.value or b"")
-                    key = record.key
-                    if key is not None:
-                        key = key.decode("utf-8", "replace")
-                    msg = WireMessage(record.value or b"", headers, key, ctype)
-                    if error is None:
+                        key = record.key
+                        if key is not None:
+                            key = key.decode("utf-8", "replace")
+                        msg = WireMessage(record.value or b"", headers, key, ctype)
                         fallback = origin or f"{record.topic}:{record.partition}:{record.offset}"
                         try:
                             delivery = KafkaDelivery(
@@ -252,8 +289,12 @@ class KafkaSubscription(Subscription):
                             )
                         except DecodeError as exc:
                             delivery = KafkaDelivery(self, part, record, None, msg, exc, attempt)
-                    else:
-                        delivery = KafkaDelivery(self, part, record, None, msg, error, attempt)
+                    except UnicodeDecodeError:
+                        raw, error = salvage(record, "content-type header is not UTF-8")
+                        delivery = KafkaDelivery(self, part, record, None, raw, error, attempt)
+                    except Exception as exc:  # one record never stops the loop: handed on as undecodable
+                        raw, error = unreadable(record, exc)
+                        delivery = KafkaDelivery(self, part, record, None, raw, error, attempt)
                     await runner.submit(delivery)
                     if redeliver:
                         await self._redeliver_now()
@@ -264,10 +305,8 @@ class KafkaSubscription(Subscription):
         redeliver = self._redeliver
         while redeliver and self._running:
             d = redeliver.popleft()
-            if d._part.live:
-                await self._runner.submit(
-                    KafkaDelivery(self, d._part, d._record, d.event, d.raw, d.error, d.attempt + 1)
-                )
+            if d.part.live:
+                await self._runner.submit(KafkaDelivery(self, d.part, d.record, d.event, d.raw, d.error, d.attempt + 1))
 
     def _defer(self, tp: TopicPartition, offset: int, due: float) -> None:
         """Hold a retry partition at a record that is not due yet; resume it when it is."""
@@ -290,25 +329,26 @@ class KafkaSubscription(Subscription):
 
     # -- acks, nacks and commits -------------------------------------------------------------------
 
-    async def give_back(self, delivery: KafkaDelivery, delay: float | None) -> None:
-        """Immediate: handle it again in process. Delayed: via the retry topic, then ack."""
-        if not delay or delay <= 0:
-            self._redeliver.append(delivery)
-            return
-        record = delivery._record
+    def requeue(self, delivery: KafkaDelivery) -> None:
+        """Hand a delivery to the handler again, in process, before later records."""
+        self._redeliver.append(delivery)
+
+    async def retry_later(self, delivery: KafkaDelivery, delay: float) -> None:
+        """Write a copy to the retry topic, due in ``delay`` seconds, then ack the original."""
+        record = delivery.record
         headers = [(k, v) for k, v in record.headers if not k.startswith(RESERVED_PREFIX)]
         origin = _header(record.headers, ORIGIN_HEADER)
         headers.append((ORIGIN_HEADER, origin or f"{record.topic}:{record.partition}:{record.offset}".encode()))
         headers.append((DUE_HEADER, str(int((time.time() + delay) * 1000)).encode()))
         headers.append((ATTEMPT_HEADER, str(delivery.attempt + 1).encode()))
         try:
-            await self._broker.send(self.retry_topic, record.value, record.key, headers)
+            await self._conn.send(self.retry_topic, record.value, record.key, headers)
         except PublishError as exc:  # keep it unacked and retry in process instead
             log.warning("cannot write a retry for %s, redelivering in process: %s", self.topic, exc)
             loop = asyncio.get_running_loop()
             loop.call_later(delay, self._redeliver.append, delivery)
             return
-        delivery._part.ack(record.offset)
+        delivery.part.ack(record.offset)
 
     async def _commit(self, only: Any = None) -> None:
         self._last_commit = asyncio.get_running_loop().time()
@@ -358,17 +398,41 @@ class KafkaSubscription(Subscription):
         return self._running
 
 
+async def ensure_topics(conn: KafkaConnection, topic: str, group: str) -> None:
+    """Create a subscription's topic and its group's retry topic (before its consumer exists)."""
+    o = conn.settings
+    await conn.ensure(conn.name_of(topic), o.partitions)
+    retry_config = {} if o.retry_retention_ms is None else {"retention.ms": str(o.retry_retention_ms)}
+    await conn.ensure(conn.retry_topic(topic, group), o.retry_partitions or o.partitions, retry_config)
+
+
+async def wait_for_peers(sub: KafkaSubscription, members: weakref.WeakSet[KafkaSubscription], limit: float) -> None:
+    """A new member makes the group rebalance: wait until this process's other members of the
+    group have their partitions back, so a group is ready when ``subscribe`` returns. (Every
+    member revoked before this one got its assignment, so none is missed.)"""
+    peers = [m.is_assigned.wait() for m in members if m is not sub and m.running]
+    if peers:
+        try:
+            await asyncio.wait_for(asyncio.gather(*peers), limit)
+        except TimeoutError:
+            log.warning("kafka group %s: other members got no partitions within %gs", sub.group, limit)
+
+
 def _header(headers: Any, name: str) -> bytes | None:
+    """The value of a header; a null value is absent."""
     for k, v in headers:
         if k == name:
-            return v  # type: ignore[no-any-return]
+            return v if isinstance(v, bytes) else None
     return None
 
 
 def _retry_headers(headers: Any) -> tuple[float, int, str | None]:
-    """Due time (epoch ms), attempt and origin id of a retry copy; lenient with foreign input."""
+    """Due time (epoch ms), attempt and origin id of a retry copy; lenient with foreign input
+    (a null or unreadable value is absent)."""
     due, attempt, origin = 0.0, 2, None
     for k, v in headers:
+        if v is None:
+            continue
         try:
             if k == DUE_HEADER:
                 due = float(v)
@@ -376,21 +440,6 @@ def _retry_headers(headers: Any) -> tuple[float, int, str | None]:
                 attempt = int(v)
             elif k == ORIGIN_HEADER:
                 origin = v.decode()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError):
             continue
     return due, attempt, origin
-
-
-def reason(exc: BaseException, timeout: float | None = None) -> str:
-    """A client error as one short line for a mesh error message."""
-    if isinstance(exc, TimeoutError) and timeout is not None:
-        return f"no answer within {timeout:g}s"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-async def quietly(aw: Any) -> None:
-    """Await a close step; log and forget its failure."""
-    try:
-        await aw
-    except Exception as exc:  # best effort while closing
-        log.debug("kafka close step failed: %s", exc)

@@ -6,7 +6,7 @@ the end, commits nothing and polls with a small ``ephemeral_fetch_max_wait_ms`` 
 does not wake an idle fetch would otherwise delay replies). An exclusive topic (a reply inbox)
 is deleted when its subscription stops. Deliveries are at most once: ``ack`` and ``nack`` do
 nothing. Ephemeral subscriptions with a group are ordinary subscriptions (see
-:meth:`KafkaBroker.subscribe_ephemeral`).
+:meth:`~mesh.brokers.kafka.broker.KafkaBroker.subscribe_ephemeral`).
 """
 
 from __future__ import annotations
@@ -14,19 +14,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from mesh.brokers.base import Delivery, DeliveryHandler, HandlerRunner, Subscription
-from mesh.brokers.kafka.consumer import CONTENT_TYPE, quietly, reason
-from mesh.codecs.binary import WireMessage, decode
-from mesh.errors import BrokerConnectionError, BrokerError, DecodeError
-from mesh.event import Event
-
-if TYPE_CHECKING:
-    from mesh.brokers.kafka.broker import KafkaBroker
+from mesh.brokers.base import AtMostOnceDelivery, DeliveryHandler, HandlerRunner, Subscription
+from mesh.brokers.kafka.connection import KafkaConnection, quietly, read_record, reason
+from mesh.codecs.binary import Binding
+from mesh.errors import BrokerConnectionError, BrokerError
 
 __all__ = ["EphemeralSubscription"]
 
@@ -35,47 +32,50 @@ log = logging.getLogger("mesh.broker.kafka")
 POLL_MS = 100
 
 
-class _Delivery(Delivery):
-    """At most once: there is nothing to commit and nothing to redeliver from."""
-
-    __slots__ = ()
-
-    async def _ack(self) -> None:
-        pass
-
-    async def _nack(self, delay: float | None) -> None:
-        pass
-
-
 class EphemeralSubscription(Subscription):
-    """A group-less consumer of every partition of one topic, from its end."""
+    """A group-less consumer of every partition of one topic, from its end.
+
+    Build it once the topic exists (the broker creates it with one partition): its consumer is
+    made here and must be started and stopped. At stop an exclusive topic is deleted, then
+    ``on_stop`` is called with the subscription.
+    """
 
     def __init__(
         self,
-        broker: KafkaBroker,
+        conn: KafkaConnection,
         topic: str,
-        name: str,
-        consumer: AIOKafkaConsumer,
         handler: DeliveryHandler,
         concurrency: int,
         exclusive: bool,
+        on_stop: Callable[[EphemeralSubscription], None],
     ) -> None:
+        o = conn.settings
         self.topic = topic
         self.group = ""
-        self.name = name
+        self.name = conn.name_of(topic)
+        """The Kafka topic read."""
         self.exclusive = exclusive
-        self._broker = broker
-        self._consumer = consumer
+        self._conn = conn
+        self._consumer = conn.consumer(
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=o.ephemeral_fetch_max_wait_ms,
+            max_poll_records=o.max_poll_records,
+        )
+        self._on_stop = on_stop
         self._runner = HandlerRunner(handler, concurrency, topic)
         self._task: asyncio.Task[None] | None = None
         self._running = True
         self._fetching = False
 
-    async def start(self, connect_timeout: float) -> None:
+    async def start(self) -> None:
         """Connect, take every partition by hand and fix the start at the current end."""
+        conn = self._conn
+        timeout = conn.settings.connect_timeout
         consumer = self._consumer
         try:
-            async with asyncio.timeout(connect_timeout):
+            async with asyncio.timeout(timeout):
                 await consumer.start()
                 partitions = consumer.partitions_for_topic(self.name)
                 if not partitions:
@@ -90,14 +90,14 @@ class EphemeralSubscription(Subscription):
                     await consumer.position(tp)  # resolve now: later records are not missed
         except (KafkaError, OSError, TimeoutError) as exc:
             await quietly(consumer.stop())
-            raise BrokerConnectionError("kafka", self._broker.address, reason(exc, connect_timeout)) from exc
+            raise BrokerConnectionError("kafka", conn.address, reason(exc, timeout)) from exc
         except BaseException:
             await quietly(consumer.stop())
             raise
         self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"mesh-kafka-ephemeral:{self.name}")
 
     async def _loop(self) -> None:
-        consumer, submit, binding, topic = self._consumer, self._runner.submit, self._broker.wire, self.topic
+        consumer, submit, binding, topic = self._consumer, self._runner.submit, self._conn.wire, self.topic
         while self._running:
             self._fetching = True
             try:
@@ -114,17 +114,11 @@ class EphemeralSubscription(Subscription):
                         return
                     await submit(self._delivery(record, binding, topic))
 
-    def _delivery(self, record: Any, binding: Any, topic: str) -> _Delivery:
-        headers = dict(record.headers)
-        ctype = headers.get(CONTENT_TYPE)
-        msg = WireMessage(record.value or b"", headers, None, None)
-        try:
-            msg = WireMessage(record.value or b"", headers, None, ctype.decode() if ctype is not None else None)
-            event: Event = decode(msg, binding, topic, f"{record.topic}:{record.partition}:{record.offset}")
-        except (DecodeError, UnicodeDecodeError) as exc:
-            error = exc if isinstance(exc, DecodeError) else DecodeError(str(exc), record.value or b"")
-            return _Delivery(topic, "", None, msg, error)
-        return _Delivery(topic, "", event, msg)
+    def _delivery(self, record: Any, binding: Binding, topic: str) -> AtMostOnceDelivery:
+        event, msg, error = read_record(
+            record, binding, topic, f"{record.topic}:{record.partition}:{record.offset}", key=False
+        )
+        return AtMostOnceDelivery(topic, "", event, msg, error)
 
     async def stop(self, drain: bool = True) -> None:
         if not self._running:
@@ -139,4 +133,6 @@ class EphemeralSubscription(Subscription):
         if drain:
             await self._runner.drain()
         await quietly(self._consumer.stop())
-        await self._broker.forget_ephemeral(self)
+        if self.exclusive:
+            await self._conn.drop(self.name)
+        self._on_stop(self)
