@@ -49,6 +49,7 @@ from mesh.components import ComponentOptions
 from mesh.errors import ConfigError, DecodeError
 from mesh.event import Event
 from mesh.extensions import RESERVED_PREFIX
+from mesh.urls import mask_url
 
 __all__ = [
     "RESERVED_PREFIX",
@@ -315,7 +316,7 @@ class Broker(ABC):
         return None
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(url={self.url!r})"
+        return f"{type(self).__name__}(url={mask_url(self.url)!r})"
 
 
 def validate_options(model: type[BrokerOptions], options: Mapping[str, Any]) -> Any:
