@@ -38,6 +38,8 @@ from mesh.invoke.presence import Presence
 from mesh.names import InvalidName, check_app_id, check_subscription, check_topic
 from mesh.pipeline import HandlerSpec, Route, data_adapter
 from mesh.runtime import Runtime
+from mesh.state import StateStore
+from mesh.state.block import StateBlock
 
 __all__ = ["App"]
 
@@ -98,6 +100,14 @@ class App:
         """Who is live on the mesh, and this instance's heartbeats."""
         self.caller = Caller(self.runtime, self.presence)
         """This instance's outgoing calls: reply topic and pending replies."""
+        self._state = StateBlock(
+            id,
+            {name: {"type": c.type, **c.options} for name, c in self.config.state.items()},
+            registry,
+            self.runtime.send,
+            self.runtime.spawn,
+            log,
+        )
         self.started = False
         self._invocable = False  # from start until handlers drained at stop (they may invoke)
         self.hooks.configure(self.runtime, self.config)
@@ -112,6 +122,12 @@ class App:
         }
         broker: Broker = self.components.load("broker", conf.type)(conf.url, **kwargs)
         return broker
+
+    def state(self, name: str) -> StateStore:
+        """The state store ``name`` of the config's ``state:`` section (get/set/delete, ETags, TTL,
+        transactions, queries; see docs/state.md). With no ``state:`` section every name is an
+        in-process memory store."""
+        return self._state.store(name)
 
     def use_broker(self, broker: Broker) -> None:
         """Run this (not yet started) app on ``broker`` instead of the one its config names (tests)."""
@@ -321,6 +337,7 @@ class App:
         self.caller.build()
         await self.broker.connect()
         try:
+            await self._state.start()  # before the handlers, which may use it
             for route in self._routes.values():
                 route.build()
                 sub = await self.broker.subscribe(route.topic, route.group, route, concurrency=route.concurrency)
@@ -329,6 +346,7 @@ class App:
             await self.presence.start(listen=bool(self.callee.methods))
         except BaseException:
             await self.presence.close()
+            await self._state.stop()
             await self.broker.close()
             raise
         self.started = self._invocable = True
@@ -351,6 +369,7 @@ class App:
             await self.presence.leave()  # callers stop choosing this instance; in-flight calls finish
             subs, self._subscriptions = self._subscriptions, []
             await self._drain(subs, self.config.drain_timeout if timeout is None else timeout)
+            await self._state.stop()  # relays hand over their lease; stores close
             await runtime.cancel_tasks()
             await runtime.run_stop_callbacks()
             self._invocable = False

@@ -27,6 +27,7 @@ from mesh.errors import MeshError, RemoteError
 from mesh.health import HealthServer, Ready, all_ready
 from mesh.hooks import PluginManager
 from mesh.replay.cli import dlq, replay
+from mesh.state.cli import state as state_cli
 
 __all__ = ["DEFAULT_DRAIN_TIMEOUT", "cli", "load_target", "main"]
 
@@ -400,6 +401,7 @@ def plugins() -> None:
 
 cli.add_command(replay)
 cli.add_command(dlq)
+cli.add_command(state_cli)
 
 
 def _add_plugin_commands(group: click.Group) -> None:

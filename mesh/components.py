@@ -12,7 +12,8 @@ kind                    built-ins                           config section
 ======================  ==================================  =============================
 ``broker``              memory, kafka, rabbitmq, nats,      ``broker: {type: ...}``
                         jetstream, redis
-``state``               (the state block)                   ``state: {<name>: {type: ...}}``
+``state``               memory, sqlite, postgres, redis,    ``state: {<name>: {type: ...}}``
+                        nats-kv
 ``secrets``             env, file                           ``secrets: {<store>: {...}}``
 ======================  ==================================  =============================
 
@@ -81,7 +82,7 @@ class BrokerInfo(ComponentInfo):
     """OpenTelemetry ``messaging.system`` for its spans (``kafka``, ``rabbitmq``, ``nats``, ...)."""
 
 
-BUILTIN_LISTS: tuple[str, ...] = ("mesh.brokers:BUILTIN_BROKERS",)
+BUILTIN_LISTS: tuple[str, ...] = ("mesh.brokers:BUILTIN_BROKERS", "mesh.state:BUILTIN_STATE_STORES")
 """Where the built-in entries of each kind are listed (each module imports no client library)."""
 
 

@@ -20,6 +20,11 @@
     ├── HandlerSignal                       raised by handlers to steer delivery
     │   ├── Retry                           try again, optionally after ``delay`` seconds
     │   └── DeadLetter                      give up now, with ``reason``
+    ├── StateError (mesh.state.errors)      a state store call failed
+    │   ├── ETagMismatch                    someone wrote the key first (optimistic concurrency)
+    │   ├── InvalidKey (ValueError), InvalidValue (TypeError), InvalidQuery (ValueError)
+    │   ├── StoreNotFound (KeyError)        no store of that name is configured
+    │   └── StoreUnavailable (ConnectionError)
     └── InvocationError
         ├── InvocationTimeout (TimeoutError)
         ├── NoResponders                    no live instance of the app

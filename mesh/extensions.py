@@ -23,6 +23,8 @@ extension           meaning (written by)
 ``meshrawheaders``  dead letter of an undecodable message: its headers as JSON
 ``meshreplay``      the replay that sent this copy (replay)
 ``meshredrive``     the redrive that sent this copy (dead-letter redrive)
+``meshstore``       a state change: the store's configured name (state outbox)
+``meshetag``        a state change: the key's ETag after it (state outbox)
 ==================  ==========================================================================
 
 Reserved destinations live under :data:`RESERVED_PREFIX`; user topics may not use it, so the
@@ -63,6 +65,8 @@ __all__ = [
     "REPLY_PREFIX",
     "REPLY_TO",
     "RESERVED_PREFIX",
+    "STATE_ETAG",
+    "STATE_STORE",
     "STATUS",
     "TOPIC",
     "UNDECODABLE_TYPE",
@@ -95,6 +99,9 @@ UNDECODABLE_TYPE = "mesh.deadletter.undecodable"
 
 REPLAY = "meshreplay"
 REDRIVE = "meshredrive"
+
+STATE_STORE = "meshstore"
+STATE_ETAG = "meshetag"
 
 # -- reserved destinations -------------------------------------------------------------------------
 

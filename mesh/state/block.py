@@ -66,7 +66,7 @@ class StateBlock:
         app_id: str,
         configs: Mapping[str, Mapping[str, Any]],
         registry: Registry,
-        publish: Callable[[str, Event], Awaitable[None]],
+        publish: Callable[[str, Event], Awaitable[Any]],
         spawn: Callable[[Coroutine[Any, Any, Any]], asyncio.Task[Any]],
         log: Any,
     ) -> None:

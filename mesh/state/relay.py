@@ -30,7 +30,7 @@ from mesh.state.handle import StateStore
 
 __all__ = ["Relay", "watch_changes"]
 
-Publish = Callable[[str, Event], Awaitable[None]]
+Publish = Callable[[str, Event], Awaitable[Any]]
 
 
 class Relay:
