@@ -160,14 +160,15 @@ class RabbitMQBroker(Broker):
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._declaring[topic] = future
         name = self.name_of(topic)
-        what = f"the exchange {name!r}"
+        what, hint = f"the exchange {name!r}", ""
         try:
             await self.connection.declare_topic(name)
             if self.history.logs(topic):
-                what = f"the stream queue of {name!r}"
+                what = f"the stream queue {self.connection.stream_of(topic)!r} logging {name!r}"
+                hint = " (the topic matches stream_topics; set stream_topics: [] to log no topic)"
                 await self._declare_stream(topic, name)
         except Exception as exc:
-            error = PublishError(f"cannot declare {what} on rabbitmq: {reason(exc, self._timeout)}")
+            error = PublishError(f"cannot declare {what} on rabbitmq: {reason(exc, self._timeout)}{hint}")
             error.__cause__ = exc
             future.set_exception(error)
             future.exception()  # retrieved: a failure with no other waiter is not "never retrieved"
