@@ -18,7 +18,7 @@ from mesh import App, Event
 from mesh.cli import cli
 from mesh.event import now
 from mesh.extensions import RESERVED_PREFIX
-from mesh.replay import DeadLetters, open_tools
+from mesh.replay import DeadLetters, ReplaySpec, open_tools
 from tests.replay.support import Consumer, mesh_config, wait_count
 from tests.support import DEFAULT_URLS, BrokerSpec, reachable, unavailable, unique
 
@@ -126,6 +126,13 @@ async def test_purge_marks_them(world: World) -> None:
         assert after.total == 0 and after.done == 3
         [entry] = await dlq.show(world.sent[0].id)
         assert entry.state.startswith("purged at ")
+
+
+async def test_replay_from_the_broker_reads_the_dlq_stream(world: World) -> None:
+    async with world.tools() as tools:
+        spec = ReplaySpec(world.dlq, name=unique("r"), source="broker")
+        result = await tools.replayer.dry_run(spec)
+        assert result.matched == 3 and result.by_type == {"pay.requested": 3}
 
 
 def test_cli_lists_them(world: World) -> None:
