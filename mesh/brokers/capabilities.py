@@ -6,12 +6,20 @@ part for what its broker can do (``broker.history``, ``broker.groups``), and ``F
 :func:`group_publisher`, which raise :class:`~mesh.errors.FeatureNotSupported` naming the
 alternative.
 
+History may be kept for some topics only: a broker whose ``Features.history`` is False (a new
+group does not see earlier events) may still compose a history part that also is a
+:class:`TopicHistory`, saying per topic whether it keeps a log (RabbitMQ: topics matching
+``stream_topics``, logged in stream queues). :func:`history_reader` with a topic, and
+:func:`keeps_history`, take that into account.
+
 ========== =================================== =============================================
 broker     history (``HistoryReader``)          one group only (``GroupPublisher``)
 ========== =================================== =============================================
 memory     the topic log (offsets, times)       a private queue of the group, read first
 kafka      offsets, ``offsets_for_times``       the group's retry topic, due now
-rabbitmq   none: use the archive                the group's queue, through the default exchange
+rabbitmq   topics matching ``stream_topics``    the group's queue, through the default exchange
+           (``*.dlq``): a stream queue, by
+           offset or time (3.9+); others: none
 nats       none: use the archive                ``_mesh.group.<group>.<subject>``, queue-subscribed
                                                 by every member of the group (no-responders if none)
 jetstream  the stream, by start time or seq     the subject with header ``_mesh.group``; members of
@@ -42,8 +50,10 @@ __all__ = [
     "GroupPublisher",
     "HistoryReader",
     "HistoryRecord",
+    "TopicHistory",
     "group_publisher",
     "history_reader",
+    "keeps_history",
 ]
 
 Cursor = dict[str, Any]
@@ -89,6 +99,15 @@ class HistoryReader(Protocol):
 
 
 @runtime_checkable
+class TopicHistory(Protocol):
+    """A history part that keeps a log of some topics only."""
+
+    def history_gap(self, topic: str) -> str | None:
+        """``None`` when the broker keeps a log of ``topic``, else why not (for the error message)."""
+        ...
+
+
+@runtime_checkable
 class GroupPublisher(Protocol):
     """An adapter that can deliver an event to the members of one group only."""
 
@@ -101,16 +120,35 @@ class GroupPublisher(Protocol):
         ...
 
 
-def history_reader(broker: Broker) -> HistoryReader:
-    """The broker as a :class:`HistoryReader`, or FeatureNotSupported naming the archive."""
+def history_reader(broker: Broker, topic: str | None = None) -> HistoryReader:
+    """The broker as a :class:`HistoryReader` (of ``topic``, when given), or FeatureNotSupported
+    naming the archive.
+
+    Without a topic, a broker that keeps a log of some topics only (:class:`TopicHistory`) is
+    returned as it is; its reader raises FeatureNotSupported for a topic it keeps no log of.
+    """
     part = broker.history or (broker if isinstance(broker, HistoryReader) else None)
-    if broker.features.history and isinstance(part, HistoryReader):
-        return part
-    raise FeatureNotSupported(
-        broker.type,
-        "replay from the broker's own history (it keeps none)",
-        "record events with the archive plugin and replay from the archive (--from archive)",
-    )
+    alternative = "record events with the archive plugin and replay from the archive (--from archive)"
+    if isinstance(part, HistoryReader):
+        if broker.features.history:
+            return part
+        if isinstance(part, TopicHistory):
+            gap = None if topic is None else part.history_gap(topic)
+            if gap is None:
+                return part
+            raise FeatureNotSupported(
+                broker.type, f"replay of {topic!r} from the broker's own history ({gap})", alternative
+            )
+    raise FeatureNotSupported(broker.type, "replay from the broker's own history (it keeps none)", alternative)
+
+
+def keeps_history(broker: Broker, topic: str) -> bool:
+    """Whether :func:`history_reader` gives a reader of ``topic`` (the broker keeps a log of it)."""
+    try:
+        history_reader(broker, topic)
+    except FeatureNotSupported:
+        return False
+    return True
 
 
 def group_publisher(broker: Broker) -> GroupPublisher:

@@ -145,28 +145,39 @@ class ArchiveSource(Source):
 
 
 class BrokerSource(Source):
-    """The broker's own log of the topic (see :mod:`mesh.brokers.capabilities`)."""
+    """The broker's own log of the topic (see :mod:`mesh.brokers.capabilities`).
+
+    A broker keeping no log at all is refused here; one keeping a log of some topics only
+    (RabbitMQ's stream queues) is refused per topic, by :meth:`exists` and :meth:`records`.
+    Both raise FeatureNotSupported naming the archive.
+    """
 
     def __init__(self, broker: Broker, *, margin: timedelta = SEEK_MARGIN) -> None:
-        self.reader: HistoryReader = history_reader(broker)  # FeatureNotSupported names the archive
+        history_reader(broker)  # FeatureNotSupported names the archive
+        self.broker = broker
         self.kind = broker.type
         self.margin = margin
 
+    def reader(self, topic: str) -> HistoryReader:
+        """The broker's reader of ``topic``'s log, or FeatureNotSupported naming the archive."""
+        return history_reader(self.broker, topic)
+
     async def exists(self, topic: str) -> bool:
-        return await self.reader.topic_exists(topic)
+        return await self.reader(topic).topic_exists(topic)
 
     async def records(
         self, topic: str, window: Window, filter: EventFilter, cursor: Cursor | None, batch: int
     ) -> AsyncIterator[list[Record]]:
         since = None if window.since is None else window.since - self.margin
         until = None if window.until is None else window.until + self.margin
-        async for page in self.reader.read_history(topic, since=since, until=until, cursor=cursor, batch=batch):
+        reader = self.reader(topic)
+        async for page in reader.read_history(topic, since=since, until=until, cursor=cursor, batch=batch):
             yield [Record(r.event, r.time, r.cursor, _ref(r.cursor), r.error) for r in page]
 
     async def find(self, topic: str, keys: Iterable[Key], since: datetime) -> set[Key]:
         wanted = set(keys)
         found: set[Key] = set()
-        async for page in self.reader.read_history(topic, since=since - timedelta(seconds=1)):
+        async for page in self.reader(topic).read_history(topic, since=since - timedelta(seconds=1)):
             for r in page:
                 if r.event is not None and r.time >= since - timedelta(seconds=1):
                     key = key_of(r.event)

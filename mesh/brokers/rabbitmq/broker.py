@@ -11,6 +11,11 @@ Topology (DESIGN §3), every object durable:
   queue's name as routing key, so when its TTL runs out the broker dead-letters it through the
   default exchange straight back to that one group queue.
 
+- a topic matching ``stream_topics`` (``*.dlq`` by default) is also logged in a **stream
+  queue** ``_mesh.stream.<topic>`` bound to its exchange (RabbitMQ 3.9+), so it can be read
+  again: ``broker.history`` (:mod:`.history`) serves ``mesh dlq`` and ``mesh replay --from
+  broker`` for those topics. Events published to them carry ``timestamp_in_ms``.
+
 A topic exchange (rather than fanout) costs nothing for the mesh's own ``#`` bindings and lets a
 consumer outside the mesh bind a queue to a subset of keys (``eu.#``).
 
@@ -33,6 +38,7 @@ the connection       :mod:`.connection` (channels, delayed copies, names, settin
 group consumers      :mod:`.consumer` (``subscribe``; ack, nack with copies and delays)
 ephemeral queues     :mod:`.ephemeral` (``subscribe_ephemeral``)
 one-group delivery   :mod:`.groups` (``broker.groups``, for replays)
+readable topics      :mod:`.history` (``broker.history``: stream queues of ``stream_topics``)
 publishing           here: ``publish`` and ``publish_ephemeral`` are the hot paths
 ===================  ========================================================================
 """
@@ -40,6 +46,8 @@ publishing           here: ``publish`` and ``publish_ephemeral`` are the hot pat
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any, ClassVar
 
 from aio_pika.exceptions import ChannelPreconditionFailed
@@ -52,6 +60,7 @@ from mesh.brokers.rabbitmq.connection import RabbitMQConnection, reason
 from mesh.brokers.rabbitmq.consumer import ATTEMPT_HEADER, RabbitMQConsumer
 from mesh.brokers.rabbitmq.ephemeral import EphemeralSubscription
 from mesh.brokers.rabbitmq.groups import RabbitMQGroups
+from mesh.brokers.rabbitmq.history import TIME_HEADER, RabbitMQHistory
 from mesh.brokers.rabbitmq.options import RabbitMQOptions
 from mesh.codecs.binary import encode
 from mesh.codecs.bindings import AMQP
@@ -60,6 +69,8 @@ from mesh.event import Event
 from mesh.urls import mask_url
 
 __all__ = ["ATTEMPT_HEADER", "RabbitMQBroker"]
+
+log = logging.getLogger("mesh.broker.rabbitmq")
 
 
 class RabbitMQBroker(Broker):
@@ -73,7 +84,7 @@ class RabbitMQBroker(Broker):
         persistent=True,
         consumer_groups=True,
         order_by_key=False,  # only with single_active_consumer and concurrency 1 (see the docs)
-        history=False,
+        history=False,  # a new group sees nothing earlier; stream_topics are readable (broker.history)
         history_by_time=False,
         native_delay=True,
         native_request_reply=False,
@@ -91,7 +102,11 @@ class RabbitMQBroker(Broker):
             url, self.settings, self.wire, namespace=self.namespace, client_id=self.client_id
         )
         self.groups = RabbitMQGroups(conn)
+        self.history = RabbitMQHistory(conn)
         self._topics: dict[str, str] = {}
+        self._stamped: set[str] = set()
+        """Topics logged in a stream queue: their events carry ``timestamp_in_ms``."""
+        self._warned = False
         self._declaring: dict[str, asyncio.Future[str]] = {}
         self._subs: list[RabbitMQConsumer] = []
         self._ephemeral: list[EphemeralSubscription] = []
@@ -127,6 +142,7 @@ class RabbitMQBroker(Broker):
             await sub.stop()
         self._pub_raw = self._eph_raw = None
         self._topics.clear()
+        self._stamped.clear()
         await self.connection.close()
 
     # -- publishing ------------------------------------------------------------------------------
@@ -136,17 +152,23 @@ class RabbitMQBroker(Broker):
             await self._declare_topic(topic)
 
     async def _declare_topic(self, topic: str) -> str:
-        """Declare a topic's exchange once (concurrent first publishes share one declaration)."""
+        """Declare a topic's exchange once, and its stream queue if it is logged (concurrent first
+        publishes share one declaration)."""
         pending = self._declaring.get(topic)
         if pending is not None:
             return await asyncio.shield(pending)
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._declaring[topic] = future
         name = self.name_of(topic)
+        what, hint = f"the exchange {name!r}", ""
         try:
             await self.connection.declare_topic(name)
+            if self.history.logs(topic):
+                what = f"the stream queue {self.connection.stream_of(topic)!r} logging {name!r}"
+                hint = " (the topic matches stream_topics; set stream_topics: [] to log no topic)"
+                await self._declare_stream(topic, name)
         except Exception as exc:
-            error = PublishError(f"cannot declare the exchange {name!r} on rabbitmq: {reason(exc, self._timeout)}")
+            error = PublishError(f"cannot declare {what} on rabbitmq: {reason(exc, self._timeout)}{hint}")
             error.__cause__ = exc
             future.set_exception(error)
             future.exception()  # retrieved: a failure with no other waiter is not "never retrieved"
@@ -157,6 +179,23 @@ class RabbitMQBroker(Broker):
         future.set_result(name)
         return name
 
+    async def _declare_stream(self, topic: str, exchange: str) -> None:
+        """Declare the stream queue logging ``topic``; on a server without streams, warn once and go on."""
+        conn = self.connection
+        missing = conn.streams_missing()
+        if missing is not None:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "%s: topic %r is not kept readable; record it with the archive plugin instead "
+                    "(or set stream_topics: [] to silence this)",
+                    missing,
+                    topic,
+                )
+            return
+        await conn.declare_stream(conn.stream_of(topic), exchange)
+        self._stamped.add(topic)
+
     async def publish(self, topic: str, event: Event) -> None:
         exchange = self._topics.get(topic)
         if exchange is None:
@@ -165,9 +204,12 @@ class RabbitMQBroker(Broker):
         key = msg.key
         if key is None or (len(key) > 63 and len(key.encode()) > 255):
             key = exchange  # no key, or longer than an AMQP routing key may be
+        headers: Any = msg.headers
+        if topic in self._stamped:  # logged: the stream cannot tell when it took the message
+            headers = {**headers, TIME_HEADER: int(time.time() * 1000)}
         props = Basic.Properties(
             content_type=msg.content_type,
-            headers=msg.headers or None,  # type: ignore[arg-type]
+            headers=headers or None,
             delivery_mode=self._mode,
             message_id=event.id,
         )
@@ -206,7 +248,8 @@ class RabbitMQBroker(Broker):
             if isinstance(exc, BrokerError):
                 raise
             raise BrokerError(f"cannot subscribe to {topic!r} on rabbitmq: {reason(exc, self._timeout)}") from exc
-        self._topics.setdefault(topic, sub.exchange)
+        if not self.history.logs(topic):  # a logged topic's first publish declares its stream
+            self._topics.setdefault(topic, sub.exchange)
         self._subs.append(sub)
         return sub
 

@@ -12,8 +12,8 @@ control            nack copies, delayed copies, one-group     always, ``mandator
                    replays, through the default exchange or   finds no queue comes back as an
                    a ``_mesh.delay.<ms>`` exchange            error instead of vanishing)
 ephemeral          replies, presence, invocation requests     never (at most once, not persistent)
-scratch            delay-queue declarations, passive queue    a channel of its own that a refused
-                   look-ups                                   declaration may close
+scratch            delay-queue and stream declarations,       a channel of its own that a refused
+                   passive look-ups, history reads            declaration may close
 =================  =========================================  ===================================
 
 Credentials: ``username``/``password`` options override the URL's. Every address shown (errors,
@@ -58,17 +58,24 @@ __all__ = [
     "EPHEMERAL_EXCHANGE",
     "GONE",
     "STOP_TIMEOUT",
+    "STREAMS_SINCE",
+    "STREAM_PREFIX",
     "RabbitMQConnection",
     "ack_queued",
     "as_text",
     "delay_ms",
     "quietly",
+    "parse_version",
     "reason",
     "unreadable",
 ]
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 EPHEMERAL_EXCHANGE = RESERVED_PREFIX + "ephemeral"
+STREAM_PREFIX = RESERVED_PREFIX + "stream."
+"""Stream queues logging readable topics (see :mod:`mesh.brokers.rabbitmq.history`)."""
+STREAMS_SINCE = (3, 9)
+"""The first RabbitMQ version with stream queues."""
 """The direct exchange of the mesh's short-lived traffic (see :mod:`mesh.brokers.rabbitmq.ephemeral`)."""
 MAX_TTL_MS = 2**32 - 1
 STOP_TIMEOUT = 5.0
@@ -109,6 +116,10 @@ class RabbitMQConnection:
     def name_of(self, topic: str) -> str:
         """The broker-side name of a topic (the namespace prefix applied)."""
         return self.namespace + topic if self.namespace else topic
+
+    def stream_of(self, topic: str) -> str:
+        """The stream queue logging a readable topic: ``_mesh.stream.<topic>``."""
+        return self.name_of(f"{STREAM_PREFIX}{topic}")
 
     def queue_of(self, topic: str, group: str) -> str:
         """The durable queue of one group's subscription to a topic: ``<topic>.<group>``."""
@@ -155,6 +166,22 @@ class RabbitMQConnection:
         self._delays.clear()
         if conn is not None:
             await quietly(conn.close())
+
+    @property
+    def server_version(self) -> tuple[int, ...] | None:
+        """The RabbitMQ version the server announced (``(3, 10, 8)``), ``None`` before connecting."""
+        conn = self._amqp
+        if conn is None or conn.transport is None:
+            return None
+        return parse_version(conn.transport.connection.server_properties.get("version"))
+
+    def streams_missing(self) -> str | None:
+        """Why this server has no stream queues (``None`` when it has them or is not known yet)."""
+        version = self.server_version
+        if version is None or version >= STREAMS_SINCE:
+            return None
+        shown = ".".join(map(str, version))
+        return f"RabbitMQ {shown} at {self.address} has no stream queues (they came with 3.9)"
 
     async def channel(self) -> AbstractRobustChannel:
         """A new robust channel without confirms (a consumer's own)."""
@@ -246,24 +273,50 @@ class RabbitMQConnection:
         The declaration is not restored after a reconnection; a copy that finds no queue is
         returned (mandatory) and the queue declared again.
         """
-        async with self._scratch() as channel:
+        async with self.scratch() as channel:
             exchange = await channel.declare_exchange(name, aio_pika.ExchangeType.FANOUT, durable=True)
             queue = await channel.declare_queue(name, durable=True, arguments=arguments, passive=arguments is None)
             await queue.bind(exchange, routing_key="")
+
+    async def declare_stream(self, name: str, exchange: str) -> None:
+        """Declare the stream queue ``name`` with the retention options, bound to ``exchange`` with ``#``.
+
+        A stream that exists with other retention arguments is used as it is (the first app to
+        declare it, or a policy, decides).
+        """
+        opts = self.settings
+        arguments: dict[str, Any] = {
+            "x-queue-type": "stream",
+            "x-stream-max-segment-size-bytes": opts.stream_segment_bytes,
+        }
+        if opts.stream_max_age is not None:
+            arguments["x-max-age"] = f"{max(1, math.ceil(opts.stream_max_age))}s"
+        if opts.stream_max_bytes is not None:
+            arguments["x-max-length-bytes"] = opts.stream_max_bytes
+        async with asyncio.timeout(self.timeout):
+            await self.amqp().ready()
+            try:
+                async with self.scratch() as channel:
+                    queue = await channel.declare_queue(name, durable=True, arguments=arguments)
+                    await queue.bind(exchange, routing_key="#")
+            except ChannelPreconditionFailed:
+                async with self.scratch() as channel:
+                    queue = await channel.declare_queue(name, passive=True)
+                    await queue.bind(exchange, routing_key="#")
 
     async def queue_exists(self, name: str) -> bool:
         """Whether a queue exists (a passive declare, bounded); other failures raise as they are."""
         try:
             async with asyncio.timeout(self.timeout):
                 await self.amqp().ready()
-                async with self._scratch() as channel:
+                async with self.scratch() as channel:
                     await channel.declare_queue(name, passive=True)
         except (ChannelNotFoundEntity, ChannelClosed):
             return False
         return True
 
     @contextlib.asynccontextmanager
-    async def _scratch(self) -> AsyncIterator[aio_pika.Channel]:
+    async def scratch(self) -> AsyncIterator[aio_pika.Channel]:
         """A short-lived channel of its own: a refused declaration closes only it."""
         channel = aio_pika.Channel(self.amqp(), publisher_confirms=False)
         try:
@@ -271,6 +324,31 @@ class RabbitMQConnection:
             yield channel
         finally:
             await quietly(channel.close())
+
+
+def parse_version(text: Any) -> tuple[int, ...] | None:
+    """``"3.10.8"`` (str or bytes) as ``(3, 10, 8)``; ``None`` when there is no leading number.
+
+    >>> parse_version(b"3.8.9"), parse_version("3.13.0-rc.1"), parse_version(None)
+    ((3, 8, 9), (3, 13, 0), None)
+    """
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    if not isinstance(text, str):
+        return None
+    numbers: list[int] = []
+    for part in text.split("."):
+        digits = ""
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            break
+        numbers.append(int(digits))
+        if len(digits) < len(part):
+            break
+    return tuple(numbers) or None
 
 
 def _address(url: str) -> str:

@@ -2,7 +2,8 @@
 
 A group is the durable queue ``<topic>.<group>``; a replayed event is published straight to it
 through the default exchange (routing key = queue name), confirmed and mandatory, so it reaches
-that group's members and nobody else. RabbitMQ keeps no history: replays read the archive.
+that group's members and nobody else. Replays read the archive, or for topics logged in a stream
+queue (``stream_topics``) the broker's history (:mod:`.history`).
 
 ==========================  ===================================================================
 call                        what happens

@@ -5,6 +5,10 @@ The URL carries the address and virtual host, and may carry credentials:
 override the URL's, so a ``secretKeyRef`` can supply them. There is no ``initial_offset``:
 a RabbitMQ queue keeps no history, so a new group starts with the events published after it
 was created.
+
+Topics matching ``stream_topics`` (dead-letter topics by default) are kept readable besides: a
+stream queue bound to the topic's exchange logs what is published (RabbitMQ 3.9+), so
+``mesh dlq`` and ``mesh replay --from broker`` can read them (:mod:`.history`).
 """
 
 from __future__ import annotations
@@ -55,6 +59,20 @@ class RabbitMQOptions(BrokerOptions):
     single_active_consumer: bool = False
     """Declare group queues with ``x-single-active-consumer``: one member of a group consumes at
     a time (the others stand by), so with ``concurrency: 1`` events keep their publish order."""
+
+    # -- readable topics (stream queues, RabbitMQ 3.9+) ---------------------------------------------
+    stream_topics: list[str] = Field(default_factory=lambda: ["*.dlq"])
+    """Glob patterns of topics (without the namespace) whose events are also logged in a stream
+    queue ``_mesh.stream.<topic>``, readable by offset and time: dead-letter topics by default, so
+    ``mesh dlq list/show/redrive/purge`` work without the archive. ``[]``: none."""
+    stream_max_age: float | None = Field(7 * 86_400.0, gt=0)
+    """Seconds a stream keeps a message (``x-max-age``); ``None``: no age limit. Removal is by
+    whole segment, so a message may outlive this by up to one segment's worth of traffic."""
+    stream_max_bytes: int | None = Field(None, gt=0)
+    """Bytes a stream keeps at most (``x-max-length-bytes``, oldest segments removed first)."""
+    stream_segment_bytes: int = Field(8_000_000, gt=0)
+    """Size of a stream's segment files (``x-stream-max-segment-size-bytes``): retention removes
+    whole segments, so small segments let a quiet dead-letter stream expire on time."""
 
     # -- delayed redelivery ----------------------------------------------------------------------
     delay_precision: int = Field(2, ge=1, le=9)
