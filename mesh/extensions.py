@@ -40,6 +40,8 @@ destination                     what travels there
 ``_mesh.delay.<ms>``            delay queues (RabbitMQ), delayed entries (Redis)
 ``_mesh.group``                 header or field naming the only group a copy is for (replay)
 ``_mesh.ephemeral``             the exchange of ephemeral destinations (RabbitMQ)
+``_mesh.stream.<topic>``        the stream queue logging a readable topic (RabbitMQ, ``*.dlq``)
+``_mesh.end``                   header of the end marker of a history read (RabbitMQ streams)
 ==============================  =============================================================
 """
 
