@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,9 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+import yaml
 from click.testing import CliRunner
 
+from mesh import App, Event
 from mesh.cli import cli
+from tests.support import DEFAULT_URLS, reachable, unavailable, unique, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -201,3 +206,70 @@ def test_drain_timeout_bounds_a_stuck_handler_and_second_ctrl_c_exits_130(tmp_pa
         _until(proc, "draining")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 130
+
+
+# -- SIGTERM on a real broker: the stuck event goes to the next instance ------------------------------------
+
+
+def _redis_config(tmp_path: Path) -> dict[str, object]:
+    """A mesh.yaml on the local Redis whose take-over of given-back entries is quick (claim_idle_ms 500)."""
+    url = os.environ.get("MESH_TEST_REDIS_URL", DEFAULT_URLS["redis"])
+    if not reachable(url, 6379):
+        unavailable(f"redis at {url}")
+    config: dict[str, object] = {
+        "broker": {"type": "redis", "url": url, "options": {"claim_idle_ms": 500, "claim_interval_ms": 100}},
+        "defaults": {"retry": {"attempts": 1, "immediate": 0}},
+    }
+    (tmp_path / "mesh.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+@pytest.mark.redis
+def test_sigterm_ends_a_stuck_handler_and_the_next_instance_gets_its_event(tmp_path: Path) -> None:
+    config = _redis_config(tmp_path)
+    topic = unique("sigterm")
+    body = (
+        "app = App('svc')\n"
+        f"@app.subscribe({topic!r})\n"
+        "async def h(e: Event) -> None:\n    print('started', e.id, flush=True)\n    await asyncio.Event().wait()\n"
+    )
+    (tmp_path / "svc.py").write_text("import asyncio\nfrom mesh import App, Event\n" + body)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesh.cli", "run", "svc:app", "--drain-timeout", "1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    with proc:
+        assert proc.stdout is not None
+        _until(proc, "serving svc (redis)")
+
+        async def publish() -> Event:
+            async with App("sender", config=config) as sender:
+                return await sender.publish(topic, {"n": 1}, type="stuck.event")
+
+        sent = asyncio.run(publish())
+        assert proc.stdout.readline().split() == ["started", sent.id]
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - started < 6, "the drain timeout (1 s) bounded the stuck handler"
+        assert proc.stderr is not None
+        assert "cancelling them" in proc.stderr.read()
+
+    async def next_instance() -> list[Event]:
+        got: list[Event] = []
+        app = App("svc", config=config)
+
+        @app.subscribe(topic)
+        async def handle(event: Event) -> None:
+            got.append(event)
+
+        async with app:
+            await wait_for(lambda: bool(got), 15, "the given-back event at the next instance")
+        return got
+
+    got = asyncio.run(next_instance())
+    assert [e.id for e in got] == [sent.id] and got[0].data == {"n": 1}
