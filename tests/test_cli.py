@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -227,11 +228,12 @@ def _redis_config(tmp_path: Path) -> dict[str, object]:
 @pytest.mark.redis
 def test_sigterm_ends_a_stuck_handler_and_the_next_instance_gets_its_event(tmp_path: Path) -> None:
     config = _redis_config(tmp_path)
-    topic = unique("sigterm")
+    topic, app_id = unique("sigterm"), unique("svc")
     body = (
-        "app = App('svc')\n"
+        f"app = App({app_id!r})\n"
         f"@app.subscribe({topic!r})\n"
         "async def h(e: Event) -> None:\n    print('started', e.id, flush=True)\n    await asyncio.Event().wait()\n"
+        "@app.method('ping')\nasync def ping(data: object) -> str:\n    return 'pong'\n"
     )
     (tmp_path / "svc.py").write_text("import asyncio\nfrom mesh import App, Event\n" + body)
     proc = subprocess.Popen(
@@ -244,7 +246,16 @@ def test_sigterm_ends_a_stuck_handler_and_the_next_instance_gets_its_event(tmp_p
     )
     with proc:
         assert proc.stdout is not None
-        _until(proc, "serving svc (redis)")
+        _until(proc, f"serving {app_id} (redis)")
+        # mesh apps --output json (and its old spelling --json) finds the running instance
+        for flag in (["--output", "json"], ["--json"]):
+            listed = CliRunner().invoke(cli, ["apps", *flag, "--wait", "1", "-c", str(tmp_path / "mesh.yaml")])
+            assert listed.exit_code == 0, listed.output
+            live = orjson.loads(listed.stdout)[app_id]
+            assert len(live) == 1 and {"name": "ping", "idempotent": False} in live[0]["methods"]
+            assert {"topic": topic, "group": app_id} in [
+                {k: s[k] for k in ("topic", "group")} for s in live[0]["subscriptions"]
+            ]
 
         async def publish() -> Event:
             async with App("sender", config=config) as sender:
@@ -261,7 +272,7 @@ def test_sigterm_ends_a_stuck_handler_and_the_next_instance_gets_its_event(tmp_p
 
     async def next_instance() -> list[Event]:
         got: list[Event] = []
-        app = App("svc", config=config)
+        app = App(app_id, config=config)
 
         @app.subscribe(topic)
         async def handle(event: Event) -> None:
