@@ -184,9 +184,7 @@ def cli() -> None:
 @click.option(
     "--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT."
 )
-@click.option(
-    "--health-port", type=click.IntRange(0, 65535), default=None, help="Serve /livez and /readyz on PORT."
-)
+@click.option("--health-port", type=click.IntRange(0, 65535), default=None, help="Serve /livez and /readyz on PORT.")
 @click.option("--health-host", default="0.0.0.0", show_default=True, help="Address of the health server.")
 @click.option(
     "--drain-timeout",

@@ -128,6 +128,12 @@ def test_config_check_without_a_file_warns(tmp_path: Path) -> None:
     assert "no config file (defaults): broker memory" in result.stdout and "warning" in result.stderr
 
 
+def test_apps_output_json_is_one_document_even_when_nothing_runs() -> None:
+    result = CliRunner().invoke(cli, ["apps", "--output", "json", "--wait", "0"])
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout) == {}
+
+
 def test_run_accepts_a_build_function_returning_apps_and_more() -> None:
     from mesh.cli import load_target
 

@@ -232,14 +232,14 @@ def replay(
     async def work(t: Tools) -> ReplayResult:
         chosen = _source(origin) or ("archive" if t.archive is not None else "broker")
         final = ReplaySpec.from_json({**spec.to_json(), "source": chosen})
+        replayer = t.replayer
+        if final.target.kind == "group":  # the dry run refuses an unknown group too, checked as the run does
+            await replayer.check_topic(replayer.source(final.source, final.seek_margin), final.topic)
+            await Sender(t.app.runtime, final.target, final.topic).check()
         if dry_run:
-            if final.target.kind == "group":  # refuse an unknown group as the real run does, in its order
-                replayer = t.replayer
-                await replayer.check_topic(replayer.source(final.source, final.seek_margin), final.topic)
-                await Sender(t.app.runtime, final.target, final.topic).check()
-            return await t.replayer.dry_run(final)
+            return await replayer.dry_run(final)
         click.echo(f"replay {final.name}: if interrupted, go on with: mesh replay --resume {final.name}", err=True)
-        return await t.replayer.run(final)
+        return await replayer.run(final)
 
     result = _run(config, archive, state_dir, progress, work)
     _report(result, spec)
