@@ -185,9 +185,7 @@ def cli() -> None:
 @click.option(
     "--metrics-port", type=click.IntRange(1, 65535), default=None, help="Serve Prometheus metrics on 127.0.0.1:PORT."
 )
-@click.option(
-    "--health-port", type=click.IntRange(0, 65535), default=None, help="Serve /livez and /readyz on PORT."
-)
+@click.option("--health-port", type=click.IntRange(0, 65535), default=None, help="Serve /livez and /readyz on PORT.")
 @click.option("--health-host", default="0.0.0.0", show_default=True, help="Address of the health server.")
 @click.option(
     "--drain-timeout",
@@ -319,9 +317,18 @@ def invoke(app_id: str, method: str, data: str | None, timeout: float | None, ca
     default=None,
     help="Seconds to listen (default: one heartbeat interval).",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--output",
+    "-o",
+    "output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON document, app id -> instances.",
+)
+@click.option("--json", "as_json", is_flag=True, hidden=True, help="Same as --output json (kept for old scripts).")
 @click.option("--config", "-c", "config", type=click.Path(dir_okay=False), help="Config file.")
-def apps(wait: float | None, as_json: bool, config: str | None) -> None:
+def apps(wait: float | None, output: str, as_json: bool, config: str | None) -> None:
     """List the live apps: their instances, methods and subscriptions (from presence heartbeats)."""
     with _errors():
         app = App("mesh-cli", config=_client_config(config, "apps"))
@@ -335,7 +342,7 @@ def apps(wait: float | None, as_json: bool, config: str | None) -> None:
                 return {k: [i.as_dict() for i in v] for k, v in app.presence.apps().items()}
 
         live = asyncio.run(listen())
-    if as_json:
+    if as_json or output == "json":
         click.echo(orjson.dumps(live, option=orjson.OPT_INDENT_2).decode())
         return
     if not live:

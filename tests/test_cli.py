@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -9,9 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
+import pytest
+import yaml
 from click.testing import CliRunner
 
+from mesh import App, Event
 from mesh.cli import cli
+from tests.support import DEFAULT_URLS, reachable, unavailable, unique, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,6 +128,12 @@ def test_config_check_without_a_file_warns(tmp_path: Path) -> None:
     assert "no config file (defaults): broker memory" in result.stdout and "warning" in result.stderr
 
 
+def test_apps_output_json_is_one_document_even_when_nothing_runs() -> None:
+    result = CliRunner().invoke(cli, ["apps", "--output", "json", "--wait", "0"])
+    assert result.exit_code == 0, result.output
+    assert orjson.loads(result.stdout) == {}
+
+
 def test_run_accepts_a_build_function_returning_apps_and_more() -> None:
     from mesh.cli import load_target
 
@@ -201,3 +213,80 @@ def test_drain_timeout_bounds_a_stuck_handler_and_second_ctrl_c_exits_130(tmp_pa
         _until(proc, "draining")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(10) == 130
+
+
+# -- SIGTERM on a real broker: the stuck event goes to the next instance ------------------------------------
+
+
+def _redis_config(tmp_path: Path) -> dict[str, object]:
+    """A mesh.yaml on the local Redis whose take-over of given-back entries is quick (claim_idle_ms 500)."""
+    url = os.environ.get("MESH_TEST_REDIS_URL", DEFAULT_URLS["redis"])
+    if not reachable(url, 6379):
+        unavailable(f"redis at {url}")
+    config: dict[str, object] = {
+        "broker": {"type": "redis", "url": url, "options": {"claim_idle_ms": 500, "claim_interval_ms": 100}},
+        "defaults": {"retry": {"attempts": 1, "immediate": 0}},
+    }
+    (tmp_path / "mesh.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+@pytest.mark.redis
+def test_sigterm_ends_a_stuck_handler_and_the_next_instance_gets_its_event(tmp_path: Path) -> None:
+    config = _redis_config(tmp_path)
+    topic, app_id = unique("sigterm"), unique("svc")
+    body = (
+        f"app = App({app_id!r})\n"
+        f"@app.subscribe({topic!r})\n"
+        "async def h(e: Event) -> None:\n    print('started', e.id, flush=True)\n    await asyncio.Event().wait()\n"
+        "@app.method('ping')\nasync def ping(data: object) -> str:\n    return 'pong'\n"
+    )
+    (tmp_path / "svc.py").write_text("import asyncio\nfrom mesh import App, Event\n" + body)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesh.cli", "run", "svc:app", "--drain-timeout", "1"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    with proc:
+        assert proc.stdout is not None
+        _until(proc, f"serving {app_id} (redis)")
+        # mesh apps --output json (and its old spelling --json) finds the running instance
+        for flag in (["--output", "json"], ["--json"]):
+            listed = CliRunner().invoke(cli, ["apps", *flag, "--wait", "1", "-c", str(tmp_path / "mesh.yaml")])
+            assert listed.exit_code == 0, listed.output
+            live = orjson.loads(listed.stdout)[app_id]
+            assert len(live) == 1 and {"name": "ping", "idempotent": False} in live[0]["methods"]
+            assert {"topic": topic, "group": app_id} in [
+                {k: s[k] for k in ("topic", "group")} for s in live[0]["subscriptions"]
+            ]
+
+        async def publish() -> Event:
+            async with App("sender", config=config) as sender:
+                return await sender.publish(topic, {"n": 1}, type="stuck.event")
+
+        sent = asyncio.run(publish())
+        assert proc.stdout.readline().split() == ["started", sent.id]
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert time.monotonic() - started < 6, "the drain timeout (1 s) bounded the stuck handler"
+        assert proc.stderr is not None
+        assert "cancelling them" in proc.stderr.read()
+
+    async def next_instance() -> list[Event]:
+        got: list[Event] = []
+        app = App(app_id, config=config)
+
+        @app.subscribe(topic)
+        async def handle(event: Event) -> None:
+            got.append(event)
+
+        async with app:
+            await wait_for(lambda: bool(got), 15, "the given-back event at the next instance")
+        return got
+
+    got = asyncio.run(next_instance())
+    assert [e.id for e in got] == [sent.id] and got[0].data == {"n": 1}

@@ -13,10 +13,8 @@ from contextlib import contextmanager
 from typing import Any, Literal, TypeVar
 
 import click
-import orjson
 
 from mesh.codecs.data import format_time
-from mesh.codecs.structured import to_dict
 from mesh.errors import MeshError
 from mesh.replay import (
     DEAD_LETTER_ALIASES,
@@ -33,6 +31,9 @@ from mesh.replay import (
     parse_when,
     parse_where,
 )
+from mesh.replay import dlq_output as view
+from mesh.replay.dlq import DeadLetterEntry, DeadLetterSummary
+from mesh.replay.targets import Sender
 
 __all__ = ["dlq", "replay"]
 
@@ -231,10 +232,14 @@ def replay(
     async def work(t: Tools) -> ReplayResult:
         chosen = _source(origin) or ("archive" if t.archive is not None else "broker")
         final = ReplaySpec.from_json({**spec.to_json(), "source": chosen})
+        replayer = t.replayer
+        if final.target.kind == "group":  # the dry run refuses an unknown group too, checked as the run does
+            await replayer.check_topic(replayer.source(final.source, final.seek_margin), final.topic)
+            await Sender(t.app.runtime, final.target, final.topic).check()
         if dry_run:
-            return await t.replayer.dry_run(final)
+            return await replayer.dry_run(final)
         click.echo(f"replay {final.name}: if interrupted, go on with: mesh replay --resume {final.name}", err=True)
-        return await t.replayer.run(final)
+        return await replayer.run(final)
 
     result = _run(config, archive, state_dir, progress, work)
     _report(result, spec)
@@ -286,8 +291,9 @@ def dlq() -> None:
     """Inspect, redrive and purge dead letters (TOPIC is the dead-letter topic, e.g. orders.dlq).
 
     \b
-    mesh dlq list orders.dlq
-    mesh dlq show orders.dlq --id ID
+    mesh dlq list orders.dlq --ids             # each pending one: id, time, error, topic
+    mesh dlq show orders.dlq                   # the newest; --skip 1 for the next, --id ID for one
+    mesh dlq show orders.dlq --id ID --output json
     mesh dlq redrive orders.dlq --where error=TimeoutError --canary 10 --rate 100/s
     mesh dlq purge orders.dlq --older-than 7d
 
@@ -308,68 +314,108 @@ def _dlq_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return _common(fn)
 
 
+OUTPUT = click.Choice(["text", "json"])
+
+
+def _output(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--output", "-o", "output", type=OUTPUT, default="text", show_default=True, help="json: one JSON document."
+    )(fn)
+
+
 @dlq.command("list")
 @click.argument("topic")
 @click.option("--since", help="Dead-lettered at or after (time or age).")
 @click.option("--until", help="Dead-lettered before (time or age).")
+@click.option("--ids", is_flag=True, help="Also list each one, newest first: id, time, error, topic.")
+@click.option("--limit", type=click.IntRange(1), default=50, show_default=True, help="Most dead letters --ids lists.")
+@_output
 @_dlq_options
 def dlq_list(
     topic: str,
     since: str | None,
     until: str | None,
+    ids: bool,
+    limit: int,
+    output: str,
     where: tuple[str, ...],
     origin: str,
     config: str | None,
     archive: str | None,
     state_dir: str | None,
 ) -> None:
-    """Pending dead letters of TOPIC by error type, with the oldest and newest."""
+    """Pending dead letters of TOPIC by error type, with the oldest and newest (--ids: each one)."""
     with _errors():
         window, filter = _dlq_selection(since, until, where)
-    summary = _run(
-        config, archive, state_dir, False, lambda t: t.dead_letters(topic, _source(origin)).summary(window, filter)
-    )
-    _warn_corrupt(summary.corrupt, len(summary.corrupt))
-    done = f" ({summary.done} already redriven or purged)" if summary.done else ""
-    if not summary.total:
-        click.echo(f"{topic} ({summary.source}): no pending dead letters{done}")
+
+    async def work(t: Tools) -> tuple[DeadLetterSummary, list[DeadLetterEntry]]:
+        dead_letters = t.dead_letters(topic, _source(origin))
+        summary = await dead_letters.summary(window, filter)
+        return summary, (await view.list_entries(dead_letters, window, filter) if ids else [])
+
+    summary, entries = _run(config, archive, state_dir, False, work)
+    if output == "json":
+        doc = view.summary_doc(summary)
+        if ids:
+            doc["dead_letters"] = [view.row(e) for e in entries[:limit]]
+        click.echo(view.dumps(doc))
         return
-    click.echo(f"{topic} ({summary.source}): {summary.total} pending dead letters{done}")
-    width = max(10, *(len(e) for e in summary.by_error))
-    click.echo(f"  {'error type':<{width}}  {'count':>7}  {'oldest':<27}  newest")
-    for error, stats in sorted(summary.by_error.items(), key=lambda kv: (-kv[1].count, kv[0])):
-        oldest = format_time(stats.oldest) if stats.oldest else "?"
-        newest = format_time(stats.newest) if stats.newest else "?"
-        click.echo(f"  {error:<{width}}  {stats.count:>7,}  {oldest:<27}  {newest}")
-    origins = ", ".join(f"{t} ({n})" for t, n in summary.by_origin.most_common())
-    click.echo(f"  from: {origins}")
+    _warn_corrupt(summary.corrupt, len(summary.corrupt))
+    view.print_summary(summary)
+    if ids and summary.total:
+        click.echo()
+        view.print_table(view.console(), entries[:limit])
+        if len(entries) > limit:
+            click.echo(f"  ... {len(entries) - limit} older not shown (--limit {len(entries)} shows all)")
 
 
 @dlq.command("show")
 @click.argument("topic")
-@click.option("--id", "event_id", required=True, help="The event id.")
+@click.option("--id", "event_id", help="The event id (default: page through the pending ones, newest first).")
+@click.option("--skip", type=click.IntRange(0), default=0, show_default=True, help="Without --id: skip the newest N.")
+@click.option("--limit", type=click.IntRange(1), default=1, show_default=True, help="Without --id: show N.")
+@_output
 @_dlq_options
 def dlq_show(
     topic: str,
-    event_id: str,
+    event_id: str | None,
+    skip: int,
+    limit: int,
+    output: str,
     where: tuple[str, ...],
     origin: str,
     config: str | None,
     archive: str | None,
     state_dir: str | None,
 ) -> None:
-    """Print the dead letter(s) with an id: attributes, failure details, data (JSON)."""
-    entries = _run(config, archive, state_dir, False, lambda t: t.dead_letters(topic, _source(origin)).show(event_id))
-    if not entries:
+    """Print dead letters: the one(s) with --id, else the newest pending (--skip N --limit M to page)."""
+    with _errors():
+        _, filter = _dlq_selection(None, None, where)
+
+    async def work(t: Tools) -> list[DeadLetterEntry]:
+        dead_letters = t.dead_letters(topic, _source(origin))
+        if event_id is not None:
+            return [e for e in await dead_letters.show(event_id) if filter.matches(e.event)]
+        return await view.list_entries(dead_letters, Window(), filter)
+
+    entries = _run(config, archive, state_dir, False, work)
+    if event_id is not None and not entries:
         raise click.ClickException(f"no dead letter with id {event_id!r} on {topic!r}")
-    for entry in entries:
-        doc = {
-            "state": entry.state,
-            "deadlettered": format_time(entry.when),
-            "at": entry.ref,
-            "event": to_dict(entry.event),
-        }
-        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2, default=str).decode())
+    page = entries if event_id is not None else entries[skip : skip + limit]
+    if output == "json":
+        doc: dict[str, Any] = {"topic": topic, "dead_letters": [view.entry_doc(e) for e in page]}
+        if event_id is None:
+            doc |= {"pending": len(entries), "skip": skip}
+        click.echo(view.dumps(doc))
+        return
+    if not page:
+        beyond = f" after skipping {skip}" if entries else ""
+        click.echo(f"{topic}: no pending dead letters{beyond} ({len(entries)} pending)")
+        return
+    view.print_entries(view.console(), page, first=skip + 1, of=None if event_id is not None else len(entries))
+    if event_id is None and skip + len(page) < len(entries):
+        more = f" --limit {limit}" if limit > 1 else ""
+        click.echo(f"next: mesh dlq show {topic} --skip {skip + len(page)}{more}")
 
 
 @dlq.command("redrive")

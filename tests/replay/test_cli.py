@@ -1,8 +1,9 @@
-"""``mesh replay`` and ``mesh dlq`` on the memory broker with a SQLite archive, bad input included."""
+"""``mesh replay`` and ``mesh dlq`` on the memory broker with a SQLite archive, bad input included; dlq on Redis."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -19,10 +20,10 @@ from mesh.brokers.memory import MemoryBroker
 from mesh.cli import cli
 from mesh.codecs.data import format_time
 from mesh.event import now
-from tests.replay.support import Consumer, flush, mesh_config, sqlite_url
-from tests.support import BrokerSpec, unique
+from tests.replay.support import Consumer, flush, mesh_config, sqlite_url, wait_count
+from tests.support import DEFAULT_URLS, BrokerSpec, reachable, unavailable, unique
 
-pytestmark = [pytest.mark.memory, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.timeout(60)]
 
 
 class Shop:
@@ -102,6 +103,7 @@ def fails(result: Result, code: int, message: str) -> None:
 # -- mesh replay ---------------------------------------------------------------------------------
 
 
+@pytest.mark.memory
 def test_dry_run_prints_counts_by_type(shop: Shop) -> None:
     out = ok(
         shop.run(
@@ -122,6 +124,7 @@ def test_dry_run_prints_counts_by_type(shop: Shop) -> None:
     assert shop.collect("billing", "orders", 0) == []
 
 
+@pytest.mark.memory
 def test_replay_to_one_group_then_resume_says_finished_and_list_shows_it(shop: Shop) -> None:
     out = ok(
         shop.run(
@@ -154,6 +157,7 @@ def test_replay_to_one_group_then_resume_says_finished_and_list_shows_it(shop: S
     fails(shop.run("replay", "--topic", "orders", "--since", shop.at(0), "--name", "rebill"), 1, "--resume rebill")
 
 
+@pytest.mark.memory
 def test_replay_bad_input(shop: Shop) -> None:
     base = ("replay", "--topic", "orders")
     fails(shop.run(*base, "--since", shop.at(10), "--until", shop.at(5)), 2, "empty window")
@@ -172,6 +176,20 @@ def test_replay_bad_input(shop: Shop) -> None:
     assert shop.collect("billing", "orders", 0) == [], "nothing was sent by any of them"
 
 
+@pytest.mark.memory
+def test_dry_run_refuses_an_unknown_group_as_the_real_run_does(shop: Shop) -> None:
+    base = ("replay", "--topic", "orders", "--since", "1h", "--to-group", "nobody")
+    real, dry = shop.run(*base), shop.run(*base, "--dry-run")
+    fails(dry, 1, "no group 'nobody' subscribes to 'orders'")
+    assert (dry.exit_code, dry.output) == (real.exit_code, real.output)
+    real = shop.run("replay", "--topic", "nope", "--since", "1h", "--to-group", "nobody")
+    dry = shop.run("replay", "--topic", "nope", "--since", "1h", "--to-group", "nobody", "--dry-run")
+    fails(dry, 1, "unknown topic 'nope'")
+    assert dry.output == real.output, "the topic is checked first in both"
+    assert shop.collect("billing", "orders", 0) == []
+
+
+@pytest.mark.memory
 def test_a_corrupt_archive_row_is_a_warning(shop: Shop) -> None:
     async def corrupt() -> None:
         store = open_archive(shop.archive)
@@ -190,21 +208,74 @@ def test_a_corrupt_archive_row_is_a_warning(shop: Shop) -> None:
 # -- mesh dlq --------------------------------------------------------------------------------
 
 
+@pytest.mark.memory
 def test_dlq_list_and_show(shop: Shop) -> None:
     out = ok(shop.run("dlq", "list", "pay.dlq"))
     assert "pay.dlq (archive): 5 pending dead letters" in out
     assert "TimeoutError        3" in out and "ValueError          2" in out and "from: pay (5)" in out
     assert "TimeoutError" not in ok(shop.run("dlq", "list", "pay.dlq", "--where", "error=ValueError"))
-    doc = orjson.loads(ok(shop.run("dlq", "show", "pay.dlq", "--id", shop.failed[4].id)))
-    assert (
-        doc["state"] == "pending" and doc["event"]["mesherrortype"] == "ValueError" and doc["event"]["data"] == {"i": 4}
-    )
+    doc = orjson.loads(ok(shop.run("dlq", "show", "pay.dlq", "--id", shop.failed[4].id, "--output", "json")))
+    [entry] = doc["dead_letters"]
+    assert entry["state"] == "pending" and entry["event"]["mesherrortype"] == "ValueError"
+    assert entry["event"]["data"] == {"i": 4} and doc["topic"] == "pay.dlq"
+    out = ok(shop.run("dlq", "show", "pay.dlq", "--id", shop.failed[4].id))
+    assert f"dead letter {shop.failed[4].id}" in out and "error type       ValueError" in out
+    assert 'data:\n{\n  "i": 4\n}' in out
     fails(shop.run("dlq", "show", "pay.dlq", "--id", "nope"), 1, "no dead letter with id 'nope'")
     fails(shop.run("dlq", "list", "orders.dlq"), 1, "unknown dead-letter topic 'orders.dlq'")
     out = ok(shop.run("dlq", "list", "pay.dlq", "--from", "broker"))
     assert "pay.dlq (the memory broker's history): 5 pending" in out
 
 
+@pytest.mark.memory
+def test_dlq_list_ids_prints_each_pending_dead_letter_newest_first(shop: Shop) -> None:
+    newest_first = [e.id for e in reversed(shop.failed)]
+    out = ok(shop.run("dlq", "list", "pay.dlq", "--ids"))
+    assert "5 pending dead letters" in out
+    header, *rows = out[out.index("id ") :].splitlines()
+    assert header.split() == ["id", "dead-lettered", "(UTC)", "error", "topic", "[group]", "attempts", "reason"]
+    assert [r.split()[0] for r in rows] == newest_first, "whole ids, one line each, newest first"
+    assert rows[0].split()[3:7] == ["ValueError", "pay", "[payments]", "1"]
+    assert all(line == line.rstrip() for line in out.splitlines()), "no padding at line ends"
+    out = ok(shop.run("dlq", "list", "pay.dlq", "--ids", "--limit", "2", "--where", "error=TimeoutError"))
+    assert [r.split()[0] for r in out[out.index("id ") :].splitlines()[1:3]] == newest_first[2:4]
+    assert "... 1 older not shown (--limit 3 shows all)" in out
+    doc = orjson.loads(ok(shop.run("dlq", "list", "pay.dlq", "--ids", "--output", "json", "--limit", "4")))
+    assert doc["pending"] == 5 and doc["done"] == 0 and doc["by_origin"] == {"pay": 5}
+    assert {k: v["count"] for k, v in doc["by_error"].items()} == {"TimeoutError": 3, "ValueError": 2}
+    assert [r["id"] for r in doc["dead_letters"]] == newest_first[:4]
+    first = doc["dead_letters"][0]
+    assert (first["error"], first["topic"], first["group"], first["attempts"], first["redrive"]) == (
+        "ValueError",
+        "pay",
+        "payments",
+        1,
+        None,
+    )
+    assert "failing" in first["reason"] and first["deadlettered"].endswith("Z")
+    assert "dead_letters" not in orjson.loads(ok(shop.run("dlq", "list", "pay.dlq", "-o", "json")))
+
+
+@pytest.mark.memory
+def test_dlq_show_without_an_id_pages_through_the_newest(shop: Shop) -> None:
+    out = ok(shop.run("dlq", "show", "pay.dlq"))
+    assert out.startswith("dead letter 1 of 5 (newest first)\n")
+    assert f"id               {shop.failed[4].id}" in out and "next: mesh dlq show pay.dlq --skip 1" in out
+    out = ok(shop.run("dlq", "show", "pay.dlq", "--skip", "3", "--limit", "5"))
+    assert "dead letter 4 of 5" in out and "dead letter 5 of 5" in out and "next:" not in out
+    assert out.index(shop.failed[1].id) < out.index(shop.failed[0].id)
+    doc = orjson.loads(ok(shop.run("dlq", "show", "pay.dlq", "--skip", "1", "--limit", "2", "-o", "json")))
+    assert (doc["pending"], doc["skip"]) == (5, 1)
+    assert [d["event"]["id"] for d in doc["dead_letters"]] == [shop.failed[3].id, shop.failed[2].id]
+    doc = orjson.loads(ok(shop.run("dlq", "show", "pay.dlq", "--where", "error=TimeoutError", "-o", "json")))
+    assert [d["event"]["id"] for d in doc["dead_letters"]] == [shop.failed[2].id] and doc["pending"] == 3
+    assert "no pending dead letters after skipping 9 (5 pending)" in ok(
+        shop.run("dlq", "show", "pay.dlq", "--skip", "9")
+    )
+    fails(shop.run("dlq", "show", "pay.dlq", "--output", "yaml"), 2, "'yaml' is not one of 'text', 'json'")
+
+
+@pytest.mark.memory
 def test_dlq_redrive_then_list_shows_what_is_left(shop: Shop) -> None:
     out = ok(
         shop.run(
@@ -233,8 +304,13 @@ def test_dlq_redrive_then_list_shows_what_is_left(shop: Shop) -> None:
     fails(shop.run("dlq", "redrive", "pay.dlq", "--canary-wait", "soon"), 2, "--canary-wait")
     out = ok(shop.run("dlq", "redrive", "pay.dlq", "--dry-run"))
     assert "dry run: 2 dead letters on pay.dlq would be redriven to pay (2)" in out
+    listed = orjson.loads(ok(shop.run("dlq", "list", "pay.dlq", "--ids", "-o", "json")))["dead_letters"]
+    assert [r["id"] for r in listed] == [shop.failed[4].id, shop.failed[3].id], "redriven ones are not pending"
+    doc = orjson.loads(ok(shop.run("dlq", "show", "pay.dlq", "--id", shop.failed[0].id, "-o", "json")))
+    assert doc["dead_letters"][0]["state"].startswith("redriven by fix-1 at ")
 
 
+@pytest.mark.memory
 def test_dlq_purge_asks_first(shop: Shop) -> None:
     fails(shop.run("dlq", "purge", "pay.dlq", "--older-than", "0s", input="n\n"), 1, "Aborted")
     assert "5 pending" in ok(shop.run("dlq", "list", "pay.dlq")), "declined: nothing removed"
@@ -246,6 +322,7 @@ def test_dlq_purge_asks_first(shop: Shop) -> None:
     assert "no pending dead letters" in ok(shop.run("dlq", "list", "pay.dlq"))
 
 
+@pytest.mark.memory
 def test_without_an_archive_state_goes_to_files(shop: Shop, tmp_path: Path) -> None:
     config: dict[str, Any] = dict(shop.config)
     config["plugins"] = {"config": {}}
@@ -259,6 +336,59 @@ def test_without_an_archive_state_goes_to_files(shop: Shop, tmp_path: Path) -> N
     fails(CliRunner().invoke(cli, [*args, "--from", "archive"]), 1, "no archive is configured")
 
 
+@pytest.mark.memory
 def test_the_progress_bar_can_be_forced(shop: Shop) -> None:
     out = ok(shop.run("replay", "--topic", "orders", "--since", shop.at(0), "--to-topic", "orders.copy", "--progress"))
     assert "20 events sent now" in out and "sent 20" in out
+
+
+# -- on a real broker: Redis Streams, read from the broker's log and from the archive ------------------
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(90)
+def test_dlq_list_ids_show_and_json_on_redis(tmp_path: Path) -> None:
+    url = os.environ.get("MESH_TEST_REDIS_URL", DEFAULT_URLS["redis"])
+    if not reachable(url, 6379):
+        unavailable(f"redis at {url}")
+    config = mesh_config(BrokerSpec("redis", url), sqlite_url(tmp_path))
+    file = tmp_path / "mesh.yaml"
+    file.write_text(yaml.safe_dump(config))
+    topic = unique("pay")
+    dlq = f"{topic}.dlq"
+
+    async def seed() -> list[Event]:
+        shop = App("shop", config=config)
+        payments = Consumer("payments", topic, config, fail=lambda e: TimeoutError if e.data["i"] < 2 else ValueError)
+        watcher = Consumer("watcher", dlq, config)
+        async with shop, payments.app, watcher.app:
+            sent = [await shop.publish(topic, {"i": i}, type="pay.requested") for i in range(3)]
+            await wait_count(watcher, 3, what="3 dead letters on the Redis stream")
+        return sent  # the apps' archive recorders flushed when they stopped
+
+    sent = asyncio.run(seed())
+    ids = {e.id for e in sent}
+
+    def run(*args: str) -> str:
+        return ok(CliRunner().invoke(cli, ["dlq", args[0], dlq, "-c", str(file), *args[1:]]))
+
+    for origin in ("broker", "archive"):
+        out = run("list", "--ids", "--from", origin)
+        assert "3 pending dead letters" in out, out
+        rows = out[out.index("id ") :].splitlines()[1:]
+        assert {r.split()[0] for r in rows} == ids
+        assert all(f"{topic} [payments]" in r for r in rows)
+        doc = orjson.loads(run("list", "--ids", "--from", origin, "--output", "json"))
+        assert doc["pending"] == 3 and doc["by_origin"] == {topic: 3}
+        assert {k: v["count"] for k, v in doc["by_error"].items()} == {"TimeoutError": 2, "ValueError": 1}
+        listed = doc["dead_letters"]
+        assert {r["id"] for r in listed} == ids
+        times = [r["deadlettered"] for r in listed]
+        assert times == sorted(times, reverse=True), "newest first"
+        newest = orjson.loads(run("show", "--from", origin, "-o", "json"))
+        assert newest["pending"] == 3 and [d["event"]["id"] for d in newest["dead_letters"]] == [listed[0]["id"]]
+        text = run("show", "--from", origin, "--skip", "2")
+        assert "dead letter 3 of 3 (newest first)" in text and f"id               {listed[2]['id']}" in text
+        one = orjson.loads(run("show", "--id", sent[0].id, "--from", origin, "-o", "json"))["dead_letters"]
+        assert len(one) == 1 and one[0]["event"]["data"] == {"i": 0} and one[0]["state"] == "pending"
+        assert one[0]["event"]["mesherrortype"] == "TimeoutError" and one[0]["event"]["meshtopic"] == topic
