@@ -201,6 +201,21 @@ class DeadLetters:
             out.append(DeadLetterEntry(event, record.when, record.ref, _state(mark)))
         return out
 
+    async def entries(
+        self, window: Window | None = None, filter: EventFilter | None = None, *, pending_only: bool = True
+    ) -> list[DeadLetterEntry]:
+        """The readable dead letters in ``window`` passing ``filter``, newest first (pending ones only
+        by default); the same walk as :meth:`summary`, :meth:`show` and :meth:`redrive`."""
+        await self._check()
+        marks = await self.state.all(self._kind)
+        out: list[DeadLetterEntry] = []
+        async for record, event, _key, mark in self._entries(window or Window(), filter or EventFilter(), marks):
+            if record.event is None or (pending_only and mark is not None):
+                continue
+            out.append(DeadLetterEntry(event, record.when, record.ref, _state(mark)))
+        out.sort(key=lambda e: e.when, reverse=True)
+        return out
+
     # -- redrive ---------------------------------------------------------------------------------
 
     async def redrive(

@@ -28,7 +28,7 @@ from mesh import extensions as ext
 from mesh.codecs.data import format_time
 from mesh.codecs.structured import to_dict
 from mesh.event import Event
-from mesh.replay.dlq import DeadLetterEntry, DeadLetters, DeadLetterSummary, _state
+from mesh.replay.dlq import DeadLetterEntry, DeadLetters, DeadLetterSummary
 from mesh.replay.filters import EventFilter, Window
 
 __all__ = [
@@ -77,20 +77,8 @@ def _emit(out: Console, *renderables: Any) -> None:
 async def list_entries(
     dead_letters: DeadLetters, window: Window, filter: EventFilter, *, pending_only: bool = True
 ) -> list[DeadLetterEntry]:
-    """The readable dead letters in ``window`` passing ``filter``, newest first (pending ones only by default).
-
-    Stands in for a public ``DeadLetters.entries()``: it walks the same private iterator that
-    :meth:`DeadLetters.summary` and :meth:`DeadLetters.show` use, so list, show and redrive agree.
-    """
-    await dead_letters._check()
-    marks = await dead_letters.state.all(dead_letters._kind)
-    out: list[DeadLetterEntry] = []
-    async for record, event, _key, mark in dead_letters._entries(window, filter, marks):
-        if record.event is None or (pending_only and mark is not None):
-            continue
-        out.append(DeadLetterEntry(event, record.when, record.ref, _state(mark)))
-    out.sort(key=lambda e: e.when, reverse=True)
-    return out
+    """The readable dead letters in ``window`` passing ``filter``, newest first (:meth:`DeadLetters.entries`)."""
+    return await dead_letters.entries(window, filter, pending_only=pending_only)
 
 
 def _ext(event: Event, name: str) -> Any:

@@ -261,8 +261,7 @@ class Replayer:
         source = self.source(spec.source, spec.seek_margin)
         await self.check_topic(source, spec.topic)
         sender = Sender(self.runtime, spec.target, spec.topic)
-        if not dry_run:
-            await sender.check()
+        await sender.check()  # sends nothing: a dry run refuses an unknown group as the real run does
         result = ReplayResult(spec.name, dry_run=dry_run, resumed=saved is not None)
         cursor = None if saved is None else saved.get("cursor")
         result.cursor = cursor
