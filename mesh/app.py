@@ -27,6 +27,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
 
+from mesh.bindings import BindingsBlock, OutputBinding
 from mesh.brokers import Broker, Subscription
 from mesh.components import Registry
 from mesh.config import MeshConfig, load_config
@@ -98,6 +99,8 @@ class App:
         """Who is live on the mesh, and this instance's heartbeats."""
         self.caller = Caller(self.runtime, self.presence)
         """This instance's outgoing calls: reply topic and pending replies."""
+        self.bindings = BindingsBlock(self.runtime)
+        """This app's input and output bindings (``bindings:`` in the config)."""
         self.started = False
         self._invocable = False  # from start until handlers drained at stop (they may invoke)
         self.hooks.configure(self.runtime, self.config)
@@ -253,6 +256,10 @@ class App:
         """The event with the extensions plugins add to what this app sends (``mesh_publish_attributes``)."""
         return self.runtime.with_attributes(topic, event)
 
+    def binding(self, name: str) -> OutputBinding[Any]:
+        """The output binding ``name``: ``await app.binding("ledger").invoke("exec", {...})``."""
+        return self.bindings.binding(name)
+
     # -- invocation --------------------------------------------------------------------------
 
     @overload
@@ -327,6 +334,7 @@ class App:
                 self._subscriptions.append(sub)
             await self.callee.start()
             await self.presence.start(listen=bool(self.callee.methods))
+            await self.bindings.start()
         except BaseException:
             await self.presence.close()
             await self.broker.close()
@@ -345,6 +353,7 @@ class App:
             return
         self.started = False
         runtime = self.runtime
+        await self.bindings.stop()  # no new input first; output bindings close after the drain
         try:
             self.hooks.app_stopping(runtime)
         finally:

@@ -81,7 +81,7 @@ class BrokerInfo(ComponentInfo):
     """OpenTelemetry ``messaging.system`` for its spans (``kafka``, ``rabbitmq``, ``nats``, ...)."""
 
 
-BUILTIN_LISTS: tuple[str, ...] = ("mesh.brokers:BUILTIN_BROKERS",)
+BUILTIN_LISTS: tuple[str, ...] = ("mesh.brokers:BUILTIN_BROKERS", "mesh.bindings:BUILTIN_BINDINGS")
 """Where the built-in entries of each kind are listed (each module imports no client library)."""
 
 
