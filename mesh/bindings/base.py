@@ -45,6 +45,7 @@ __all__ = [
     "BindingStats",
     "InputBinding",
     "OutputBinding",
+    "json_by_default",
     "span",
 ]
 
@@ -104,6 +105,14 @@ class BindingStats:
         """The counts by name."""
         names = ("received", "emitted", "wrapped", "rejected", "failed", "invoked", "errors")
         return {k: getattr(self, k) for k in names}
+
+
+def json_by_default(event: Event) -> Event:
+    """A structured event without ``datacontenttype`` has JSON data (the JSON format's rule): say so,
+    so a binary-mode broker does not hand the data on as bytes."""
+    if event.datacontenttype is None and event.data is not None and not isinstance(event.data, bytes):
+        return event.replace(datacontenttype="application/json")
+    return event
 
 
 @contextmanager

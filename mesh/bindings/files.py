@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from mesh.bindings.base import BindingError, BindingFeatures, InputBinding, OutputBinding
+from mesh.bindings.base import BindingError, BindingFeatures, InputBinding, OutputBinding, json_by_default
 from mesh.bindings.options import FilesInOptions, FilesOutOptions
 from mesh.codecs import from_dict, to_structured
 from mesh.codecs.data import json_dumps
@@ -132,7 +132,7 @@ class FilesIn(InputBinding[FilesInOptions]):
             raise _Bad(f"not valid JSON: {exc}") from None
         if isinstance(data, dict) and "specversion" in data:
             try:
-                return from_dict(data)
+                return json_by_default(from_dict(data))
             except (DecodeError, InvalidEvent) as exc:
                 raise _Bad(f"not a valid CloudEvent: {exc}") from None
         self.stats.add("wrapped")

@@ -39,7 +39,7 @@ import orjson
 from aiohttp import web
 from opentelemetry.trace import SpanKind
 
-from mesh.bindings.base import BindingError, BindingFeatures, InputBinding, OutputBinding, span
+from mesh.bindings.base import BindingError, BindingFeatures, InputBinding, OutputBinding, json_by_default, span
 from mesh.bindings.options import IDEMPOTENT_METHODS, HttpInOptions, HttpOutOptions
 from mesh.codecs import CONTENT_TYPE, Binding, WireMessage, from_dict, from_structured, to_binary, to_structured
 from mesh.codecs.binary import BATCH_CONTENT_TYPE, from_binary
@@ -171,12 +171,12 @@ class HttpIn(InputBinding[HttpInOptions]):
             if "ce-specversion" in headers:
                 return [from_binary(WireMessage(body, headers, None, content_type), HTTP)]
             if base == CONTENT_TYPE:
-                return [from_structured(body)]
+                return [json_by_default(from_structured(body))]
             if base == BATCH_CONTENT_TYPE:
                 docs = orjson.loads(body)
                 if not isinstance(docs, list):
                     raise _Refused(400, "a CloudEvents batch must be a JSON array")
-                return [from_dict(doc) for doc in docs]
+                return [json_by_default(from_dict(doc)) for doc in docs]
             if base == "application/json" or base.endswith("+json"):
                 return [self._wrap_json(body, headers)]
         except orjson.JSONDecodeError as exc:

@@ -39,7 +39,7 @@ from opentelemetry.trace import SpanKind
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from mesh.bindings.base import BindingError, BindingFeatures, InputBinding, OutputBinding, span
+from mesh.bindings.base import BindingError, BindingFeatures, InputBinding, OutputBinding, json_by_default, span
 from mesh.bindings.http import HTTP
 from mesh.bindings.options import MqttInOptions, MqttOutOptions
 from mesh.codecs import CONTENT_TYPE, WireMessage, from_structured, to_binary, to_structured
@@ -82,7 +82,7 @@ def from_mqtt(payload: bytes, properties: Properties | None) -> Event | None:
         return from_binary(WireMessage(payload, headers, None, content_type), HTTP)
     base = (content_type or "").split(";", 1)[0].strip().lower()
     if base == CONTENT_TYPE or (not base and payload[:1] == b"{" and b'"specversion"' in payload):
-        return from_structured(payload)
+        return json_by_default(from_structured(payload))
     return None
 
 

@@ -33,7 +33,7 @@ import asyncpg
 import orjson
 from opentelemetry.trace import SpanKind
 
-from mesh.bindings.base import BindingError, BindingFeatures, InputBinding, OutputBinding, span
+from mesh.bindings.base import BindingError, BindingFeatures, InputBinding, OutputBinding, json_by_default, span
 from mesh.bindings.options import PostgresInOptions, PostgresOutOptions
 from mesh.codecs import from_dict
 from mesh.errors import DecodeError, InvalidEvent
@@ -123,7 +123,7 @@ class PostgresIn(InputBinding[PostgresInOptions]):
             return self.wrap(payload, subject=channel, datacontenttype="text/plain")
         if isinstance(data, dict) and "specversion" in data:
             try:
-                return from_dict(data)
+                return json_by_default(from_dict(data))
             except (DecodeError, InvalidEvent) as exc:
                 log.info("postgres-in %s: a notification is no valid CloudEvent (%s); wrapped", self.name, exc)
         self.stats.add("wrapped")
