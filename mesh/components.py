@@ -14,6 +14,9 @@ kind                    built-ins                           config section
                         jetstream, redis
 ``state``               (the state block)                   ``state: {<name>: {type: ...}}``
 ``secrets``             env, file                           ``secrets: {<store>: {...}}``
+``binding``             http-in/out, mqtt-in/out,           ``bindings: {<name>: {type: ...}}``
+                        postgres-in/out, files-in/out,
+                        smtp-out, cron
 ======================  ==================================  =============================
 
 >>> registry = Registry()
