@@ -27,6 +27,7 @@ from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
 
+from mesh.bindings import BindingsBlock, OutputBinding
 from mesh.brokers import Broker, Subscription
 from mesh.components import Registry
 from mesh.config import MeshConfig, load_config
@@ -108,6 +109,8 @@ class App:
             self.runtime.spawn,
             log,
         )
+        self.bindings = BindingsBlock(self.runtime)
+        """This app's input and output bindings (``bindings:`` in the config)."""
         self.started = False
         self._invocable = False  # from start until handlers drained at stop (they may invoke)
         self.hooks.configure(self.runtime, self.config)
@@ -269,6 +272,10 @@ class App:
         """The event with the extensions plugins add to what this app sends (``mesh_publish_attributes``)."""
         return self.runtime.with_attributes(topic, event)
 
+    def binding(self, name: str) -> OutputBinding[Any]:
+        """The output binding ``name``: ``await app.binding("ledger").invoke("exec", {...})``."""
+        return self.bindings.binding(name)
+
     # -- invocation --------------------------------------------------------------------------
 
     @overload
@@ -344,6 +351,7 @@ class App:
                 self._subscriptions.append(sub)
             await self.callee.start()
             await self.presence.start(listen=bool(self.callee.methods))
+            await self.bindings.start()
         except BaseException:
             await self.presence.close()
             await self._state.stop()
@@ -364,6 +372,7 @@ class App:
         self.started = False
         runtime = self.runtime
         try:
+            await self.bindings.stop()  # no new input first; output bindings close after the drain
             self.hooks.app_stopping(runtime)
         finally:
             await self.presence.leave()  # callers stop choosing this instance; in-flight calls finish

@@ -21,6 +21,7 @@ import orjson
 
 from mesh import logs
 from mesh.app import App
+from mesh.bindings.cli import bindings
 from mesh.cli_config import choose_config, describe, memory_fallback_warning
 from mesh.config import config_schema, load_config
 from mesh.errors import MeshError, RemoteError
@@ -407,6 +408,7 @@ def plugins() -> None:
 
 
 cli.add_command(replay)
+cli.add_command(bindings)
 cli.add_command(dlq)
 cli.add_command(state_cli)
 

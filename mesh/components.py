@@ -15,6 +15,9 @@ kind                    built-ins                           config section
 ``state``               memory, sqlite, postgres, redis,    ``state: {<name>: {type: ...}}``
                         nats-kv
 ``secrets``             env, file                           ``secrets: {<store>: {...}}``
+``binding``             http-in/out, mqtt-in/out,           ``bindings: {<name>: {type: ...}}``
+                        postgres-in/out, files-in/out,
+                        smtp-out, cron
 ======================  ==================================  =============================
 
 >>> registry = Registry()
@@ -82,7 +85,11 @@ class BrokerInfo(ComponentInfo):
     """OpenTelemetry ``messaging.system`` for its spans (``kafka``, ``rabbitmq``, ``nats``, ...)."""
 
 
-BUILTIN_LISTS: tuple[str, ...] = ("mesh.brokers:BUILTIN_BROKERS", "mesh.state:BUILTIN_STATE_STORES")
+BUILTIN_LISTS: tuple[str, ...] = (
+    "mesh.brokers:BUILTIN_BROKERS",
+    "mesh.state:BUILTIN_STATE_STORES",
+    "mesh.bindings:BUILTIN_BINDINGS",
+)
 """Where the built-in entries of each kind are listed (each module imports no client library)."""
 
 

@@ -25,6 +25,7 @@
     │   ├── InvalidKey (ValueError), InvalidValue (TypeError), InvalidQuery (ValueError)
     │   ├── StoreNotFound (KeyError)        no store of that name is configured
     │   └── StoreUnavailable (ConnectionError)
+    ├── BindingError (mesh.bindings.base)   an input or output binding failed (names the binding)
     └── InvocationError
         ├── InvocationTimeout (TimeoutError)
         ├── NoResponders                    no live instance of the app

@@ -16,7 +16,7 @@ integer beyond 64 bits, 255+ levels deep     ``DecodeError`` (see :mod:`mesh.cod
 write (a set, an object, a big ``int``)
 ===========================================  ===========================================
 
->>> from mesh.event import Event
+>>> from mesh.event import JSON, Event
 >>> e = Event(type="t", source="/s", data={"a": 1}, id="1")
 >>> from_structured(to_structured(e)).data
 {'a': 1}
@@ -42,7 +42,7 @@ from mesh.codecs.data import (
     unreadable,
 )
 from mesh.errors import DecodeError
-from mesh.event import READ_NAME, Event, ExtensionValue
+from mesh.event import JSON, READ_NAME, Event, ExtensionValue
 
 __all__ = ["CONTENT_TYPE", "from_dict", "from_structured", "to_dict", "to_structured"]
 
@@ -141,7 +141,9 @@ def _from_doc(doc: Any) -> Event:
             raise DecodeError(f"invalid data_base64: {exc}") from exc
     else:
         data = doc.get("data")
-        if data is not None and content_type is not None and not is_json(content_type):
+        if data is not None and content_type is None:
+            content_type = JSON  # the JSON format: an absent datacontenttype means application/json
+        elif data is not None and content_type is not None and not is_json(content_type):
             if not isinstance(data, str):
                 raise DecodeError(
                     f"data of type {type(data).__name__} with the non-JSON datacontenttype {content_type!r} "

@@ -46,7 +46,8 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def mesh_register_components(registry: Registry) -> None:
-    """Add components: broker types and secret stores (``registry.add_broker``, ``add_secret_store``).
+    """Add components: broker types (``registry.add_broker``), secret stores (``add_secret_store``),
+    state stores and bindings (``registry.add(ComponentInfo(kind="state" | "binding", ...))``).
 
     Return nothing. Called once per App before its config is read, so a plugin's secret store can resolve
     references in that config. Collect-all; return nothing.
