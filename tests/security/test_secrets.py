@@ -131,15 +131,15 @@ async def test_no_secret_value_in_logs_errors_reprs_or_config_check(
     assert password == "hunter2-very-secret"
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "secrets: {vault: {type: file, path: %s}}\n"
-        "security: {signing: {key: {secretKeyRef: {store: vault, name: db-password}}, key_id: x}}\n" % tmp_path
+        f"secrets: {{vault: {{type: file, path: {tmp_path}}}}}\n"
+        "security: {signing: {key: {secretKeyRef: {store: vault, name: db-password}}, key_id: x}}\n"
     )
     with pytest.raises(ConfigError) as bad_key:
         App("billing", config=str(bad))
     good = tmp_path / "good.yaml"
     good.write_text(
-        "secrets: {vault: {type: file, path: %s}}\n"
-        "security: {signing: {key: {secretKeyRef: {store: vault, name: billing-ed25519}}, key_id: x}}\n" % tmp_path
+        f"secrets: {{vault: {{type: file, path: {tmp_path}}}}}\n"
+        "security: {signing: {key: {secretKeyRef: {store: vault, name: billing-ed25519}}, key_id: x}}\n"
     )
     runner = CliRunner()
     checks = [runner.invoke(cli, ["config", "check", str(p)]) for p in (good, bad)]
