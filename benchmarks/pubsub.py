@@ -1,6 +1,7 @@
 """Publish-to-subscribe throughput: the mesh, the raw client and FastStream on the same broker.
 
     python -m benchmarks.pubsub [--brokers kafka,rabbitmq,...] [--n 20000] [--contenders mesh,raw,faststream]
+    python -m benchmarks.pubsub --signed [--brokers nats,kafka]   # mesh signed vs unsigned, one run
 
 One producer process, one consumer process per row (memory: one process, it has no network).
 Throughput = messages / (last message handled - first publish, once the producer is connected),
@@ -151,6 +152,75 @@ async def _memory(n: int) -> float:
         return n / (time.monotonic() - start)
 
 
+# -- signed (--signed): the mesh with the signing plugin, keys made once per run -------------------
+
+
+def _signed_config(kind: str, url: str | None, role: str) -> dict[str, Any]:
+    import json
+
+    keys = json.loads(os.environ["MESH_BENCH_SIGNING"])
+    config = contenders._mesh_config(kind, url)
+    trust = {"keys": {"bench-1": keys["public"]}, "apps": {"bench-producer": ["bench-1"]}}
+    config["security"] = {"trust": trust, "require_signed": True}
+    if role == "producer":
+        config["security"]["signing"] = {"key": keys["private"], "key_id": "bench-1"}
+    return config
+
+
+async def signed_consume(kind: str, url: str, topic: str, group: str, n: int, ready: Any, done: Any) -> None:
+    """The mesh consumer, verifying every event (``require_signed``)."""
+    from mesh import App, Event
+
+    app = App(group, config=_signed_config(kind, url, "consumer"))
+    counter = contenders._Counter(n, done)
+
+    @app.subscribe(topic)
+    async def handle(event: Event) -> None:
+        counter.hit()
+
+    async with app:
+        ready.set()
+        await counter.finished.wait()
+
+
+async def signed_produce(kind: str, url: str, topic: str, n: int) -> None:
+    """The mesh producer, signing every event (Ed25519)."""
+    from mesh import App
+
+    async with App("bench-producer", config=_signed_config(kind, url, "producer")) as app:
+        await contenders._windowed(n, lambda i: app.publish(topic, contenders._body(i), type="bench.event"), kind)
+
+
+contenders.CONSUMERS.setdefault("mesh-signed", signed_consume)
+contenders.PRODUCERS.setdefault("mesh-signed", signed_produce)
+
+
+def _make_signing_keys() -> None:
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    raw = serialization.Encoding.Raw
+    private = key.private_bytes(raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    public = key.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+    keys = {"private": base64.b64encode(private).decode(), "public": base64.b64encode(public).decode()}
+    os.environ["MESH_BENCH_SIGNING"] = json.dumps(keys)  # the spawned processes inherit it
+
+
+def signed_table(rows: list[dict[str, Any]]) -> str:
+    """Signed against unsigned mesh throughput per broker, as a Markdown table."""
+    lines = ["| broker | mesh msg/s | mesh signed msg/s | signed/unsigned |", "|---|---|---|---|"]
+    for r in rows:
+        plain, signed = r.get("mesh"), r.get("mesh-signed")
+        ratio = f"{signed / plain:.2f}x" if plain and signed else "n/a"
+        cells = [f"{v:,.0f}" if v else "n/a" for v in (plain, signed)]
+        lines.append(f"| {r['broker']} | {cells[0]} | {cells[1]} | {ratio} |")
+    return "\n".join(lines)
+
+
 def run(brokers: list[str], n: int, names: list[str]) -> list[dict[str, Any]]:
     """Every row: broker, rates per contender, ratios mesh/raw and mesh/faststream."""
     tansu = None
@@ -203,12 +273,19 @@ def table(rows: list[dict[str, Any]], names: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="pub/sub throughput: mesh vs raw client vs FastStream")
-    parser.add_argument("--brokers", default=",".join(BROKERS))
+    parser.add_argument("--brokers", default=None, help=f"default {','.join(BROKERS)} (--signed: nats,kafka)")
     parser.add_argument("--contenders", default="mesh,raw,faststream")
     parser.add_argument("--n", type=int, default=20_000, help="messages per row")
+    parser.add_argument(
+        "--signed", action="store_true", help="the mesh signed against unsigned (default brokers nats,kafka)"
+    )
     args = parser.parse_args(argv)
+    if args.signed:
+        _make_signing_keys()
+        print(signed_table(run((args.brokers or "nats,kafka").split(","), args.n, ["mesh", "mesh-signed"])))
+        return
     names = args.contenders.split(",")
-    print(table(run(args.brokers.split(","), args.n, names), names))
+    print(table(run((args.brokers or ",".join(BROKERS)).split(","), args.n, names), names))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from mesh.invoke.presence import Presence
 from mesh.names import InvalidName, check_app_id, check_subscription, check_topic
 from mesh.pipeline import HandlerSpec, Route, data_adapter
 from mesh.runtime import Runtime
+from mesh.security.secrets import Secrets
 from mesh.state import StateStore
 from mesh.state.block import StateBlock
 
@@ -82,6 +83,8 @@ class App:
         self.config: MeshConfig = load_config(config, registry=registry)
         self.plugins.disable(self.config.plugins.disable)
         self.plugins.check()
+        self.secrets = Secrets(self.config, registry)
+        """This app's secret stores: ``await app.secrets.get("vault", "db-password")``."""
         self.broker: Broker = self._make_broker()
         self.runtime = Runtime(
             id=id,

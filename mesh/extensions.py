@@ -73,6 +73,11 @@ __all__ = [
     "TOPIC",
     "UNDECODABLE_TYPE",
     "ATTEMPTS",
+    "CRYPT_CONTENT_TYPE",
+    "DSSE_MATERIAL",
+    "KEY_ID",
+    "SIGNED_EXTENSIONS",
+    "UNSIGNED_EXTENSIONS",
 ]
 
 # -- extensions ------------------------------------------------------------------------------------
@@ -104,6 +109,16 @@ REDRIVE = "meshredrive"
 
 STATE_STORE = "meshstore"
 STATE_ETAG = "meshetag"
+
+DSSE_MATERIAL = "dssematerial"
+SIGNED_EXTENSIONS = "signedextattrs"
+KEY_ID = "meshkeyid"
+CRYPT_CONTENT_TYPE = "cryptdatacontenttype"
+
+UNSIGNED_EXTENSIONS: frozenset[str] = frozenset(
+    {ATTEMPT, REPLAY, REDRIVE, RAW_HEADERS, "traceparent", "tracestate", *DEAD_LETTER_EXTENSIONS}
+)
+"""Extensions a signature never covers: each hop, retry, replay or dead-letter step rewrites them."""
 
 # -- reserved destinations -------------------------------------------------------------------------
 

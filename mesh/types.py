@@ -99,6 +99,7 @@ class Context:
         "first_failure",
         "outcome",
         "runtime",
+        "sender",
         "state",
         "subscription",
     )
@@ -117,6 +118,8 @@ class Context:
         self.outcome = ""
         """How the delivery was settled: handled, skipped, retry, dead_letter, parked or returned."""
         self.state: dict[str, Any] = {}
+        self.sender: str | None = None
+        """The app id that signed the event, verified (``None`` when signing is off or it was unsigned)."""
 
     @property
     def topic(self) -> str:
@@ -153,9 +156,7 @@ class Invocation:
         "timeout",
     )
 
-    def __init__(
-        self, runtime: Runtime, target: str, method: str, data: Any, timeout: float, key: str | None
-    ) -> None:
+    def __init__(self, runtime: Runtime, target: str, method: str, data: Any, timeout: float, key: str | None) -> None:
         self.runtime = runtime
         self.target = target
         self.method = method

@@ -93,3 +93,15 @@ def test_core_never_imports_a_builtin_plugin() -> None:
         )
     ]
     assert not offenders, f"core modules name built-in plugins: {offenders}"
+
+
+def test_every_package_is_listed_for_the_wheel() -> None:
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(path.parent.relative_to(ROOT).parts)
+        for path in MESH.rglob("__init__.py")
+        if "__pycache__" not in path.parts
+    }
+    assert not found - listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(found - listed)}"

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from mesh.config.secrets import SecretLookupError, SecretStore, builtin_stores
+from mesh.config.secrets import SecretLookupError, SecretStore, builtin_stores, open_store
 
 __all__ = ["Problems", "parse_yaml", "resolve_secrets", "substitute"]
 
@@ -98,10 +98,13 @@ def resolve_secrets(
     opened: dict[str, SecretStore] = {}
 
     def store(name: str) -> SecretStore | None:
-        if name not in opened and name in factories:
+        if name not in opened:
             conf = settings.get(name, {}) if isinstance(settings, dict) else {}
-            opened[name] = factories[name](conf if isinstance(conf, dict) else {})
-        return opened.get(name)
+            found = open_store(name, conf if isinstance(conf, dict) else {}, factories)
+            if found is None:
+                return None
+            opened[name] = found
+        return opened[name]
 
     def walk(node: Any, here: str) -> Any:
         if isinstance(node, dict):

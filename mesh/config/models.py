@@ -5,7 +5,16 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from mesh.components import Registry
 
@@ -17,6 +26,8 @@ __all__ = [
     "PluginsConfig",
     "PresenceConfig",
     "RetryPolicy",
+    "SecretStoreConfig",
+    "SecurityConfig",
     "SubscriptionConfig",
     "parse_duration",
 ]
@@ -167,6 +178,96 @@ class PresenceConfig(_Frozen):
         return self
 
 
+class SigningConfig(_Frozen):
+    """This app's signing key (``security.signing``): Ed25519 (or ECDSA P-256), PEM or base64."""
+
+    key: SecretStr
+    """The private key: a PEM block or the base64 of the 32-byte Ed25519 seed; use a ``secretKeyRef``."""
+    key_id: str = Field(min_length=1)
+    """The ``keyid`` written into every signature (name it after the app and the period: ``billing-2026-12``)."""
+
+
+class TrustConfig(_Frozen):
+    """Whose signatures this app accepts (``security.trust``)."""
+
+    keys: dict[str, str] = Field(default_factory=dict)
+    """Public keys by key id: PEM, or ``ed25519:<base64>`` / plain base64 of the 32-byte key."""
+    apps: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    """Which key ids belong to which app id; several per app while keys rotate."""
+
+
+class ScopesConfig(_Frozen):
+    """Topic scopes on the verified signer (Dapr's ``publishingScopes``/``subscriptionScopes``).
+
+    Per app id, the topics (globs) it may publish to or subscribe to; an app not listed is not
+    restricted. Reserved ``_mesh.*`` destinations are never scoped.
+    """
+
+    publish: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    subscribe: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+
+
+class EncryptionConfig(_Frozen):
+    """Payload encryption per topic (``security.encryption``): AES-GCM, the key id in ``meshkeyid``."""
+
+    keys: dict[str, SecretStr] = Field(default_factory=dict)
+    """AES keys (base64 of 16, 24 or 32 bytes) by key id; keep old ones to read old events."""
+    topics: dict[str, str] = Field(default_factory=dict)
+    """Topic glob -> the key id new events on it are sealed with."""
+
+    @model_validator(mode="after")
+    def _known_keys(self) -> EncryptionConfig:
+        for topic, key_id in self.topics.items():
+            if key_id not in self.keys:
+                raise ValueError(f"encryption.topics.{topic}: key id {key_id!r} is not in encryption.keys")
+        return self
+
+
+class SecurityConfig(_Frozen):
+    """Signed events, verified identity, topic scopes, payload encryption (``security:``)."""
+
+    signing: SigningConfig | None = None
+    trust: TrustConfig = Field(default_factory=TrustConfig)
+    require_signed: bool = False
+    """Dead-letter unsigned events (forged or tampered ones are dead-lettered whenever checking is on)."""
+    scopes: ScopesConfig = Field(default_factory=ScopesConfig)
+    encryption: EncryptionConfig = Field(default_factory=EncryptionConfig)
+
+    @model_validator(mode="after")
+    def _known_key_ids(self) -> SecurityConfig:
+        for app, ids in self.trust.apps.items():
+            for key_id in ids:
+                if key_id not in self.trust.keys:
+                    raise ValueError(f"trust.apps.{app}: key id {key_id!r} is not in trust.keys")
+        return self
+
+    @property
+    def checking(self) -> bool:
+        """Whether deliveries are verified (a signing key, trusted keys, or signed events required)."""
+        return self.signing is not None or bool(self.trust.keys) or self.require_signed
+
+
+class SecretStoreConfig(BaseModel):
+    """One secret store (``secrets.<name>``): its ``type`` (default: the name), access lists, settings.
+
+    ``secrets: {file: {path: /run/secrets}}`` keeps working: the name is the type.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    type: str | None = None
+    """``env``, ``file``, ``dotenv`` or a plugin's store; unset: the store's name."""
+    allowed: tuple[str, ...] | None = None
+    """Only these secret names may be read from the store (unset: all)."""
+    denied: tuple[str, ...] = ()
+    """These secret names may never be read (wins over ``allowed``)."""
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The store's own settings (``path``, ``prefix``, ...)."""
+        return dict(self.model_extra or {})
+
+
 class ComponentConfig(BaseModel):
     """One named component of a block (``state.<name>``, ``bindings.<name>``): its ``type`` and options.
 
@@ -220,8 +321,10 @@ class MeshConfig(_Frozen):
     plugins: PluginsConfig = Field(default_factory=PluginsConfig)
     invoke: InvokeConfig = Field(default_factory=lambda: InvokeConfig())
     presence: PresenceConfig = Field(default_factory=lambda: PresenceConfig())
-    secrets: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """Settings per secret store, e.g. ``file: {path: /run/secrets}``."""
+    secrets: dict[str, SecretStoreConfig] = Field(default_factory=dict)
+    """Secret stores by name: ``{vault: {type: file, path: /run/secrets, allowed: [db-password]}}``."""
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    """Signed events, trusted keys, topic scopes and payload encryption."""
     state: dict[str, ComponentConfig] = Field(default_factory=dict)
     """State stores by name: ``{carts: {type: postgres, url: ...}}`` (types from the registry)."""
     bindings: dict[str, ComponentConfig] = Field(default_factory=dict)

@@ -43,6 +43,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("metrics", "mesh_plugins.metrics"),
     ("idempotency", "mesh_plugins.idempotency"),
     ("archive", "mesh_plugins.archive"),
+    ("signing", "mesh_plugins.signing"),
 )
 """(name, module) of the built-in plugins, registered in this order before any other."""
 

@@ -197,8 +197,9 @@ def mesh_invocation_outcome(
     (``method`` is then ``"<unknown>"``), ``permission_denied``, ``invalid_argument``,
     ``expired`` (the deadline had passed: not run, no reply) or ``malformed``; ``peer`` is the
     caller's app id. ``side="caller"``: ``late_reply`` (its call had ended), ``malformed_reply``
-    or ``foreign_reply`` (a reply to a pending call from another source than the called app:
-    dropped); ``peer`` is the replying app. Must be cheap: it runs on the hot path.
+    ``foreign_reply`` (a reply to a pending call from another source than the called app:
+    dropped) or ``rejected_reply`` (its signature did not verify: dropped); ``peer`` is the
+    replying app. Must be cheap: it runs on the hot path.
     """
 
 

@@ -9,7 +9,10 @@ unless it is dropped on purpose:
 request             what happens
 ==================  =======================================================================
 deadline passed     dropped, not run (the caller gave up); counted as ``expired``
-caller not allowed  error reply ``PermissionDenied`` (code ``permission_denied``)
+caller not allowed  error reply ``PermissionDenied`` (code ``permission_denied``); with signing
+                    on, the caller is the verified signer, and a request that fails
+                    verification is answered so too, with the reason
+
 unknown method      error reply ``MethodNotFound`` (code ``method_not_found``)
 data does not fit   error reply ``InvalidArgument`` (code ``invalid_argument``)
 method raises       error reply with the exception's class name, message and code
@@ -45,6 +48,7 @@ from mesh.invoke.protocol import (
     reply_address,
 )
 from mesh.pipeline import HandlerSpec, Route
+from mesh.security import caller_identity, seal
 from mesh.types import Context
 
 if TYPE_CHECKING:
@@ -136,8 +140,9 @@ class Callee:
             log.debug("dropped request %s for %s: its deadline passed", request.id, request.method)
             self._outcome(event, "expired", None)
             return
-        if not self.allowed(request.method, request.caller):
-            message = f"{request.caller!r} may not call {self.runtime.id}.{request.method}"
+        caller, rejected = caller_identity(ctx, request.caller)
+        if rejected is not None or not self.allowed(request.method, caller):
+            message = rejected or f"{caller or 'an unsigned caller'!r} may not call {self.runtime.id}.{request.method}"
             await self._error(event, type="PermissionDenied", message=message, code=PERMISSION_DENIED)
             return
         spec = self.methods.get(request.method)
@@ -161,7 +166,7 @@ class Callee:
             self._outcome(event, "ok", None)
             return
         try:
-            reply = ok_reply(event, self.runtime.source, result)
+            reply = seal(self.runtime, request.reply_to, ok_reply(event, self.runtime.source, result))
             await self.runtime.broker.publish_ephemeral(request.reply_to, reply)
         except MeshError as exc:  # e.g. the return value cannot be serialised
             await self._error(event, exc)
@@ -181,7 +186,7 @@ class Callee:
         if reply_to is None:
             return False
         try:
-            await self.runtime.broker.publish_ephemeral(reply_to, reply)
+            await self.runtime.broker.publish_ephemeral(reply_to, seal(self.runtime, reply_to, reply))
         except MeshError as exc:  # the caller times out; running the method again would not help
             log.warning("reply to request %s on %s not sent: %s", request.id, reply_to, exc)
             return False

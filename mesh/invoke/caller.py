@@ -40,6 +40,7 @@ from mesh.invoke.protocol import (
     reply_topic,
     request_event,
 )
+from mesh.security import open_reply, seal
 from mesh.types import Invocation, InvokeHandle, InvokeLayer
 
 if TYPE_CHECKING:
@@ -69,6 +70,8 @@ class Caller:
         self._expected: dict[str, str] = {}  # request id -> the source its reply must come from
         self.foreign_replies = 0
         """Replies to a pending call from a source other than the called app (dropped)."""
+        self.rejected_replies = 0
+        """Replies that failed verification when signing is on (dropped; see :mod:`mesh.security`)."""
         self._sub: Subscription | None = None
         self._starting: asyncio.Task[None] | None = None
         self._handle: InvokeHandle = self._call
@@ -143,6 +146,11 @@ class Caller:
             self.malformed_replies += 1
             log.warning("dropped a message on %s that is not a reply: %s", self.reply_topic, exc)
             self._outcome(event, "malformed_reply", exc)
+            return
+        event, rejected = open_reply(self.runtime, self.reply_topic, event)
+        if rejected is not None:  # unsigned where required, forged or tampered: never answers a call
+            self.rejected_replies += 1
+            self._outcome(event, "rejected_reply", None)
             return
         future = self._pending.get(correlation)
         if future is not None and event.source != self._expected.get(correlation):
@@ -292,6 +300,7 @@ class Caller:
         )
         if self._attributes:
             event = app.with_attributes(topic, event)
+        event = seal(app, topic, event)
         self._pending[event.id] = future
         self._expected[event.id] = f"/{call.target}"
         ids.append(event.id)

@@ -29,6 +29,7 @@ from mesh.brokers.base import Delivery, Subscription
 from mesh.errors import InvocationTimeout, MeshError, NoResponders
 from mesh.event import Event, now
 from mesh.extensions import PRESENCE_TOPIC
+from mesh.security import open_reply, seal
 
 if TYPE_CHECKING:
     from mesh.runtime import Runtime
@@ -270,6 +271,7 @@ class Presence:
 
     async def _send(self, kind: str, data: dict[str, Any]) -> None:
         event = Event(kind, self.runtime.source, data, subject=self.runtime.instance_id)
+        event = seal(self.runtime, PRESENCE_TOPIC, event)
         try:
             await self.runtime.broker.publish_ephemeral(PRESENCE_TOPIC, event)
         except asyncio.CancelledError:
@@ -284,6 +286,10 @@ class Presence:
         event = delivery.event
         if event is None:
             return
+        if event.type != PROBE:  # what enters the live table is verified when signing is on; a probe
+            event, rejected = open_reply(self.runtime, PRESENCE_TOPIC, event)  # only asks for a heartbeat
+            if rejected is not None:
+                return
         try:
             if event.type == HEARTBEAT:
                 self._heard(event)
