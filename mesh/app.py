@@ -223,7 +223,7 @@ class App:
         topic: str,
         data: Any = None,
         *,
-        type: str,
+        type: str | None = None,
         key: str | None = None,
         subject: str | None = None,
         source: str | None = None,
@@ -236,9 +236,16 @@ class App:
         """Publish ``data`` as a CloudEvent of ``type`` on ``topic``; returns the event sent.
 
         ``key`` becomes the ``partitionkey`` extension: events with one key keep their order
-        where the broker can. Returns once the broker has taken the event.
+        where the broker can. Returns once the broker has taken the event. ``data`` may also be
+        a CloudEvents SDK ``CloudEvent`` (``type`` omitted): it is sent as it is, attributes kept.
         """
         _check_topic(topic, self.config.broker.namespace)
+        if type is None:
+            from mesh.integrations.sdk import from_sdk, is_sdk_event
+
+            if not is_sdk_event(data):
+                raise MeshError("publish needs a type= (or a CloudEvents SDK CloudEvent as the data)")
+            return await self.send(topic, from_sdk(data))
         ext = dict(extensions) if extensions else None
         if key is not None:
             ext = ext or {}
