@@ -409,6 +409,7 @@ def plugins() -> None:
 cli.add_command(replay)
 cli.add_command(dlq)
 cli.add_command(state_cli)
+cli.add_command(importlib.import_module("mesh.tail").tail_command)
 
 
 def _add_plugin_commands(group: click.Group) -> None:
