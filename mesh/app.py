@@ -108,6 +108,8 @@ class App:
             self.runtime.spawn,
             log,
         )
+        self.declared_publishes: list[tuple[str, str, Any]] = []
+        """(topic, type, data type) of each :meth:`publishes` declaration."""
         self.started = False
         self._invocable = False  # from start until handlers drained at stop (they may invoke)
         self.hooks.configure(self.runtime, self.config)
@@ -210,6 +212,13 @@ class App:
             return fn
 
         return register
+
+    def publishes(self, topic: str, *, type: str, data: Any = None) -> None:
+        """Declare that this app publishes events of ``type`` (data of type ``data``) on ``topic``:
+        what ``mesh asyncapi`` documents, and what presence heartbeats announce."""
+        check_topic(topic, namespace=self.config.broker.namespace)
+        self.declared_publishes.append((topic, type, data))
+        self.presence.publishes.append({"topic": topic, "type": type})
 
     @property
     def routes(self) -> list[Route]:
