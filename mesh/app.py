@@ -114,6 +114,8 @@ class App:
         )
         self.bindings = BindingsBlock(self.runtime)
         """This app's input and output bindings (``bindings:`` in the config)."""
+        self.declared_publishes: list[tuple[str, str, Any]] = []
+        """(topic, type, data type) of each :meth:`publishes` declaration."""
         self.started = False
         self._invocable = False  # from start until handlers drained at stop (they may invoke)
         self.hooks.configure(self.runtime, self.config)
@@ -217,6 +219,13 @@ class App:
 
         return register
 
+    def publishes(self, topic: str, *, type: str, data: Any = None) -> None:
+        """Declare that this app publishes events of ``type`` (data of type ``data``) on ``topic``:
+        what ``mesh asyncapi`` documents, and what presence heartbeats announce."""
+        check_topic(topic, namespace=self.config.broker.namespace)
+        self.declared_publishes.append((topic, type, data))
+        self.presence.publishes.append({"topic": topic, "type": type})
+
     @property
     def routes(self) -> list[Route]:
         """Every (topic, group) this app consumes, with its handlers."""
@@ -229,7 +238,7 @@ class App:
         topic: str,
         data: Any = None,
         *,
-        type: str,
+        type: str | None = None,
         key: str | None = None,
         subject: str | None = None,
         source: str | None = None,
@@ -242,9 +251,16 @@ class App:
         """Publish ``data`` as a CloudEvent of ``type`` on ``topic``; returns the event sent.
 
         ``key`` becomes the ``partitionkey`` extension: events with one key keep their order
-        where the broker can. Returns once the broker has taken the event.
+        where the broker can. Returns once the broker has taken the event. ``data`` may also be
+        a CloudEvents SDK ``CloudEvent`` (``type`` omitted): it is sent as it is, attributes kept.
         """
         _check_topic(topic, self.config.broker.namespace)
+        if type is None:
+            from mesh.integrations.sdk import from_sdk, is_sdk_event
+
+            if not is_sdk_event(data):
+                raise MeshError("publish needs a type= (or a CloudEvents SDK CloudEvent as the data)")
+            return await self.send(topic, from_sdk(data))
         ext = dict(extensions) if extensions else None
         if key is not None:
             ext = ext or {}

@@ -411,6 +411,8 @@ cli.add_command(replay)
 cli.add_command(bindings)
 cli.add_command(dlq)
 cli.add_command(state_cli)
+cli.add_command(importlib.import_module("mesh.tail").tail_command)
+cli.add_command(importlib.import_module("mesh.asyncapi").asyncapi_command)
 
 
 def _add_plugin_commands(group: click.Group) -> None:

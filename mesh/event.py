@@ -198,6 +198,20 @@ class Event:
         out.update(self.extensions)
         return out
 
+    def to_sdk(self, flavour: str | type[Any] = "http") -> Any:
+        """This event as the CloudEvents SDK's ``CloudEvent`` (``http``, ``pydantic`` or ``core``
+        flavour, or the class itself); needs the ``cloudevents`` extra."""
+        from mesh.integrations.sdk import to_sdk
+
+        return to_sdk(self, flavour)
+
+    @classmethod
+    def from_sdk(cls, sdk_event: Any) -> Event:
+        """An event from a CloudEvents SDK ``CloudEvent`` of any flavour, every attribute kept."""
+        from mesh.integrations.sdk import from_sdk
+
+        return from_sdk(sdk_event)
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):
             return NotImplemented

@@ -64,10 +64,10 @@ def test_nothing_below_the_app_imports_it() -> None:
     offenders = []
     for path in sorted(MESH.rglob("*.py")):
         rel = path.relative_to(MESH).as_posix()
-        # entry points above the App: the package surface, the CLIs, the operators' replay tools
-        if rel in ("app.py", "__init__.py", "cli.py", "replay/__init__.py", "replay/cli.py") or rel.startswith(
-            "testing"
-        ):
+        # entry points above the App: the package surface, the CLIs, the operators' replay tools,
+        # the AsyncAPI generator, mesh tail, integrations with web frameworks, the testing kit
+        entry_points = ("app.py", "__init__.py", "cli.py", "replay/__init__.py", "replay/cli.py", "asyncapi.py", "tail.py")
+        if rel in entry_points or rel.startswith(("testing", "integrations")):
             continue
         if "mesh.app" in _imports(path):
             offenders.append(rel)

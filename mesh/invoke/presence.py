@@ -59,6 +59,8 @@ class Instance:
     """Method name -> idempotent."""
     subscriptions: list[tuple[str, str]] = field(default_factory=list)
     """(topic, group) pairs."""
+    publishes: list[dict[str, str]] = field(default_factory=list)
+    """What the app declares it publishes (``App.publishes``): ``{"topic", "type"}`` each."""
     started: str = ""
     expiry: float = 6.0
     seen: float = 0.0
@@ -96,6 +98,11 @@ def _instance(data: Any, default_expiry: float) -> Instance | None:
         methods=methods,
         subscriptions=subs,
         started=str(data.get("started", "")),
+        publishes=[
+            {"topic": str(p["topic"]), "type": str(p.get("type", ""))}
+            for p in data.get("publishes") or ()
+            if isinstance(p, dict) and "topic" in p
+        ],
         expiry=float(expiry) if isinstance(expiry, int | float) and expiry > 0 else default_expiry,
     )
 
@@ -123,6 +130,8 @@ class Presence:
         self._heartbeat: asyncio.Task[None] | None = None
         self._flags: dict[tuple[str, str], bool] = {}
         self._started = now().isoformat()
+        self.publishes: list[dict[str, str]] = []
+        """What the app declares it publishes (filled by ``App.publishes``), sent in heartbeats."""
 
     # -- lifecycle (called by the App) -------------------------------------------------------
 
@@ -131,7 +140,7 @@ class Presence:
         if not self.enabled:
             return
         methods, subscriptions = self._offers()
-        self.announcing = bool(methods or subscriptions)
+        self.announcing = bool(methods or subscriptions or self.publishes)
         if listen:
             await self.listen()
         if self.announcing:
@@ -262,6 +271,7 @@ class Presence:
             "interval": self.interval,
             "expiry": self.expiry,
             "started": self._started,
+            "publishes": self.publishes,
         }
 
     async def _beat(self) -> None:

@@ -5,6 +5,7 @@ parameter                              filled with
 =====================================  ==========================================================
 annotated :class:`~mesh.Event`         the event (also an unannotated ``event``, ``e`` or ``ev``)
 annotated :class:`~mesh.Context`       the delivery's context
+a CloudEvents SDK ``CloudEvent`` class  the event as that SDK object (``Event.to_sdk``)
 a pydantic model or any other type     the event's data, validated and converted (a mismatch
                                        dead-letters the event: it cannot succeed on a retry)
 unannotated or ``Any``                 the event's data as decoded
@@ -86,7 +87,8 @@ def _resolve(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 def injection_plan(fn: Callable[..., Any]) -> list[tuple[str, str, Callable[[Any], Any] | None]]:
-    """(parameter, kind, converter) per parameter: kind is event, context or data."""
+    """(parameter, kind, converter) per parameter: kind is event, context or data; an event
+    converter (an SDK CloudEvent parameter) turns the Event into what the parameter takes."""
     hints = _resolve(fn)
     plan: list[tuple[str, str, Callable[[Any], Any] | None]] = []
     for name, param in inspect.signature(fn).parameters.items():
@@ -97,8 +99,25 @@ def injection_plan(fn: Callable[..., Any]) -> list[tuple[str, str, Callable[[Any
             plan.append((name, "event", None))
         elif ann is Context:
             plan.append((name, "context", None))
+        elif _is_sdk_class(ann):
+            plan.append((name, "event", _sdk_converter(ann)))
         elif ann is inspect.Parameter.empty or ann is Any:
             plan.append((name, "data", None))
         else:
             plan.append((name, "data", data_adapter(ann)))
     return plan
+
+
+def _is_sdk_class(annotation: Any) -> bool:
+    """Whether the annotation is the CloudEvents SDK's ``CloudEvent`` (the SDK imported lazily)."""
+    if not isinstance(annotation, type) or not annotation.__module__.startswith("cloudevents"):
+        return False
+    from mesh.integrations.sdk import is_sdk_class
+
+    return is_sdk_class(annotation)
+
+
+def _sdk_converter(cls: type[Any]) -> Callable[[Any], Any]:
+    from mesh.integrations.sdk import to_sdk
+
+    return lambda event: to_sdk(event, cls)

@@ -49,7 +49,7 @@ class HandlerSpec:
         self._matchers = [(name, matcher(value)) for name, value in self.filters.items()]
         self._plan = injection_plan(fn)
         self._is_async = inspect.iscoroutinefunction(fn)
-        self._simple = len(self._plan) == 1 and self._plan[0][1] == "event"
+        self._simple = len(self._plan) == 1 and self._plan[0][1] == "event" and self._plan[0][2] is None
 
     def matches(self, event: Event) -> bool:
         """Whether the event passes every filter."""
@@ -65,7 +65,7 @@ class HandlerSpec:
         out: dict[str, Any] = {}
         for name, kind, convert in self._plan:
             if kind == "event":
-                out[name] = event
+                out[name] = event if convert is None else convert(event)  # an SDK CloudEvent parameter
             elif kind == "context":
                 out[name] = ctx
             elif convert is None:
