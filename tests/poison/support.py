@@ -25,8 +25,9 @@ attributes and headers but may keep none of the body).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +159,16 @@ def typed_headers(prefix: str) -> list[Message]:
         Message(tag("typed-headers"), b'{"a": 1}', typed, "application/json"),
         Message(tag("typed-attribute"), tag("typed-attribute").encode(), typed_attr, "text/plain"),
     ])
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 20.0, what: str = "") -> None:
+    """Poll the async ``check()`` until it returns ``expected``; fail with the last value after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (value := await check()) != expected:
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}: {value!r} != {expected!r}")
+        await asyncio.sleep(0.2)
 
 
 def config(spec: BrokerSpec) -> dict[str, Any]:
