@@ -79,7 +79,9 @@ def attributes(prefix: str, id: str, type: str = BAD_TYPE) -> dict[str, Any]:
 
 def good(prefix: str, i: int) -> Message:
     """The ``i``-th good event: binary mode, JSON data ``{"i": i}``."""
-    return Message(f"good-{i}", json.dumps({"i": i}).encode(), attributes(prefix, f"good-{i}", GOOD_TYPE), "application/json")
+    return Message(
+        f"good-{i}", json.dumps({"i": i}).encode(), attributes(prefix, f"good-{i}", GOOD_TYPE), "application/json"
+    )
 
 
 def structured(case: str, **members: Any) -> Message:
@@ -95,30 +97,38 @@ def common(prefix: str) -> list[Message]:
     deep = Message(
         tag("deep-extension"), deep_doc[:-1].encode() + b', "xdeep": ' + deep_ext + b"}", {}, STRUCTURED, True
     )
-    return tagged([
-        Message(
-            tag("oversize-event"), tag("oversize-event").encode() + b"x" * BIG, attributes(prefix, tag("oversize-event")),
-            "text/plain",
-        ),
-        Message(
-            tag("oversize-undecodable"),
-            tag("oversize-undecodable").encode() + b"y" * BIG,
-            {f"{prefix}specversion": "1.0", f"{prefix}source": SOURCE},  # no id, no type: not an event
-            "text/plain",
-        ),
-        structured("structured-text-object", datacontenttype="text/plain", data={"a": 1}),
-        Message(
-            tag("ce-data-header"), b'{"a": 1}', {**attributes(prefix, tag("ce-data-header")), f"{prefix}data": "x"},
-            "application/json",
-        ),
-        Message(
-            tag("big-int"), b'{"n": 18446744073709551616, "m": -9223372036854775809}',
-            attributes(prefix, tag("big-int")), "application/json",
-        ),
-        deep,
-        structured("numeric-datacontenttype", datacontenttype=5, data={"a": 1}),
-        mixed_case(prefix),
-    ])
+    return tagged(
+        [
+            Message(
+                tag("oversize-event"),
+                tag("oversize-event").encode() + b"x" * BIG,
+                attributes(prefix, tag("oversize-event")),
+                "text/plain",
+            ),
+            Message(
+                tag("oversize-undecodable"),
+                tag("oversize-undecodable").encode() + b"y" * BIG,
+                {f"{prefix}specversion": "1.0", f"{prefix}source": SOURCE},  # no id, no type: not an event
+                "text/plain",
+            ),
+            structured("structured-text-object", datacontenttype="text/plain", data={"a": 1}),
+            Message(
+                tag("ce-data-header"),
+                b'{"a": 1}',
+                {**attributes(prefix, tag("ce-data-header")), f"{prefix}data": "x"},
+                "application/json",
+            ),
+            Message(
+                tag("big-int"),
+                b'{"n": 18446744073709551616, "m": -9223372036854775809}',
+                attributes(prefix, tag("big-int")),
+                "application/json",
+            ),
+            deep,
+            structured("numeric-datacontenttype", datacontenttype=5, data={"a": 1}),
+            mixed_case(prefix),
+        ]
+    )
 
 
 def mixed_case(prefix: str) -> Message:
@@ -132,16 +142,18 @@ def kafka_nulls() -> list[Message]:
     """Kafka-only shapes (also carried by the memory broker): null header values, a non-UTF-8 content type."""
     null_id = {**attributes("ce_", "x"), "ce_id": None}
     null_spec = {**attributes("ce_", "x"), "ce_specversion": None}
-    return tagged([
-        Message(tag("null-id"), tag("null-id").encode(), null_id, "text/plain"),
-        Message(tag("null-specversion"), tag("null-specversion").encode(), null_spec, "text/plain"),
-        Message(
-            tag("bad-content-type-null-header"),
-            tag("bad-content-type-null-header").encode(),
-            {**attributes("ce_", tag("bad-content-type-null-header")), "x-null": None},
-            b"\xff\xfe",
-        ),
-    ])
+    return tagged(
+        [
+            Message(tag("null-id"), tag("null-id").encode(), null_id, "text/plain"),
+            Message(tag("null-specversion"), tag("null-specversion").encode(), null_spec, "text/plain"),
+            Message(
+                tag("bad-content-type-null-header"),
+                tag("bad-content-type-null-header").encode(),
+                {**attributes("ce_", tag("bad-content-type-null-header")), "x-null": None},
+                b"\xff\xfe",
+            ),
+        ]
+    )
 
 
 def typed_headers(prefix: str) -> list[Message]:
@@ -155,10 +167,12 @@ def typed_headers(prefix: str) -> list[Message]:
         f"{prefix}xnull": None,
     }
     typed_attr = {**attributes(prefix, tag("typed-attribute")), f"{prefix}specversion": 1, f"{prefix}xneg": -5}
-    return tagged([
-        Message(tag("typed-headers"), b'{"a": 1}', typed, "application/json"),
-        Message(tag("typed-attribute"), tag("typed-attribute").encode(), typed_attr, "text/plain"),
-    ])
+    return tagged(
+        [
+            Message(tag("typed-headers"), b'{"a": 1}', typed, "application/json"),
+            Message(tag("typed-attribute"), tag("typed-attribute").encode(), typed_attr, "text/plain"),
+        ]
+    )
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 20.0, what: str = "") -> None:

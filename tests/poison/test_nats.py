@@ -35,7 +35,9 @@ async def raw_hpub(url: str, subject: str, head: bytes, body: bytes) -> None:
     try:
         await reader.readline()  # INFO
         writer.write(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"protocol":1}\r\n')
-        writer.write(b"HPUB %s %d %d\r\n%s%s\r\nPING\r\n" % (subject.encode(), len(head), len(head) + len(body), head, body))
+        writer.write(
+            b"HPUB %s %d %d\r\n%s%s\r\nPING\r\n" % (subject.encode(), len(head), len(head) + len(body), head, body)
+        )
         await writer.drain()
         while not (line := await asyncio.wait_for(reader.readline(), 5)).startswith(b"PONG"):
             if not line or line.startswith(b"-ERR"):
@@ -48,9 +50,16 @@ async def raw_hpub(url: str, subject: str, head: bytes, body: bytes) -> None:
 def raw_cases() -> list[Message]:
     """Header blocks nats-py cannot write: a non-UTF-8 status line, a non-UTF-8 header value."""
     status = Message(tag("status-line"), tag("status-line").encode(), {"head": b"NATS/1.0 503 \xff\xfe\r\n\r\n"})
-    lines = [b"ce-specversion: 1.0", b"ce-id: \xff\xfe", b"ce-source: " + SOURCE.encode(), b"ce-type: " + BAD_TYPE.encode()]
+    lines = [
+        b"ce-specversion: 1.0",
+        b"ce-id: \xff\xfe",
+        b"ce-source: " + SOURCE.encode(),
+        b"ce-type: " + BAD_TYPE.encode(),
+    ]
     lines.append(b"x-poison: " + tag("header-value").encode())
-    value = Message(tag("header-value"), tag("header-value").encode(), {"head": b"NATS/1.0\r\n" + b"\r\n".join(lines) + b"\r\n\r\n"})
+    value = Message(
+        tag("header-value"), tag("header-value").encode(), {"head": b"NATS/1.0\r\n" + b"\r\n".join(lines) + b"\r\n\r\n"}
+    )
     return [status, value]
 
 
@@ -166,4 +175,6 @@ async def test_a_slow_core_consumer_buffers_at_most_its_byte_limit(broker_spec: 
             sampler.cancel()
             release.set()
     growth = peak - before
-    assert growth < LIMIT + 24 * 1024 * 1024, f"RSS grew by {growth / 2**20:.1f} MiB for a {LIMIT / 2**20:.0f} MiB limit"
+    assert growth < LIMIT + 24 * 1024 * 1024, (
+        f"RSS grew by {growth / 2**20:.1f} MiB for a {LIMIT / 2**20:.0f} MiB limit"
+    )

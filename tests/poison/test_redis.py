@@ -18,11 +18,11 @@ from tests.support import BrokerSpec
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 
 
-def fields(message: Message) -> dict[str, Any]:
+def fields(message: Message) -> dict[Any, Any]:
     """The message as stream entry fields."""
     if message.structured:
         return {"event": message.body}
-    out: dict[str, Any] = dict(message.headers)
+    out: dict[Any, Any] = dict(message.headers)
     if message.content_type is not None:
         out["content-type"] = message.content_type
     out["data"] = message.body
@@ -31,16 +31,22 @@ def fields(message: Message) -> dict[str, Any]:
 
 def not_utf8() -> list[Message]:
     """Fields Redis carries as bytes that are not UTF-8: a content type, an attribute value."""
-    return tagged([
-        Message(
-            tag("redis-content-type"), tag("redis-content-type").encode(),
-            attributes("ce_", tag("redis-content-type")), b"\xff\xfe",
-        ),
-        Message(
-            tag("redis-source"), tag("redis-source").encode(),
-            {**attributes("ce_", tag("redis-source")), "ce_source": b"/\xff\xfe"}, "text/plain",
-        ),
-    ])
+    return tagged(
+        [
+            Message(
+                tag("redis-content-type"),
+                tag("redis-content-type").encode(),
+                attributes("ce_", tag("redis-content-type")),
+                b"\xff\xfe",
+            ),
+            Message(
+                tag("redis-source"),
+                tag("redis-source").encode(),
+                {**attributes("ce_", tag("redis-source")), "ce_source": b"/\xff\xfe"},
+                "text/plain",
+            ),
+        ]
+    )
 
 
 @pytest.mark.parametrize("broker_spec", ["redis"], indirect=True)
