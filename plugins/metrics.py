@@ -7,6 +7,7 @@
                                            or given back; undecodable ones too)
 ``mesh.events.retried``         counter    retries: immediate ones in process and delayed ones
 ``mesh.events.dead_lettered``   counter    deliveries written to the dead-letter destination
+``mesh.events.parked``          counter    deliveries parked: dead-lettering failed every attempt
 ``mesh.handler.duration``       histogram  seconds per handler call
 ``mesh.invoke.duration``        histogram  seconds per invocation this App made, by ``outcome``
 ``mesh.invoke.served``          counter    requests this App's methods got, by ``outcome``
@@ -85,6 +86,9 @@ class Instruments:
         self.retried = meter.create_counter("mesh.events.retried", "{event}", "Retries, immediate and delayed")
         self.dead_lettered = meter.create_counter(
             "mesh.events.dead_lettered", "{event}", "Deliveries written to the dead-letter destination"
+        )
+        self.parked = meter.create_counter(
+            "mesh.events.parked", "{event}", "Deliveries parked after every dead-letter attempt failed"
         )
         self.duration = meter.create_histogram(
             "mesh.handler.duration",
@@ -266,6 +270,8 @@ class AppMetrics:
                 retries += 1
             elif outcome == "dead_letter":
                 i.dead_lettered.add(1, attrs)
+            elif outcome == "parked":
+                i.parked.add(1, attrs)
         if retries:
             i.retried.add(retries, attrs)
 

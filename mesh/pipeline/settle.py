@@ -13,9 +13,11 @@ dead-letter                 write the event plus why to the dead-letter destinat
 dead-letter write refused   for a reason that cannot go away (too large, not encodable):
                             write a bounded stub instead (attributes, truncated body,
                             size, digest, reason)
-still failing after         park: give the delivery back with ``park_delay`` (default 5 min),
-``dead_letter_attempts``    one ERROR line and the ``parked`` outcome (metrics count it);
-                            it comes back after the delay or when the consumer restarts
+still failing after         park: give the delivery back with ``PARK_DELAY`` (5 min), one
+``DEAD_LETTER_ATTEMPTS``    ERROR line and the ``parked`` outcome (``mesh.events.parked``);
+                            it comes back after the delay (where the broker holds the
+                            delay; an in-process wait ends with the process, and the broker
+                            then redelivers: see docs/operating.md, Parked deliveries)
 ==========================  ==============================================================
 
 Invariant: dead-lettering writes first and acks after, so nothing is lost if the write fails,
@@ -215,7 +217,7 @@ async def _dead_letter_failed(ctx: Context, error: BaseException | None, exc: Ex
     if failures >= DEAD_LETTER_ATTEMPTS:
         log.error(
             "PARKED %s on %s (group %s): dead-lettering failed %d times (%s); it is held back for %ss "
-            "and comes back then or when this consumer restarts",
+            "(docs/operating.md, Parked deliveries)",
             what,
             ctx.topic,
             ctx.group,

@@ -25,7 +25,7 @@ from mesh import App, Event
 from mesh.brokers.memory import MemoryBroker
 from mesh.errors import ConfigError, PluginError
 from mesh_plugins.metrics import APP_PLUGIN, EXTRA_HINT
-from tests.support import BrokerSpec, free_port, unique
+from tests.support import BrokerSpec, free_port, unique, wait_for
 
 pytestmark = [pytest.mark.memory, pytest.mark.timeout(60)]
 
@@ -276,3 +276,32 @@ async def test_counts_match_the_events_sent_on_every_broker(
     # failed counts failed handlings: the first call (retried), the second (dead-lettered)
     assert (got["mesh.events.published"], got["mesh.events.failed"], got["mesh.events.retried"]) == (5, 2, 1)
     assert got["mesh.handler.duration"] == 6  # four successes, the failing event twice
+
+
+async def test_a_parked_delivery_is_counted(
+    memory_spec: BrokerSpec, reader: InMemoryMetricReader, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mesh.pipeline import settle
+
+    monkeypatch.setattr(settle, "FALLBACK_REDELIVERY", 0.01)
+    monkeypatch.setattr(settle, "PARK_DELAY", 3600.0)
+    jobs = unique("jobs")
+    app = App(unique("svc"), config={"broker": memory_spec.config(), "defaults": {"retry": {"attempts": 1}}})
+
+    @app.subscribe(jobs)
+    async def work(event: Event) -> None:
+        raise RuntimeError("boom")
+
+    real_publish = app.broker.publish
+
+    async def dlq_down(topic: str, event: Event) -> None:
+        if topic.endswith(".dlq"):
+            raise ConnectionError("dlq unavailable")
+        await real_publish(topic, event)
+
+    async with app:
+        app.runtime.publish = dlq_down
+        await app.publish(jobs, {}, type="job")
+        await wait_for(lambda: points(reader, jobs).get("mesh.events.parked") == 1, what="the parked count")
+    MemoryBroker.reset(memory_spec.options["name"])
+    assert "mesh.events.dead_lettered" not in points(reader, jobs)
