@@ -21,7 +21,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
 
 import mesh_plugins.metrics
-from mesh import App, Event
+from mesh import App, Event, hookimpl
 from mesh.brokers.memory import MemoryBroker
 from mesh.errors import ConfigError, PluginError
 from mesh_plugins.metrics import APP_PLUGIN, EXTRA_HINT
@@ -299,9 +299,19 @@ async def test_a_parked_delivery_is_counted(
             raise ConnectionError("dlq unavailable")
         await real_publish(topic, event)
 
+    outcomes: list[str] = []
+
+    class Outcomes:
+        @hookimpl
+        def mesh_delivery_outcome(self, outcome: str) -> None:
+            outcomes.append(outcome)
+
+    app.plugins.register(Outcomes())
     async with app:
         app.runtime.publish = dlq_down
         await app.publish(jobs, {}, type="job")
-        await wait_for(lambda: points(reader, jobs).get("mesh.events.parked") == 1, what="the parked count")
+        await wait_for(lambda: outcomes.count("parked") == 1, timeout=10, what="the delivery parked")
     MemoryBroker.reset(memory_spec.options["name"])
-    assert "mesh.events.dead_lettered" not in points(reader, jobs)
+    got = points(reader, jobs)
+    assert got.get("mesh.events.parked") == 1
+    assert "mesh.events.dead_lettered" not in got
