@@ -25,6 +25,8 @@ extension           meaning (written by)
 ``meshredrive``     the redrive that sent this copy (dead-letter redrive)
 ``meshstore``       a state change: the store's configured name (state outbox)
 ``meshetag``        a state change: the key's ETag after it (state outbox)
+``meshjob``         a fired job: the job's name (jobs)
+``meshjobtime``     a fired job: the time it was scheduled for, RFC 3339 (jobs)
 ==================  ==========================================================================
 
 Reserved destinations live under :data:`RESERVED_PREFIX`; user topics may not use it, so the
@@ -40,6 +42,7 @@ destination                     what travels there
 ``_mesh.delay.<ms>``            delay queues (RabbitMQ), delayed entries (Redis)
 ``_mesh.group``                 header or field naming the only group a copy is for (replay)
 ``_mesh.ephemeral``             the exchange of ephemeral destinations (RabbitMQ)
+``_mesh.job.<app>``             fired jobs for the app's ``@app.job`` handlers (its group shares them)
 ==============================  =============================================================
 """
 
@@ -56,6 +59,9 @@ __all__ = [
     "GROUP",
     "GROUP_MARK",
     "INVOKE_PREFIX",
+    "JOB",
+    "JOB_PREFIX",
+    "JOB_TIME",
     "LAST_FAIL",
     "PARTITION_KEY",
     "PRESENCE_TOPIC",
@@ -103,6 +109,9 @@ REDRIVE = "meshredrive"
 STATE_STORE = "meshstore"
 STATE_ETAG = "meshetag"
 
+JOB = "meshjob"
+JOB_TIME = "meshjobtime"
+
 # -- reserved destinations -------------------------------------------------------------------------
 
 RESERVED_PREFIX = "_mesh."
@@ -111,5 +120,6 @@ RESERVED_PREFIX = "_mesh."
 INVOKE_PREFIX = RESERVED_PREFIX + "invoke."
 REPLY_PREFIX = RESERVED_PREFIX + "reply."
 PRESENCE_TOPIC = RESERVED_PREFIX + "presence"
+JOB_PREFIX = RESERVED_PREFIX + "job."
 GROUP_MARK = RESERVED_PREFIX + "group"
 """Header (JetStream) or entry field (Redis) naming the only group a message is for."""
