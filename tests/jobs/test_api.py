@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,7 +35,7 @@ def make_app(store: dict[str, Any] | None = None, **jobs: Any) -> App:
         ({"topic": "t"}, "cron=, every= or at="),
         ({"cron": "* * * * *", "every": 5, "topic": "t"}, "not both"),
         ({"every": 5}, "topic="),
-        ({"at": datetime(2030, 1, 1), "topic": "t"}, "timezone-aware"),  # noqa: DTZ001 - the point
+        ({"at": datetime(2030, 1, 1), "topic": "t"}, "timezone-aware"),
         ({"every": 5, "topic": "t", "data": object()}, "JSON"),
         ({"every": 5, "topic": "t", "repeats": 0}, "repeats"),
     ],
@@ -89,7 +90,7 @@ async def test_a_fired_job_is_never_early_and_carries_its_name_and_time() -> Non
         await app.jobs.schedule("once", at=at, topic="fires", type="x.fired", data={"n": 1}, jitter=0.1)
         await app.jobs.schedule("rep", every=0.15, repeats=3, topic="fires", type="x.rep")
         await wait_for(lambda: len(seen) == 4, what="four fires")
-        time.sleep(0.3)
+        await asyncio.sleep(0.3)
     assert len(seen) == 4
     for fired_at, event in seen:
         scheduled = event.extensions["meshjobtime"]
@@ -127,7 +128,7 @@ async def test_job_handler_runs_through_the_pipeline_and_trigger_fires_now() -> 
         await app.jobs.trigger("report")
         await wait_for(lambda: calls == ["report"], what="the triggered fire")
         assert [j.name async for j in app.jobs.list()] == ["report"]  # the trigger copy is gone
-        with pytest.raises(InvalidSchedule, match="@app.job"):
+        with pytest.raises(InvalidSchedule, match=r"@app\.job"):
             await app.jobs.schedule("nohandler", every=5)
 
 

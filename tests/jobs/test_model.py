@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -41,7 +42,7 @@ def test_cron_with_a_time_zone_fires_once_in_the_repeated_hour_of_fall_back() ->
     # 02:30 comes twice on 27 October: it fires at the first (summer time); real time between the
     # fires is 25 hours over the change, 24 after it
     assert times[0].utcoffset().total_seconds() == 7200  # type: ignore[union-attr]
-    gaps = [(b.timestamp() - a.timestamp()) / 3600 for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b.timestamp() - a.timestamp()) / 3600 for a, b in itertools.pairwise(times)]
     assert gaps == [25, 24]
 
 
