@@ -33,9 +33,11 @@ from mesh.components import Registry
 from mesh.config import MeshConfig, load_config
 from mesh.errors import ConfigError, InvocationError, MeshError
 from mesh.event import Event, ExtensionValue, new_id
+from mesh.extensions import JOB
 from mesh.hooks import Hooks, PluginManager
 from mesh.invoke import Callee, Caller
 from mesh.invoke.presence import Presence
+from mesh.jobs.block import JobsBlock
 from mesh.names import InvalidName, check_app_id, check_subscription, check_topic
 from mesh.pipeline import HandlerSpec, Route, data_adapter
 from mesh.runtime import Runtime
@@ -116,6 +118,8 @@ class App:
         """This app's input and output bindings (``bindings:`` in the config)."""
         self.declared_publishes: list[tuple[str, str, Any]] = []
         """(topic, type, data type) of each :meth:`publishes` declaration."""
+        self.jobs = JobsBlock(self.runtime, self._state, self.config.jobs)
+        """This app's jobs: ``schedule``/``cancel``/``get``/``list``/``trigger`` (see docs/jobs.md)."""
         self.started = False
         self._invocable = False  # from start until handlers drained at stop (they may invoke)
         self.hooks.configure(self.runtime, self.config)
@@ -226,6 +230,27 @@ class App:
         self.declared_publishes.append((topic, type, data))
         self.presence.publishes.append({"topic": topic, "type": type})
 
+    def job(self, name: str) -> Callable[[F], F]:
+        """Register the handler a job named ``name`` calls when it fires (``app.jobs.schedule(name, ...)``
+        without ``topic=``). It runs through the delivery pipeline (retries, dead letters, tracing);
+        instances of the app share the fires; parameters are filled as for :meth:`subscribe`."""
+        from mesh.jobs.model import check_name
+
+        check_name(name)
+
+        def register(fn: F) -> F:
+            if self.started:
+                raise MeshError("register job handlers before the app starts")
+            key = (self.jobs.topic, self.id)
+            route = self._routes.get(key)
+            if route is None:
+                route = self._routes[key] = Route(self.runtime, key[0], key[1])
+            route.add(HandlerSpec(fn, key[0], key[1], {JOB: name}, None))
+            self.jobs.handlers.add(name)
+            return fn
+
+        return register
+
     @property
     def routes(self) -> list[Route]:
         """Every (topic, group) this app consumes, with its handlers."""
@@ -247,12 +272,15 @@ class App:
         datacontenttype: str | None = None,
         dataschema: str | None = None,
         extensions: Mapping[str, ExtensionValue] | None = None,
+        deliver_at: datetime | None = None,
     ) -> Event:
         """Publish ``data`` as a CloudEvent of ``type`` on ``topic``; returns the event sent.
 
         ``key`` becomes the ``partitionkey`` extension: events with one key keep their order
         where the broker can. Returns once the broker has taken the event. ``data`` may also be
         a CloudEvents SDK ``CloudEvent`` (``type`` omitted): it is sent as it is, attributes kept.
+        ``deliver_at`` (an aware datetime) stores it as a one-shot job instead: it is published
+        at that time (a past time: at once), by whichever instance of the app runs then.
         """
         _check_topic(topic, self.config.broker.namespace)
         if type is None:
@@ -276,6 +304,8 @@ class App:
             dataschema=dataschema,
             extensions=ext,
         )
+        if deliver_at is not None:
+            return await self.jobs.deliver(topic, event, deliver_at)
         runtime = self.runtime
         if runtime.attribute_hooks:
             return await runtime.send(topic, event)
@@ -364,6 +394,7 @@ class App:
         await self.broker.connect()
         try:
             await self._state.start()  # before the handlers, which may use it
+            await self.jobs.start()  # after the state block: its store may be one of them
             for route in self._routes.values():
                 route.build()
                 sub = await self.broker.subscribe(route.topic, route.group, route, concurrency=route.concurrency)
@@ -373,6 +404,7 @@ class App:
             await self.bindings.start()
         except BaseException:
             await self.presence.close()
+            await self.jobs.stop()
             await self._state.stop()
             await self.broker.close()
             raise
@@ -397,6 +429,7 @@ class App:
             await self.presence.leave()  # callers stop choosing this instance; in-flight calls finish
             subs, self._subscriptions = self._subscriptions, []
             await self._drain(subs, self.config.drain_timeout if timeout is None else timeout)
+            await self.jobs.stop()  # claims not yet fired go back; before the store closes
             await self._state.stop()  # relays hand over their lease; stores close
             await runtime.cancel_tasks()
             await runtime.run_stop_callbacks()

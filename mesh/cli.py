@@ -27,6 +27,7 @@ from mesh.config import config_schema, load_config
 from mesh.errors import MeshError, RemoteError
 from mesh.health import HealthServer, Ready, all_ready
 from mesh.hooks import PluginManager
+from mesh.jobs.cli import jobs as jobs_cli
 from mesh.replay.cli import dlq, replay
 from mesh.state.cli import state as state_cli
 
@@ -413,6 +414,7 @@ cli.add_command(dlq)
 cli.add_command(state_cli)
 cli.add_command(importlib.import_module("mesh.tail").tail_command)
 cli.add_command(importlib.import_module("mesh.asyncapi").asyncapi_command)
+cli.add_command(jobs_cli)
 
 
 def _add_plugin_commands(group: click.Group) -> None:

@@ -25,6 +25,8 @@ extension           meaning (written by)
 ``meshredrive``     the redrive that sent this copy (dead-letter redrive)
 ``meshstore``       a state change: the store's configured name (state outbox)
 ``meshetag``        a state change: the key's ETag after it (state outbox)
+``meshjob``         a fired job: the job's name (jobs)
+``meshjobtime``     a fired job: the time it was scheduled for, RFC 3339 (jobs)
 ==================  ==========================================================================
 
 Reserved destinations live under :data:`RESERVED_PREFIX`; user topics may not use it, so the
@@ -42,6 +44,8 @@ destination                     what travels there
 ``_mesh.ephemeral``             the exchange of ephemeral destinations (RabbitMQ)
 ``_mesh.stream.<topic>``        the stream queue logging a readable topic (RabbitMQ, ``*.dlq``)
 ``_mesh.end``                   header of the end marker of a history read (RabbitMQ streams)
+
+``_mesh.job.<app>``             fired jobs for the app's ``@app.job`` handlers (its group shares them)
 ==============================  =============================================================
 """
 
@@ -58,6 +62,9 @@ __all__ = [
     "GROUP",
     "GROUP_MARK",
     "INVOKE_PREFIX",
+    "JOB",
+    "JOB_PREFIX",
+    "JOB_TIME",
     "LAST_FAIL",
     "PARTITION_KEY",
     "PRESENCE_TOPIC",
@@ -120,6 +127,9 @@ UNSIGNED_EXTENSIONS: frozenset[str] = frozenset(
 )
 """Extensions a signature never covers: each hop, retry, replay or dead-letter step rewrites them."""
 
+JOB = "meshjob"
+JOB_TIME = "meshjobtime"
+
 # -- reserved destinations -------------------------------------------------------------------------
 
 RESERVED_PREFIX = "_mesh."
@@ -128,5 +138,6 @@ RESERVED_PREFIX = "_mesh."
 INVOKE_PREFIX = RESERVED_PREFIX + "invoke."
 REPLY_PREFIX = RESERVED_PREFIX + "reply."
 PRESENCE_TOPIC = RESERVED_PREFIX + "presence"
+JOB_PREFIX = RESERVED_PREFIX + "job."
 GROUP_MARK = RESERVED_PREFIX + "group"
 """Header (JetStream) or entry field (Redis) naming the only group a message is for."""

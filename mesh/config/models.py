@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from mesh.components import Registry
+from mesh.jobs.config import JobsConfig
 
 __all__ = [
     "BrokerConfig",
@@ -327,6 +328,8 @@ class MeshConfig(_Frozen):
     """Signed events, trusted keys, topic scopes and payload encryption."""
     state: dict[str, ComponentConfig] = Field(default_factory=dict)
     """State stores by name: ``{carts: {type: postgres, url: ...}}`` (types from the registry)."""
+    jobs: JobsConfig = Field(default_factory=lambda: JobsConfig())
+    """Where jobs are stored and how they are fired (see docs/jobs.md)."""
     bindings: dict[str, ComponentConfig] = Field(default_factory=dict)
     """Input and output bindings by name: ``{github: {type: http-in, ...}}`` (types from the registry)."""
     max_event_bytes: int = Field(1024 * 1024, ge=1024)

@@ -162,5 +162,8 @@ class Backend(ABC):
         """Remove expired rows; how many went."""
         return 0
 
+    async def ensure_index(self, path: tuple[str, ...]) -> None:  # noqa: B027 - optional
+        """Index the value at ``path`` so range queries and ordering on it skip the scan (SQL stores)."""
+
     async def destroy(self) -> None:  # noqa: B027 - optional
         """Remove every table, key or bucket of this store (tests and benchmarks)."""

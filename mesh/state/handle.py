@@ -38,7 +38,7 @@ from mesh.event import Event
 from mesh.state.base import Backend, Op, Page, Row, StateItem, new_etag
 from mesh.state.errors import ETagMismatch, InvalidKey, InvalidValue
 from mesh.state.events import CHANGED, DELETED, EXT_ETAG, EXT_STORE, INTERNAL_PREFIX
-from mesh.state.query import MISSING, encode_cursor, lookup, parse_query
+from mesh.state.query import MISSING, encode_cursor, lookup, parse_path, parse_query
 
 __all__ = ["StateStore", "Transaction"]
 
@@ -227,6 +227,10 @@ class StateStore:
             values = [lookup(doc, p) for p, _ in q.order]
             nxt = encode_cursor([*(None if v is MISSING else v for v in values), last.key])
         return Page(items, nxt)
+
+    async def ensure_index(self, path: str) -> None:
+        """Index the value at the dotted ``path`` (SQL stores; a no-op elsewhere) for queries on it."""
+        await self.backend.ensure_index(parse_path(self.name, path))
 
     async def lease(self, name: str, owner: str, seconds: float) -> bool:
         """Take or renew a lease held in this store (ETag-guarded); whether ``owner`` holds it."""

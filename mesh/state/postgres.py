@@ -137,5 +137,13 @@ class PostgresStore(Backend):
     async def purge(self, now: float) -> int:
         return _count(await self._pool.execute(f"DELETE FROM {self.t} WHERE expires <= $1", now))
 
+    async def ensure_index(self, path: tuple[str, ...]) -> None:
+        expr = f"(value #> '{{{','.join(path)}}}')"
+        sql = f"CREATE INDEX IF NOT EXISTS {self.t}_ix_{'_'.join(path)} ON {self.t} ({expr})"
+        try:
+            await self._pool.execute(sql)
+        except (asyncpg.UniqueViolationError, asyncpg.DuplicateTableError):
+            pass  # another process created it at the same moment
+
     async def destroy(self) -> None:
         await self._pool.execute(f"DROP TABLE IF EXISTS {self.t}, {self.t}_outbox")

@@ -136,6 +136,11 @@ class SQLiteStore(Backend):
         sql = f"DELETE FROM {self.t} WHERE expires IS NOT NULL AND expires <= ?"
         return await self._run(lambda c: c.execute(sql, (now,)).rowcount)
 
+    async def ensure_index(self, path: tuple[str, ...]) -> None:
+        expr = f"json_extract(value, '$.{'.'.join(path)}')"
+        sql = f"CREATE INDEX IF NOT EXISTS {self.t}_ix_{'_'.join(path)} ON {self.t} ({expr})"
+        await self._run(lambda c: c.execute(sql))
+
     async def destroy(self) -> None:
         await self._run(lambda c: (c.execute(f"DROP TABLE IF EXISTS {self.t}"),
                                    c.execute(f"DROP TABLE IF EXISTS {self.t}_outbox")))
