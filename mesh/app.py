@@ -118,7 +118,7 @@ class App:
         """This app's input and output bindings (``bindings:`` in the config)."""
         self.declared_publishes: list[tuple[str, str, Any]] = []
         """(topic, type, data type) of each :meth:`publishes` declaration."""
-        self.jobs = JobsBlock(self.runtime, self._state, self.config.jobs)
+        self.jobs = self.runtime.jobs = JobsBlock(self.runtime, self._state, self.config.jobs)
         """This app's jobs: ``schedule``/``cancel``/``get``/``list``/``trigger`` (see docs/jobs.md)."""
         self.started = False
         self._invocable = False  # from start until handlers drained at stop (they may invoke)

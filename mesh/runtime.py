@@ -17,6 +17,7 @@ member              what
 ``spawn``           run a background task until the app stops (cancelled then)
 ``on_stop``         await a callback when the app stops, after its handlers drained
 ``plugin_state``    per-app state of plugins, by plugin name
+``jobs``            the jobs block (schedules), for parts that fire on time
 ==================  =====================================================================
 """
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from mesh.components import Registry
     from mesh.config import MeshConfig
     from mesh.hooks.manager import Hooks
+    from mesh.jobs.block import JobsBlock
     from mesh.types import Publish
 
 __all__ = ["Runtime"]
@@ -67,6 +69,8 @@ class Runtime:
         self.broker = broker
         self.plugin_state: dict[str, Any] = {}
         """Per-app state of plugins, by plugin name."""
+        self.jobs: JobsBlock | None = None
+        """The app's jobs block, for parts that schedule (cron bindings, actor reminders)."""
         self.publish: Publish = broker.publish
         """The publish chain (the plugins' publish layers around the broker), built at start."""
         self.attribute_hooks = False

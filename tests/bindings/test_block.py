@@ -9,13 +9,13 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from mesh import App
+from mesh import App, Event
 from mesh.bindings import BUILTIN_BINDINGS, BindingError
 from mesh.cli import cli
 from mesh.components import Registry
 from mesh.config import load_config
-from mesh.errors import ConfigError, FeatureNotSupported, MeshError
-from tests.support import free_port, unique
+from mesh.errors import ConfigError, MeshError
+from tests.support import free_port, unique, wait_for
 
 pytestmark = pytest.mark.memory
 
@@ -58,17 +58,28 @@ def test_config_problems_name_their_path_and_line(tmp_path: Path) -> None:
     assert "bindings.odd.type" in text and "unknown binding type 'ftp-in'" in text
 
 
-async def test_cron_validates_now_and_says_it_needs_the_jobs_block_at_start() -> None:
+async def test_cron_fires_its_event_through_the_jobs_block() -> None:
+    topic = unique("reports")
     app = App(
         unique("app"),
         config={
             "broker": memory(),
-            "bindings": {"nightly": {"type": "cron", "schedule": "0 2 * * *", "topic": "reports", "event_type": "r"}},
+            "state": {"jobs": {"type": "memory", "url": f"memory://{unique('jobs')}"}},
+            "jobs": {"store": "jobs", "poll_interval": "50ms"},
+            "bindings": {"nightly": {"type": "cron", "schedule": "@every 1s", "topic": topic, "event_type": "r"}},
         },
     )
-    with pytest.raises(FeatureNotSupported, match=r"schedules; the jobs block \(issue #15\)"):
-        await app.start()
-    assert not app.started
+    fired: list[Event] = []
+
+    @app.subscribe(topic)
+    async def on_report(event: Event) -> None:
+        fired.append(event)
+
+    async with app:
+        await wait_for(lambda: len(fired) >= 2, timeout=10, what="two occurrences")
+        job = await app.jobs.get("binding.nightly")
+        assert job is not None
+    assert all(e.type == "r" and e.extensions["meshjob"] == "binding.nightly" for e in fired)
 
 
 async def test_a_binding_that_cannot_start_stops_the_others_and_the_app_does_not_start() -> None:
