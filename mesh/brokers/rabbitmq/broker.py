@@ -1,6 +1,6 @@
 """The RabbitMQ adapter (AMQP 0-9-1 over aio-pika), with a connection that reconnects on its own.
 
-Topology (DESIGN §3), every object durable:
+Topology (names are the mesh's own, so a non-mesh client can join by name), every object durable:
 
 - a topic is a **topic exchange** named after the topic; an event is published with routing key
   = its ``partitionkey`` (or the topic name when it has none);

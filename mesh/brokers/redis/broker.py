@@ -1,6 +1,6 @@
 """Redis Streams adapter (redis.asyncio): a stream per topic, a consumer group per mesh group.
 
-Names (DESIGN §3): the stream key is the topic (namespace applied); a mesh group is a Redis
+Names: the stream key is the topic (namespace applied); a mesh group is a Redis
 consumer group; every subscription is one consumer in it, named ``<client_id>-<random>`` (or
 the ``consumer_name`` option). Delayed redeliveries of a group live in the sorted set
 ``<namespace>_mesh.delay:{<stream>}:<group>`` (the hash tag keeps it in the stream's slot).
