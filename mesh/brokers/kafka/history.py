@@ -5,7 +5,8 @@ with one key, which share a partition, stay in order), each from the first offse
 ``since`` (``offsets_for_times``) or from a cursor ``{"partition": p, "offset": o}``, up to the end
 it had when reading started. A partition is finished when a fetch returns nothing and the
 position reached that end, or after two empty fetches whatever the end said: the end offset is
-only a hint (a Kafka-protocol broker may report it wrong: Tansu does after a multi-record batch), an empty fetch is the proof.
+only a hint (a Kafka-protocol broker may report it wrong: Tansu does after a multi-record
+batch), an empty fetch is the proof.
 
 One group only: the record goes to the group's retry topic ``_mesh.retry.<group>.<topic>`` with a
 due time of now. Every member of the group already consumes that topic (delayed retries live
