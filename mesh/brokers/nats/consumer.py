@@ -47,7 +47,6 @@ log = logging.getLogger("mesh.broker.nats")
 # (event, raw, error, attempt, the delivery it repeats if that may still be acked)
 _Record = tuple[Event | None, WireMessage | None, DecodeError | None, int, "NatsDelivery | None"]
 _Key = tuple[str, str, str]  # (servers, subject, queue group)
-_NatsSub = NatsSubscription
 
 
 class NatsDelivery(Delivery):
@@ -138,8 +137,8 @@ class NatsGroupSubscription(Subscription):
         self._running = True
         self._stopped = False
         self._draining = True
-        self._nsub: _NatsSub | None = None
-        self._side: _NatsSub | None = None
+        self._nsub: NatsSubscription | None = None
+        self._side: NatsSubscription | None = None
         self._task: asyncio.Task[None] | None = None
 
     @property
