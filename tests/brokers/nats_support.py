@@ -7,6 +7,7 @@ the machine's server on 4222), with its own JetStream store directory.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -36,7 +37,13 @@ class NatsServer:
     """A nats-server process of our own on a free loopback port; restartable on the same port."""
 
     def __init__(
-        self, store: Path, *, jetstream: bool = True, user: str | None = None, password: str | None = None
+        self,
+        store: Path,
+        *,
+        jetstream: bool = True,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
     ) -> None:
         if not Path(NATS_SERVER).exists():
             pytest.skip(f"no nats-server binary at {NATS_SERVER}")
@@ -47,6 +54,8 @@ class NatsServer:
             self.args += ["-js", "-sd", str(store)]
         if user is not None:
             self.args += ["--user", user, "--pass", password or ""]
+        if token is not None:
+            self.args += ["--auth", token]
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -146,21 +155,73 @@ async def brokers(kind: str, url: str) -> AsyncIterator[Callable[..., Any]]:
         await broker.close()
 
 
-async def works_with_the_stock_client(make: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hide one nats-py internal FastClient builds on: the broker gets nats-py's own client, and
-    three events still go through publish and subscribe, in order."""
-    from nats.aio.client import Client
-
-    from mesh.brokers import _nats_common
+async def works_with_the_stock_client(
+    make: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A nats-py version FastClient was not tested with: the broker gets nats-py's own client
+    (one warning line), and three events still go through publish and subscribe, in order."""
+    from mesh.brokers.nats import fastclient
     from mesh.event import Event
     from tests.support import unique, wait_for
 
-    monkeypatch.setattr(_nats_common, "_INTERNALS", (*_nats_common._INTERNALS, "_not_in_this_version"))
-    broker = await make()
-    assert type(broker._nc) is Client
+    monkeypatch.setattr(fastclient, "TESTED_VERSIONS", ("0.0.0-never",))
+    with caplog.at_level(logging.WARNING, logger="mesh.broker.nats"):
+        broker = await make()
+    assert type(broker.connection.nc) is fastclient.SafeClient
+    warnings = [r for r in caplog.records if "fast client was tested with" in r.getMessage()]
+    assert len(warnings) == 1
     topic, got = unique(), Recorder()
     await broker.subscribe(topic, unique("g"), got)
     for i in range(3):
         await broker.publish(topic, Event(type="t", source="/s", data={"i": i}))
     await wait_for(lambda: len(got.events) == 3, what="three events through the stock client")
     assert [e.data["i"] for e in got.events] == [0, 1, 2]
+
+
+POISON = b"NATS/1.0 503 \xff\xfe\xfd\xfc\r\n\r\n"
+"""A header block whose status description is not UTF-8 (nats-py's reader raised on it)."""
+
+
+async def publish_poison(url: str, subject: str) -> None:
+    """Write ``HPUB <subject> 21 27`` with :data:`POISON` and the payload ``poison`` over a bare
+    TCP connection; returns once the server answered the PING after it."""
+    parsed = urlparse(url)
+    reader, writer = await asyncio.open_connection(parsed.hostname or "127.0.0.1", parsed.port or 4222)
+    try:
+        await reader.readline()  # INFO
+        writer.write(b'CONNECT {"headers":true,"verbose":false}\r\n')
+        assert len(POISON) == 21
+        writer.write(b"HPUB %s 21 27\r\n%spoison\r\nPING\r\n" % (subject.encode(), POISON))
+        await writer.drain()
+        while True:
+            line = await asyncio.wait_for(reader.readline(), 5)
+            if line.startswith(b"PONG") or not line:
+                break
+            if line.startswith(b"-ERR"):
+                raise RuntimeError(line.decode(errors="replace"))
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def undecodable_headers_do_not_stop_reading(make: Callable[..., Any], url: str, **options: Any) -> None:
+    """A message with :data:`POISON` arrives as undecodable (reason and bytes kept) and five good
+    events published after it arrive promptly."""
+    from mesh.errors import DecodeError
+    from mesh.event import Event
+    from tests.support import unique, wait_for
+
+    broker = await make(**options)
+    topic, got = unique(), Recorder()
+    await broker.subscribe(topic, unique("g"), got)
+    await publish_poison(url, broker.name_of(topic))
+    for i in range(5):
+        await broker.publish(topic, Event(type="t", source="/s", data={"i": i}))
+    await wait_for(lambda: len(got.deliveries) == 6, timeout=5, what="the bad message and five good ones")
+    bad = got.deliveries[0]
+    assert bad.event is None
+    assert isinstance(bad.error, DecodeError)
+    assert "UnicodeDecodeError" in str(bad.error)
+    assert bad.error.raw == b"poison"
+    assert bad.raw is not None and bad.raw.body == b"poison"
+    assert [e.data["i"] for e in got.events] == [0, 1, 2, 3, 4]

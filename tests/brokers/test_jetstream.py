@@ -12,9 +12,9 @@ import pytest
 from nats.js.api import DeliverPolicy, StorageType
 
 from mesh.brokers import Delivery, broker_class
-from mesh.brokers.nats.common import safe_name
 from mesh.brokers.nats.core import NatsBroker
 from mesh.brokers.nats.jetstream import JetStreamBroker
+from mesh.brokers.nats.messages import safe_name
 from mesh.codecs.binary import LEGACY_TYPE
 from mesh.codecs.structured import to_structured
 from mesh.errors import BrokerConnectionError, ConfigError
@@ -25,6 +25,7 @@ from tests.brokers.nats_support import (
     brokers,
     raw_publish,
     shared_url,
+    undecodable_headers_do_not_stop_reading,
     works_with_the_stock_client,
 )
 from tests.support import free_port, unique, wait_for
@@ -326,8 +327,8 @@ async def test_durable_consumer_survives_server_restart(tmp_path: Path, kill: bo
         await asyncio.to_thread(server.restart, 1.0, kill)
         await wait_for(lambda: len(seen) == total, timeout=120, what="every event after the restart")
         assert seen == set(range(total))
-        assert broker._nc is not None
-        assert broker._nc.is_connected
+        assert broker.connection.nc is not None
+        assert broker.connection.nc.is_connected
         for i in range(200):  # core NATS on the same server reconnected too and gets new messages
             await core.publish("restart.core", ev(i))
             if core_got.events:
@@ -343,5 +344,14 @@ async def test_durable_consumer_survives_server_restart(tmp_path: Path, kill: bo
         server.stop()
 
 
-async def test_a_changed_nats_py_falls_back_to_its_stock_client(make, monkeypatch: pytest.MonkeyPatch) -> None:
-    await works_with_the_stock_client(make, monkeypatch)
+async def test_an_untested_nats_py_falls_back_to_its_stock_client(
+    make, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await works_with_the_stock_client(make, monkeypatch, caplog)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-client", "stock-client"])
+async def test_a_header_block_that_is_not_utf8_arrives_undecodable_and_reading_goes_on(
+    make, url: str, fast: bool
+) -> None:
+    await undecodable_headers_do_not_stop_reading(make, url, fast_client=fast)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from tests.brokers.nats_support import (
     brokers,
     raw_publish,
     shared_url,
+    undecodable_headers_do_not_stop_reading,
     works_with_the_stock_client,
 )
 from tests.support import free_port, unique, wait_for
@@ -314,8 +316,8 @@ async def test_reconnects_after_server_restart(tmp_path: Path) -> None:
                 await asyncio.sleep(0.1)
 
         await asyncio.wait_for(keep_publishing(), 60)
-        assert broker._nc is not None
-        assert broker._nc.is_connected
+        assert broker.connection.nc is not None
+        assert broker.connection.nc.is_connected
     finally:
         await broker.close()
         await publisher.close()
@@ -333,7 +335,7 @@ async def test_reconnects_after_server_restart(tmp_path: Path) -> None:
 def test_fast_header_parser_matches_the_client_s_own(raw: bytes) -> None:
     from nats.aio.client import Client
 
-    from mesh.brokers.nats.common import FastClient
+    from mesh.brokers.nats.fastclient import FastClient
 
     assert FastClient._parse_header_lines(raw) == Client._parse_header_lines(raw)
 
@@ -369,7 +371,7 @@ _HEADER_BYTES = st.lists(
 def test_fast_header_parser_matches_the_client_s_own_on_any_bytes(raw: bytes) -> None:
     from nats.aio.client import Client
 
-    from mesh.brokers.nats.common import FastClient, _fast_headers
+    from mesh.brokers.nats.fastclient import FastClient, _fast_headers
 
     assert FastClient._parse_header_lines(raw) == Client._parse_header_lines(raw)
     for _ in range(2):  # the second time with the names learned
@@ -380,10 +382,7 @@ def test_fast_header_parser_matches_the_client_s_own_on_any_bytes(raw: bytes) ->
 
 async def test_fast_publish_writes_what_the_client_s_own_publish_writes() -> None:
     """The HPUB command built in one pass is byte for byte nats-py's; odd values take nats-py's path."""
-    from mesh.brokers.nats.common import open_connection
-    from mesh.brokers.nats.options import NatsOptions
-
-    nc = await open_connection("nats", shared_url("nats"), NatsOptions(), "t", _noop)
+    nc = await _connected()
     try:
         cases = [
             {"ce-id": "1", "ce-type": "t", "content-type": "application/json"},
@@ -404,18 +403,22 @@ async def test_fast_publish_writes_what_the_client_s_own_publish_writes() -> Non
         await nc.close()
 
 
-async def _noop() -> None:
-    pass
+async def _connected() -> Any:
+    """A client of the shared server, connected as the brokers connect."""
+    from mesh.brokers.nats.connection import NatsConnection
+    from mesh.brokers.nats.options import NatsOptions
+    from mesh.codecs.bindings import NATS
+
+    conn = NatsConnection("nats", shared_url("nats"), NatsOptions(), NATS)
+    await conn.open()
+    return conn.client()
 
 
 async def test_fast_request_gets_the_answer_times_out_and_reports_no_responders() -> None:
     """FastClient.ask: the answer with its headers; nats-py's TimeoutError; a 503 status."""
     from nats.errors import TimeoutError as NatsTimeoutError
 
-    from mesh.brokers.nats.common import open_connection
-    from mesh.brokers.nats.options import NatsOptions
-
-    nc = await open_connection("nats", shared_url("nats"), NatsOptions(), "t", _noop)
+    nc = await _connected()
     subject, silent = unique("ask"), unique("silent")
     try:
 
@@ -440,5 +443,86 @@ async def _ignore(msg: Any) -> None:
     pass
 
 
-async def test_a_changed_nats_py_falls_back_to_its_stock_client(make, monkeypatch: pytest.MonkeyPatch) -> None:
-    await works_with_the_stock_client(make, monkeypatch)
+async def test_an_untested_nats_py_falls_back_to_its_stock_client(
+    make, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await works_with_the_stock_client(make, monkeypatch, caplog)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-client", "stock-client"])
+async def test_a_header_block_that_is_not_utf8_arrives_undecodable_and_reading_goes_on(
+    make, url: str, fast: bool
+) -> None:
+    await undecodable_headers_do_not_stop_reading(make, url, fast_client=fast)
+
+
+async def test_pending_bytes_limit_caps_what_a_subscription_holds(make, caplog: pytest.LogCaptureFixture) -> None:
+    """A handler that does not keep up: the buffer never holds more than pending_bytes_limit
+    payload bytes, the newest are dropped with one warning line for the burst."""
+    broker = await make(pending_bytes_limit=1000)
+    topic, release, got = unique(), asyncio.Event(), []
+
+    async def slow(d: Delivery) -> None:
+        got.append(d)
+        await release.wait()
+        await d.ack()
+
+    sub = await broker.subscribe(topic, unique("g"), slow)
+    peak = 0
+    try:
+        with caplog.at_level(logging.WARNING, logger="mesh.broker.nats"):
+            for i in range(30):
+                await broker.publish(topic, Event(type="t", source="/s", data={"i": i, "pad": "x" * 200}))
+                await broker.connection.barrier()  # the message came back and was buffered or dropped
+                peak = max(peak, sub.buffered_bytes)
+    finally:
+        release.set()
+    assert 0 < peak <= 1000, peak
+    warnings = [r for r in caplog.records if "slow consumer" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    await wait_for(lambda: sub.buffered_bytes == 0 and all(d.done for d in got), what="the buffer handled")
+    assert 1 < len(got) < 30
+
+
+async def test_the_stock_client_can_be_chosen(make, caplog: pytest.LogCaptureFixture) -> None:
+    from mesh.brokers.nats.fastclient import SafeClient
+
+    with caplog.at_level(logging.WARNING, logger="mesh.broker.nats"):
+        broker = await make(fast_client=False)
+    assert type(broker.connection.nc) is SafeClient
+    assert not caplog.records
+    topic, got = unique(), Recorder()
+    await broker.subscribe(topic, unique("g"), got)
+    await broker.publish(topic, ev(1))
+    await wait_for(lambda: len(got.events) == 1, what="an event through the stock client")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_token_in_the_url_is_never_shown(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Errors, repr and the lost/reconnected log lines show the servers with the token masked."""
+    token = "s3cr3tt0ken"
+    refused = NatsBroker(f"nats://{token}@127.0.0.1:{free_port()}", options={"connect_timeout": 1})
+    with pytest.raises(BrokerConnectionError) as info:
+        await refused.connect()
+    assert token not in str(info.value) and "***@127.0.0.1" in str(info.value)
+    assert token not in repr(refused)
+    server = NatsServer(tmp_path, jetstream=False, token=token)
+    broker = NatsBroker(f"nats://{token}@127.0.0.1:{server.port}", options={"reconnect_time_wait": 0.2})
+    try:
+        with pytest.raises(BrokerConnectionError, match="authorization") as wrong:
+            await NatsBroker(f"nats://wr0ng@127.0.0.1:{server.port}", options={"connect_timeout": 2}).connect()
+        assert "wr0ng" not in str(wrong.value)
+        with caplog.at_level(logging.INFO, logger="mesh.broker.nats"):
+            await broker.connect()
+            await asyncio.to_thread(server.restart, 0.5)
+            await wait_for(
+                lambda: any("reconnected" in r.getMessage() for r in caplog.records), timeout=60, what="a reconnect"
+            )
+        lines = [r.getMessage() for r in caplog.records]
+        assert any("lost" in line for line in lines)
+        assert all(token not in line for line in lines)
+        assert any("***@127.0.0.1" in line for line in lines)
+    finally:
+        await broker.close()
+        server.stop()

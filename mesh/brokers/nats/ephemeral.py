@@ -12,110 +12,103 @@ after its deadline, presence is resent every few seconds) and costs a stream wri
   reply travels to the caller's reply topic like on every broker, so the mesh's correlation,
   late-reply counting and retries stay the same everywhere.
 
-Deliveries are at most once: ``ack`` and ``nack`` do nothing (core NATS keeps nothing).
+Deliveries are at most once (:class:`~mesh.brokers.base.AtMostOnceDelivery`: ``ack`` and
+``nack`` do nothing, core NATS keeps nothing). Messages read straight off the socket wait in a
+:class:`~mesh.brokers.nats.messages.Backlog` capped by ``pending_limit`` and
+``pending_bytes_limit``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
-from typing import TYPE_CHECKING
 
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.errors import Error as NatsError
 
-from mesh.brokers.base import Delivery, DeliveryHandler, HandlerRunner, Mailbox, Subscription
-from mesh.brokers.nats.common import FastClient, barrier, read, read_parts, to_headers
-from mesh.codecs.binary import Binding, WireMessage, encode
+from mesh.brokers.base import AtMostOnceDelivery, DeliveryHandler, HandlerRunner, Mailbox, Subscription
+from mesh.brokers.nats.connection import NatsConnection
+from mesh.brokers.nats.messages import Backlog, Read, read_parts, to_headers
+from mesh.codecs.binary import encode
 from mesh.codecs.bindings import NATS
-from mesh.errors import BrokerError, DecodeError, NoResponders, PublishError
+from mesh.errors import BrokerError, NoResponders, PublishError
 from mesh.event import Event
 
-if TYPE_CHECKING:
-    from mesh.brokers.nats.core import NatsBroker
-    from mesh.brokers.nats.jetstream import JetStreamBroker
-
-__all__ = ["NatsEphemeral"]
-
-log = logging.getLogger("mesh.broker.nats")
+__all__ = ["NO_RESPONDERS", "NatsEphemeral"]
 
 NO_RESPONDERS = "503"
-
-_Read = tuple[Event | None, WireMessage, DecodeError | None]  # a message read on arrival
-
-
-class _Delivery(Delivery):
-    __slots__ = ()
-
-    async def _ack(self) -> None:
-        pass
-
-    async def _nack(self, delay: float | None) -> None:
-        pass
 
 
 class _Subscription(Subscription):
     """A core NATS subscription whose callback hands each message to a handler runner."""
 
-    def __init__(self, owner: NatsEphemeral, topic: str, group: str | None, handler: DeliveryHandler, concurrency: int):
+    def __init__(
+        self, owner: NatsEphemeral, topic: str, group: str | None, handler: DeliveryHandler, concurrency: int
+    ) -> None:
+        conn = owner.conn
         self.topic = topic
         self.group = group or ""
-        self.subject = owner.broker.name_of(topic)
+        self.subject = conn.name_of(topic)
+        self._conn = conn
         self._owner = owner
         self._runner = HandlerRunner(handler, concurrency, topic)
         self._nsub: NatsSubscription | None = None
         self._running = True
-        self._limit = owner.broker.settings.pending_limit  # beyond it messages are dropped, as NATS does
-        self._mailbox: Mailbox[_Read | None] = Mailbox()
+        settings = conn.settings
+        self._limit = settings.pending_limit  # beyond it messages are dropped, as NATS does
+        self._bytes_limit = settings.pending_bytes_limit
+        self._backlog = Backlog(self.subject, self._limit, self._bytes_limit)
+        self._mailbox: Mailbox[Read | None] = Mailbox()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, nc: Client) -> None:
+    async def start(self) -> None:
+        nc = self._conn.client()
         queue = "_".join(self.group.split())
-        self._nsub = await nc.subscribe(self.subject, queue=queue, cb=self._receive, pending_msgs_limit=self._limit)
-        if isinstance(nc, FastClient):  # read off the socket into our mailbox, handled by our loop
+        self._nsub = await nc.subscribe(
+            self.subject,
+            queue=queue,
+            cb=self._receive,
+            pending_msgs_limit=self._limit,
+            pending_bytes_limit=self._bytes_limit,
+        )
+        fast = self._conn.fast()
+        if fast is not None:  # read off the socket into our mailbox, handled by our loop
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"mesh-nats:{self.subject}")
-            nc.deliver_directly(self._nsub, self._arrived)
-        await barrier(nc, self._owner.broker.settings.connect_timeout)  # the server has the SUB
+            fast.deliver_directly(self._nsub, self._arrived)
+        await self._conn.barrier()  # the server has the SUB
 
     async def _receive(self, msg: Msg) -> None:
         """nats-py's callback, awaited in order by the subscription's own task: no extra hop."""
         if not self._running:
             return  # unsubscribed: what still arrives is dropped (at most once)
-        event, raw, error = read(msg, NATS, self.topic, None)
-        await self._runner.submit(_Delivery(self.topic, self.group, event, raw, error))
+        event, raw, error = read_parts(msg.data, msg.headers, False, NATS, self.topic)
+        await self._runner.submit(AtMostOnceDelivery(self.topic, self.group, event, raw, error))
 
     def _arrived(self, subject: bytes, data: bytes, headers: dict[str, str] | None, checked: bool) -> None:
         mailbox = self._mailbox
-        if self._running and mailbox.qsize() < self._limit:
+        if self._running and self._backlog.room(mailbox.qsize(), len(data)):
             mailbox.put_nowait(read_parts(data, headers, checked, NATS, self.topic))
 
     async def _loop(self) -> None:
-        get, submit, topic, group = self._mailbox.get, self._runner.submit, self.topic, self.group
+        get, submit, backlog = self._mailbox.get, self._runner.submit, self._backlog
+        topic, group = self.topic, self.group
         while True:
             item = await get()
             if item is None or not self._running:
                 return  # stopped: what is still queued is dropped (at most once)
             event, raw, error = item
-            await submit(_Delivery(topic, group, event, raw, error))
+            backlog.bytes -= len(raw.body)
+            await submit(AtMostOnceDelivery(topic, group, event, raw, error))
 
     async def stop(self, drain: bool = True) -> None:
         if not self._running:
             return
         self._running = False
         nsub, self._nsub = self._nsub, None
-        if nsub is not None:
-            nc = self._owner.broker._nc
-            if isinstance(nc, FastClient):
-                nc.forget(nsub)
-            try:  # UNSUB; what had arrived is queued, then handled below when draining
-                await asyncio.wait_for(nsub.drain(), self._owner.broker.settings.connect_timeout)  # type: ignore[no-untyped-call]
-            except (TimeoutError, NatsError):
-                with contextlib.suppress(NatsError):
-                    await nsub.unsubscribe()
+        if nsub is not None:  # UNSUB; what had arrived is queued, then handled below when draining
+            await self._conn.unsubscribe(nsub)
         task, self._task = self._task, None
         if task is not None:
             self._mailbox.put_nowait(None)
@@ -129,11 +122,10 @@ class _Subscription(Subscription):
 
 
 class NatsEphemeral:
-    """The ephemeral capability of one NATS or JetStream broker (see the module docstring)."""
+    """The ephemeral destinations of one NATS or JetStream connection (see the module docstring)."""
 
-    def __init__(self, broker: NatsBroker | JetStreamBroker, binding: Binding) -> None:
-        self.broker = broker
-        self._binding = binding
+    def __init__(self, conn: NatsConnection) -> None:
+        self.conn = conn
         self._subs: list[_Subscription] = []
         self._inbox: str | None = None
         self._inbox_sub: asyncio.Task[str] | None = None
@@ -142,28 +134,30 @@ class NatsEphemeral:
     async def subscribe(
         self, topic: str, handler: DeliveryHandler, group: str | None, concurrency: int
     ) -> Subscription:
+        """A plain (or, with ``group``, queue) subscription on core NATS."""
         sub = _Subscription(self, topic, group, handler, concurrency)
         try:
-            await sub.start(self.broker._client())
+            await sub.start()
         except NatsError as exc:
-            raise BrokerError(f"nats at {self.broker.address}: cannot subscribe to {topic!r}: {exc!r}") from exc
+            raise BrokerError(f"nats at {self.conn.address}: cannot subscribe to {topic!r}: {exc!r}") from exc
         self._subs.append(sub)
         return sub
 
     def forget(self, sub: _Subscription) -> None:
+        """Drop a stopped subscription."""
         if sub in self._subs:
             self._subs.remove(sub)
 
     async def publish(self, topic: str, event: Event, reply: str = "") -> None:
-        wire = encode(event, self._binding)
+        """Publish on core NATS (nothing is stored)."""
+        conn = self.conn
+        wire = encode(event, conn.wire)
         try:
-            await self.broker._client().publish(
-                self.broker.name_of(topic), wire.body, reply=reply, headers=to_headers(wire)
+            await conn.client(PublishError).publish(
+                conn.name_of(topic), wire.body, reply=reply, headers=to_headers(wire)
             )
         except NatsError as exc:
-            raise PublishError(
-                f"nats at {self.broker.address} did not take {event.type} on {topic!r}: {exc!r}"
-            ) from exc
+            raise PublishError(f"nats at {conn.address} did not take {event.type} on {topic!r}: {exc!r}") from exc
 
     async def request(self, topic: str, event: Event) -> asyncio.Future[None]:
         """Publish with a status inbox as NATS reply subject: the future fails on "no responders"."""
@@ -191,12 +185,12 @@ class NatsEphemeral:
             raise
 
     async def _open_inbox(self) -> str:
-        nc = self.broker._client()
+        nc = self.conn.client()
         inbox = nc.new_inbox()
         try:
             await nc.subscribe(f"{inbox}.*", cb=self._on_status)  # SUB precedes our PUBs on the wire
         except NatsError as exc:
-            raise PublishError(f"nats at {self.broker.address}: no status inbox: {exc!r}") from exc
+            raise PublishError(f"nats at {self.conn.address}: no status inbox: {exc!r}") from exc
         self._inbox = inbox
         return inbox
 
@@ -218,30 +212,3 @@ class NatsEphemeral:
             task.cancel()
         for future in list(self._waiting.values()):
             future.cancel()
-
-
-class CoreNatsEphemeral:
-    """Mixin of both NATS adapters: ephemeral destinations and requests on core NATS, through
-    the adapter's :class:`NatsEphemeral` (``self._ephemeral``)."""
-
-    _ephemeral: NatsEphemeral
-
-    async def subscribe_ephemeral(
-        self,
-        topic: str,
-        handler: DeliveryHandler,
-        *,
-        group: str | None = None,
-        exclusive: bool = False,
-        concurrency: int = 1,
-    ) -> Subscription:
-        """A non-durable subscription on core NATS (see :meth:`mesh.brokers.base.Broker.subscribe_ephemeral`)."""
-        return await self._ephemeral.subscribe(topic, handler, group, concurrency)
-
-    async def publish_ephemeral(self, topic: str, event: Event) -> None:
-        """Publish on core NATS to an ephemeral destination."""
-        await self._ephemeral.publish(topic, event)
-
-    async def publish_request(self, topic: str, event: Event) -> asyncio.Future[None] | None:
-        """Publish a request; the future fails with NoResponders when nobody listens."""
-        return await self._ephemeral.request(topic, event)

@@ -33,6 +33,9 @@ class NatsOptions(BrokerOptions):
     """Seconds between client pings; two unanswered pings declare the connection dead."""
     name: str | None = None
     """Connection name shown by the server's monitoring (default: the app's client id)."""
+    fast_client: bool = True
+    """Use the mesh's faster client (headers read and written in one pass) where nats-py is a
+    version it was tested with; ``false`` always uses nats-py's own client."""
 
     # -- credentials (the URL may carry user and password instead) -------------------------------
     user: str | None = None
@@ -54,6 +57,9 @@ class NatsOptions(BrokerOptions):
     pending_limit: int = Field(65_536, ge=1)
     """Messages one core NATS subscription buffers ahead of its handler; above it the newest are
     dropped (a slow consumer, as NATS itself does). Unused by JetStream, which pulls in batches."""
+    pending_bytes_limit: int = Field(64 * 1024 * 1024, ge=1)
+    """Payload bytes one core NATS subscription buffers ahead of its handler (64 MiB, as nats-py);
+    above it the newest are dropped, like ``pending_limit``."""
 
 
 class JetStreamOptions(NatsOptions):

@@ -1,25 +1,29 @@
-"""What the two NATS adapters share: the connection, broker-side names and message conversion.
+"""The mesh's NATS clients: nats-py's own, guarded, and a faster one built on its internals.
 
-Only this module, :mod:`mesh.brokers.nats` and :mod:`mesh.brokers.nats.jetstream` import nats-py.
+=================  ========================================================================
+client             when
+=================  ========================================================================
+:class:`FastClient`  ``fast_client: true`` (the default) and a nats-py version in
+                   :data:`TESTED_VERSIONS` that has every internal it builds on
+:class:`SafeClient`  otherwise: nats-py's own client, correct but slower (an untested version
+                   says so in one warning line when the connection is made)
+=================  ========================================================================
 
-The first connection is bounded: every server of the URL is tried (twice) within
-``connect_timeout`` and a failure is one :class:`~mesh.errors.BrokerConnectionError`. Once
-connected, the client reconnects on its own (``max_reconnect_attempts``, -1: forever) and
-restores its subscriptions; the adapters are told through ``on_reconnect``.
+Both hand on a header block nats-py cannot read (a status line that is not UTF-8 raises
+``UnicodeDecodeError`` inside its reader, which would stop reading for a while) as the one header
+:data:`~mesh.brokers.nats.messages.UNDECODABLE`: the message arrives as undecodable, the reader
+goes on. Only this module relies on nats-py's internals.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-import ssl
-from collections.abc import Awaitable, Callable, Mapping
-from types import MappingProxyType
-from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from collections.abc import Callable
+from typing import Any
 
+from nats.aio import client as _nats_client
 from nats.aio.client import Client
 
 try:
@@ -31,102 +35,39 @@ except ImportError:  # a nats-py without it: the same rule (no blank, no line br
             raise BadSubjectError
 
 
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.errors import AuthorizationError, BadSubjectError, MaxPayloadError, NoServersError, SlowConsumerError
+from nats.errors import BadSubjectError, MaxPayloadError
 from nats.errors import TimeoutError as NatsTimeoutError
-from pydantic import ValidationError
 
-from mesh.brokers.nats.options import NatsOptions
-from mesh.codecs.binary import Binding, WireMessage, decode
-from mesh.errors import BrokerConnectionError, ConfigError, DecodeError
-from mesh.event import Event
+from mesh.brokers.nats.messages import undecodable
 
-__all__ = [
-    "FastClient",
-    "DEFAULT_URL",
-    "barrier",
-    "display_address",
-    "open_connection",
-    "read",
-    "read_parts",
-    "safe_name",
-    "servers_of",
-    "shut",
-    "to_headers",
-    "validate_options",
-]
+__all__ = ["TESTED_VERSIONS", "Direct", "FastClient", "SafeClient", "new_client"]
 
 log = logging.getLogger("mesh.broker.nats")
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
+TESTED_VERSIONS: tuple[str, ...] = ("2.16.0",)
+"""nats-py versions :class:`FastClient` was tested with (its internals are theirs)."""
 
-_UNSAFE = re.compile(r"[.*>/\\\s\x00-\x1f\x7f]")
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 _KEY_CACHE = 1_000
 """Header names remembered as valid (per connection) so the fast publish path skips nats-py's checks."""
-
-_Options = TypeVar("_Options", bound=NatsOptions)
 
 Direct = Callable[[bytes, bytes, "dict[str, str] | None", bool], None]
 """Takes one message of a subscription delivered directly: subject, payload, headers, headers checked."""
 
 
-def validate_options(model: type[_Options], options: Mapping[str, Any]) -> _Options:
-    """The broker's options validated, or one :class:`ConfigError` listing every problem."""
-    try:
-        return model.model_validate(options)
-    except ValidationError as exc:
-        problems = [("broker.options." + ".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
-        raise ConfigError(problems) from None
+class SafeClient(Client):
+    """nats-py's own client; a header block it cannot read arrives as undecodable instead of
+    stopping its reader."""
+
+    async def _process_headers(self, headers: bytes) -> dict[str, str] | None:
+        try:
+            parsed: dict[str, str] | None = await super()._process_headers(headers)
+        except Exception as exc:  # e.g. UnicodeDecodeError on a status description
+            return undecodable(exc)
+        return parsed
 
 
-def servers_of(url: str | None) -> list[str]:
-    """The server URLs of a ``nats://`` URL or comma-separated list of them."""
-    servers = [part.strip() for part in (url or DEFAULT_URL).split(",") if part.strip()]
-    return [s if "://" in s else f"nats://{s}" for s in servers] or [DEFAULT_URL]
-
-
-def display_address(servers: list[str]) -> str:
-    """The servers as one string for messages, passwords masked."""
-    shown = []
-    for server in servers:
-        parts = urlsplit(server)
-        if parts.password:
-            netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-            server = urlunsplit(parts._replace(netloc=netloc))
-        shown.append(server)
-    return ",".join(shown)
-
-
-def safe_name(name: str) -> str:
-    """A name the JetStream API accepts for streams and consumers.
-
-    ``.``, ``*``, ``>``, path separators, whitespace and control characters become ``_``:
-    ``orders.created`` -> ``orders_created``.
-    """
-    return _UNSAFE.sub("_", name) or "_"
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if isinstance(exc, AuthorizationError) or "authorization" in text.lower():
-        return "authorization failed, bad or missing credentials" + (f" ({text})" if text else "")
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError) and not text:
-        return "timed out"
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _tls(options: NatsOptions) -> ssl.SSLContext | None:
-    if not (options.tls_ca_file or options.tls_cert_file):
-        return None
-    context = ssl.create_default_context(cafile=options.tls_ca_file)
-    if options.tls_cert_file:
-        context.load_cert_chain(options.tls_cert_file, options.tls_key_file)
-    return context
-
-
-class FastClient(Client):
+class FastClient(SafeClient):
     """nats-py's client with faster header handling, byte for byte the stock result.
 
     The stock client tests every character of every header name in Python on both ends, which
@@ -152,6 +93,7 @@ class FastClient(Client):
         self._direct[sub._id] = deliver
 
     def forget(self, sub: Subscription) -> None:
+        """Stop delivering ``sub`` directly: what still arrives takes nats-py's own path."""
         self._direct.pop(sub._id, None)
 
     async def _process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
@@ -162,14 +104,26 @@ class FastClient(Client):
         stats = self.stats
         stats["in_msgs"] += 1
         stats["in_bytes"] += len(data)
+        try:
+            if not headers:
+                deliver(subject, data, None, True)
+                return
+            parsed = _fast_headers(headers)
+            if parsed is None:  # a status line, bytes that are not UTF-8, a lone CR or LF
+                deliver(subject, data, await super()._process_headers(headers), False)
+            else:
+                deliver(subject, data, parsed, True)
+        except Exception:  # never into nats-py's reader, which would stop reading
+            log.exception("nats: a message on %r could not be handed on; reading goes on", subject)
+
+    async def _process_headers(self, headers: bytes) -> dict[str, str] | None:
+        """Headers for nats-py's own path (JetStream pulls, callbacks): the fast reader where it applies."""
         if not headers:
-            deliver(subject, data, None, True)
-            return
+            return None
         parsed = _fast_headers(headers)
-        if parsed is None:  # a status line, bytes that are not UTF-8, a lone CR or LF
-            deliver(subject, data, await self._process_headers(headers), False)
-        else:
-            deliver(subject, data, parsed, True)
+        if parsed is None:
+            return await super()._process_headers(headers)
+        return parsed or None
 
     async def ask(
         self, subject: str, payload: bytes, headers: dict[str, str] | None, timeout: float
@@ -356,163 +310,33 @@ _INTERNALS = ("_pending", "_pending_data_size", "_max_pending_size", "_flush_que
 _HOOKS = ("_process_msg", "_process_headers", "_parse_header_lines", "_send_command", "_flush_pending")
 
 
-def new_client() -> Client:
-    """A :class:`FastClient` where nats-py has the internals it builds on (tested with 2.16), else
-    nats-py's own client: every fast path checks for ``FastClient`` and falls back."""
+def nats_py_version() -> str:
+    """The installed nats-py version ("unknown" if it does not say)."""
+    return str(getattr(_nats_client, "__version__", "unknown"))
+
+
+def new_client(fast: bool = True) -> SafeClient:
+    """A :class:`FastClient` when ``fast`` and nats-py is a tested version with the internals it
+    builds on, else a :class:`SafeClient` (with one warning line when nats-py is the reason).
+
+    Every fast path checks for ``FastClient`` and falls back.
+    """
+    if not fast:
+        return SafeClient()
+    version = nats_py_version()
     nc = FastClient()
-    if all(hasattr(nc, name) for name in _INTERNALS) and all(callable(getattr(Client, h, None)) for h in _HOOKS):
+    if (
+        version in TESTED_VERSIONS
+        and all(hasattr(nc, name) for name in _INTERNALS)
+        and all(callable(getattr(Client, h, None)) for h in _HOOKS)
+    ):
         nc._valid_keys, nc._direct = set(), {}
         nc._answers, nc._answers_prefix, nc._asked = {}, None, 0
         return nc
-    log.warning("nats-py has changed inside: the mesh uses its stock client, correct but slower")
-    return Client()
-
-
-async def open_connection(
-    broker: str,
-    url: str | None,
-    options: NatsOptions,
-    name: str,
-    on_reconnect: Callable[[], Awaitable[None]],
-) -> Client:
-    """A connected client, or :class:`BrokerConnectionError` within ``connect_timeout``."""
-    servers = servers_of(url)
-    address = display_address(servers)
-    nc = new_client()
-    errors: list[BaseException] = []
-    state = {"connected": False}
-
-    async def error_cb(exc: Exception) -> None:
-        if not state["connected"]:
-            errors.append(exc)
-        elif isinstance(exc, SlowConsumerError):
-            log.warning("%s at %s: slow consumer on %s, messages dropped", broker, address, exc.subject)
-        else:
-            log.debug("%s at %s: %s", broker, address, _reason(exc))
-
-    async def disconnected_cb() -> None:
-        if state["connected"] and not nc.is_closed:
-            log.warning("%s: connection to %s lost; reconnecting", broker, address)
-
-    async def reconnected_cb() -> None:
-        log.info("%s: reconnected to %s", broker, address)
-        await on_reconnect()
-
-    kwargs: dict[str, Any] = {
-        "servers": servers,
-        "name": options.name or name,
-        "error_cb": error_cb,
-        "disconnected_cb": disconnected_cb,
-        "reconnected_cb": reconnected_cb,
-        "allow_reconnect": True,
-        # Bounded first connect: each server is tried twice, quickly; the real reconnect
-        # policy is installed once connected (nats-py reads these options live).
-        "max_reconnect_attempts": 1,
-        "reconnect_time_wait": 0.1,
-        "connect_timeout": options.connect_timeout,
-        "ping_interval": options.ping_interval,
-        "max_outstanding_pings": 2,
-    }
-    if options.user is not None:
-        kwargs["user"] = options.user
-    if options.password is not None:
-        kwargs["password"] = options.password
-    if options.token is not None:
-        kwargs["token"] = options.token
-    if options.creds_file is not None:
-        kwargs["user_credentials"] = options.creds_file
-    try:
-        tls = _tls(options)
-        if tls is not None:
-            kwargs["tls"] = tls
-        await asyncio.wait_for(nc.connect(**kwargs), options.connect_timeout)
-    except Exception as exc:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(nc.close(), 1.0)
-        useful = [e for e in errors if not isinstance(e, NoServersError)]
-        # A refused login is often followed by a reset connection: the refusal is the reason.
-        refused = [e for e in useful if isinstance(e, AuthorizationError) or "authorization" in str(e).lower()]
-        cause = (refused or useful or [exc])[-1]
-        if isinstance(exc, asyncio.TimeoutError) and not useful:
-            reason = f"no answer within {options.connect_timeout:g}s"
-        else:
-            reason = _reason(cause)
-        raise BrokerConnectionError(broker, address, reason) from exc
-    state["connected"] = True
-    nc.options["max_reconnect_attempts"] = options.max_reconnect_attempts
-    nc.options["reconnect_time_wait"] = options.reconnect_time_wait
-    return nc
-
-
-async def barrier(nc: Client, wait: float) -> None:
-    """Return once the server has processed everything sent so far (e.g. a new SUB).
-
-    nats-py 2.16 writes the PING of ``flush()`` straight to the socket, ahead of commands still
-    queued for its flusher task, so one ``flush()`` can return before a SUB reached the server.
-    The flusher writes the queue before the first PONG can be read; a second PING then follows it.
-    """
-    seconds = max(1, int(wait))
-    await nc.flush(timeout=seconds)
-    await nc.flush(timeout=seconds)
-
-
-async def shut(nc: Client | None, grace: float = 2.0) -> None:
-    """Flush what is buffered (acks, publishes) and close within ``grace`` seconds; never raises."""
-    if nc is None or nc.is_closed:
-        return
-    if nc.is_connected:
-        with contextlib.suppress(Exception):
-            await barrier(nc, grace)
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(nc.close(), grace)
-
-
-def to_headers(wire: WireMessage) -> dict[str, str]:
-    """The NATS headers of an encoded event: ``ce-`` attributes plus ``content-type``."""
-    headers = wire.headers
-    # encode() returns a fresh dict of str values: extend it in place, copy anything else.
-    out: dict[str, str] = headers if type(headers) is dict else {k: str(v) for k, v in headers.items()}
-    if wire.content_type is not None:
-        out["content-type"] = wire.content_type
-    return out
-
-
-def _suspect(name: str) -> bool:
-    low = name.lower()
-    return low.startswith("ce-") or low == "content-type"
-
-
-def read(
-    msg: Msg, binding: Binding, topic: str, fallback_id: str | None
-) -> tuple[Event | None, WireMessage, DecodeError | None]:
-    """The event in a NATS message, or the reason it cannot be read; never raises."""
-    return read_parts(msg.data, msg.headers, False, binding, topic, fallback_id)
-
-
-def read_parts(
-    data: bytes,
-    headers: dict[str, str] | None,
-    checked: bool,
-    binding: Binding,
-    topic: str,
-    fallback_id: str | None = None,
-) -> tuple[Event | None, WireMessage, DecodeError | None]:
-    """:func:`read` from a payload and its headers (``checked``: no U+FFFD stands for a bad byte)."""
-    if headers is None:
-        wire = WireMessage(data, _NO_HEADERS, None, None)
-    else:
-        wire = WireMessage(data, headers, None, headers.get("content-type") or headers.get("Content-Type"))
-        if not checked:
-            # nats-py decodes header values with errors="replace": U+FFFD in an attribute means
-            # the bytes on the wire were not UTF-8.
-            for name, value in headers.items():
-                if "\ufffd" in value and _suspect(name):
-                    return (
-                        None,
-                        wire,
-                        DecodeError(f"header {name!r} is not UTF-8", bytes(data), dict(headers)),
-                    )
-    try:
-        return decode(wire, binding, topic, fallback_id), wire, None
-    except DecodeError as exc:
-        return None, wire, exc
+    log.warning(
+        "nats-py %s is not a version the mesh's fast client was tested with (%s): "
+        "using nats-py's own client, correct but slower",
+        version,
+        ", ".join(TESTED_VERSIONS),
+    )
+    return SafeClient()
