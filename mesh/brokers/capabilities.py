@@ -34,8 +34,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from types import ModuleType
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from mesh.brokers.base import Broker
 from mesh.errors import FeatureNotSupported
@@ -44,8 +43,6 @@ from mesh.extensions import GROUP_MARK
 
 __all__ = [
     "GROUP_MARK",
-    "DelegatedGroupDelivery",
-    "DelegatedHistory",
     "Cursor",
     "GroupPublisher",
     "HistoryReader",
@@ -127,7 +124,7 @@ def history_reader(broker: Broker, topic: str | None = None) -> HistoryReader:
     Without a topic, a broker that keeps a log of some topics only (:class:`TopicHistory`) is
     returned as it is; its reader raises FeatureNotSupported for a topic it keeps no log of.
     """
-    part = broker.history or (broker if isinstance(broker, HistoryReader) else None)
+    part = broker.history
     alternative = "record events with the archive plugin and replay from the archive (--from archive)"
     if isinstance(part, HistoryReader):
         if broker.features.history:
@@ -153,47 +150,9 @@ def keeps_history(broker: Broker, topic: str) -> bool:
 
 def group_publisher(broker: Broker) -> GroupPublisher:
     """The broker as a :class:`GroupPublisher`, or FeatureNotSupported naming the alternative."""
-    part = broker.groups or (broker if isinstance(broker, GroupPublisher) else None)
+    part = broker.groups
     if isinstance(part, GroupPublisher):
         return part
     raise FeatureNotSupported(
         broker.type, "delivering to one subscription group", "replay to the topic (every group sees it) instead"
     )
-
-
-class DelegatedGroupDelivery:
-    """Mixin for an adapter whose one-group delivery lives in a module ``_replay`` (its functions
-    take the broker first): ``has_group`` and ``publish_to_group`` delegate to it."""
-
-    _replay: ClassVar[ModuleType]
-
-    async def has_group(self, topic: str, group: str) -> bool:
-        """Whether ``group`` subscribes to ``topic``."""
-        return bool(await self._replay.has_group(self, topic, group))
-
-    async def publish_to_group(self, topic: str, group: str, event: Event) -> None:
-        """Deliver ``event`` on ``topic`` to ``group`` alone (a replay to one group)."""
-        await self._replay.publish_to_group(self, topic, group, event)
-
-
-class DelegatedHistory(DelegatedGroupDelivery):
-    """Mixin: also ``topic_exists`` and ``read_history`` (:class:`HistoryReader`) from ``_replay``."""
-
-    async def topic_exists(self, topic: str) -> bool:
-        """Whether the broker keeps a log of the topic."""
-        return bool(await self._replay.topic_exists(self, topic))
-
-    def read_history(
-        self,
-        topic: str,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        cursor: Cursor | None = None,
-        batch: int = 500,
-    ) -> AsyncIterator[list[HistoryRecord]]:
-        """The topic's log from a time or a cursor (:class:`HistoryReader`)."""
-        reader: AsyncIterator[list[HistoryRecord]] = self._replay.read_history(
-            self, topic, since=since, until=until, cursor=cursor, batch=batch
-        )
-        return reader

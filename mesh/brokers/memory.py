@@ -338,6 +338,7 @@ class MemoryBroker(Broker):
         self._hub = self._hubs.setdefault(self.hub_name, _Hub(self.hub_name))
         self._subs: list[_Consumer] = []
         self._next_group_id = itertools.count()
+        self.history = self.groups = self  # the hub's log is the history; a group's private queue its delivery
 
     @classmethod
     def reset(cls, name: str | None = None) -> None:
