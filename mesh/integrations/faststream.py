@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
+from pydantic import BaseModel
 
 from mesh import extensions as ext
 from mesh.codecs.binary import Binding, WireMessage, decode, encode, to_binary
@@ -227,10 +228,17 @@ class _MeshScope(BaseMiddleware):
         event = Event(ev_type, source, subject=subject, extensions={**carrier, **marks})
         attributes = to_binary(event, binding).headers
         if binding is REDIS and str(getattr(cmd, "destination_type", "")) in ("stream", "DestinationType.Stream"):
-            body, content_type = encode_message(cmd.body, None)
+            body, content_type = _encode_body(cmd.body)
             return await _xadd(self.options, cmd.destination, WireMessage(body, attributes, None, content_type))
         headers.update(attributes)
         return await call_next(cmd)
+
+
+def _encode_body(body: Any) -> tuple[bytes, str | None]:
+    """A publish body as FastStream encodes it (pydantic models as JSON)."""
+    if isinstance(body, BaseModel):
+        return body.model_dump_json().encode(), "application/json"
+    return encode_message(body, None)
 
 
 def _topic_of(msg: StreamMessage[Any]) -> str:
