@@ -77,7 +77,7 @@ async def running(*parts: Any) -> AsyncIterator[None]:
         yield
     finally:
         for part in reversed(started):
-            await part.stop() if isinstance(part, App) else await part.stop()
+            await part.stop()
 
 
 def a_trace() -> tuple[NonRecordingSpan, int]:
@@ -167,4 +167,4 @@ def test_mesh_event_headers_are_marked_and_checked() -> None:
     headers = MeshEventType.headers(type="t", source="/s", subject="x", flag=True)
     assert headers == {"_mesh.ce.type": "t", "_mesh.ce.source": "/s", "_mesh.ce.subject": "x", "_mesh.ce.flag": "true"}
     with pytest.raises(ValueError, match="extension"):
-        MeshEvent.headers(type="t", **{"Bad_Name": "x"})
+        MeshEvent.headers(type="t", Bad_Name="x")
