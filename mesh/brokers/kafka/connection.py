@@ -21,6 +21,10 @@ member                       what
 ``reason``, ``quietly``      a client error as one line; a close step that may fail
 ===========================  =========================================================================
 
+Security: ``broker.tls`` and ``broker.auth`` (:mod:`mesh.brokers.tls`), when either is set,
+replace the ``security_protocol``/``ssl_*``/``sasl_*`` options: TLS alone is ``SSL``, a user name
+adds SASL (``SASL_SSL``, or ``SASL_PLAINTEXT`` without ``tls``).
+
 Header values of a Kafka record may be ``None`` (a null header). The reads done here and in
 the parts (``content-type``, the retry headers) treat such a value as absent; the codec gets the
 headers as fetched (no copy on the hot path), and a record that still cannot be read becomes an
@@ -33,6 +37,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +48,7 @@ from aiokafka.helpers import create_ssl_context
 
 from mesh.brokers.base import RESERVED_PREFIX
 from mesh.brokers.kafka.options import KafkaOptions
+from mesh.brokers.tls import AuthOptions
 from mesh.codecs.binary import Binding, WireMessage, decode, encode
 from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
 from mesh.event import Event
@@ -181,8 +187,22 @@ def unreadable(record: Any, exc: BaseException) -> tuple[WireMessage, DecodeErro
 class KafkaConnection:
     """The producer and admin client of one Kafka broker, and what its parts need from it."""
 
-    def __init__(self, url: str | None, settings: KafkaOptions, wire: Binding, namespace: str, client_id: str) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        settings: KafkaOptions,
+        wire: Binding,
+        namespace: str,
+        client_id: str,
+        *,
+        tls: ssl.SSLContext | None = None,
+        auth: AuthOptions | None = None,
+    ) -> None:
         self.url = url
+        self.tls = tls
+        """The context of ``broker.tls`` (it wins over the ``ssl_*`` options)."""
+        self.auth = auth
+        """``broker.auth`` (it wins over the ``sasl_*`` options)."""
         self.settings = settings
         self.wire = wire
         self.namespace = namespace
@@ -217,6 +237,8 @@ class KafkaConnection:
     def client_config(self) -> dict[str, Any]:
         """The settings every client of this connection shares (servers, id, security)."""
         o = self.settings
+        if self.tls is not None or self.auth is not None:
+            return self._secure_config()
         config: dict[str, Any] = {
             "bootstrap_servers": self.servers,
             "client_id": self.client_id,
@@ -231,6 +253,24 @@ class KafkaConnection:
             config["ssl_context"] = create_ssl_context(
                 cafile=o.ssl_cafile, certfile=o.ssl_certfile, keyfile=o.ssl_keyfile
             )
+        return config
+
+    def _secure_config(self) -> dict[str, Any]:
+        """:meth:`client_config` from ``broker.tls``/``broker.auth``: SSL, SASL_SSL or SASL_PLAINTEXT."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.servers,
+            "client_id": self.client_id,
+            "request_timeout_ms": self.settings.request_timeout_ms,
+        }
+        sasl = self.auth is not None and self.auth.username is not None
+        protocol = ("SASL_" if sasl else "") + ("SSL" if self.tls is not None else "PLAINTEXT")
+        config["security_protocol"] = protocol
+        if self.tls is not None:
+            config["ssl_context"] = self.tls
+        if sasl and self.auth is not None:
+            config["sasl_mechanism"] = self.auth.mechanism or "PLAIN"
+            config["sasl_plain_username"] = self.auth.username
+            config["sasl_plain_password"] = self.auth.password.get_secret_value() if self.auth.password else None
         return config
 
     def consumer(self, **options: Any) -> AIOKafkaConsumer:

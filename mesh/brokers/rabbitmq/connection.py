@@ -16,8 +16,11 @@ scratch            delay-queue and stream declarations,       a channel of its o
                    passive look-ups, history reads            declaration may close
 =================  =========================================  ===================================
 
-Credentials: ``username``/``password`` options override the URL's. Every address shown (errors,
-``repr``) is :func:`~mesh.urls.mask_url`-ed or has no credentials at all (:attr:`address`).
+Credentials: ``broker.auth`` username/password override the ``username``/``password`` options,
+which override the URL's; ``auth: {mechanism: EXTERNAL}`` logs in as the client certificate
+(the broker needs the ``rabbitmq_auth_mechanism_ssl`` plugin). ``broker.tls`` makes the
+connection ``amqps`` (default port 5671) with the context of :func:`mesh.brokers.tls.ssl_context`.
+Every address shown (errors, ``repr``) is :func:`~mesh.urls.mask_url`-ed or has no credentials at all (:attr:`address`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import asyncio
 import contextlib
 import errno
 import math
+import ssl
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -45,9 +49,11 @@ from aio_pika.exceptions import (
 )
 from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
+from yarl import URL
 
 from mesh.brokers.base import RESERVED_PREFIX
 from mesh.brokers.rabbitmq.options import RabbitMQOptions
+from mesh.brokers.tls import AuthOptions
 from mesh.codecs.binary import Binding
 from mesh.codecs.data import format_time
 from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
@@ -95,8 +101,14 @@ class RabbitMQConnection:
         *,
         namespace: str = "",
         client_id: str = "mesh",
+        tls: ssl.SSLContext | None = None,
+        auth: AuthOptions | None = None,
     ) -> None:
         self.url = url or DEFAULT_URL
+        self.tls = tls
+        self.auth = auth
+        if tls is not None and urlsplit(self.url).scheme == "amqp":
+            self.url = "amqps" + self.url[4:]
         self.settings = settings
         self.wire = wire
         """The binding in the configured content mode."""
@@ -148,7 +160,10 @@ class RabbitMQConnection:
             target = target.with_user(opts.username)
         if opts.password is not None:
             target = target.with_password(opts.password.get_secret_value())
-        conn = aio_pika.RobustConnection(target, client_properties={"connection_name": self.client_id})
+        target = self._authenticate(target)
+        conn = aio_pika.RobustConnection(
+            target, ssl_context=self.tls, client_properties={"connection_name": self.client_id}
+        )
         try:
             async with asyncio.timeout(opts.connect_timeout + 1.0):
                 await conn.connect(timeout=opts.connect_timeout)
@@ -158,6 +173,19 @@ class RabbitMQConnection:
             await quietly(conn.close())
             raise BrokerConnectionError("rabbitmq", self.address, reason(exc, opts.connect_timeout)) from exc
         self._amqp = conn
+
+    def _authenticate(self, target: URL) -> URL:
+        """``target`` with the credentials and SASL mechanism of ``broker.auth``."""
+        auth = self.auth
+        if auth is None:
+            return target
+        if auth.username is not None:
+            target = target.with_user(auth.username)
+        if auth.password is not None:
+            target = target.with_password(auth.password.get_secret_value())
+        if auth.mechanism is not None:
+            target = target.update_query(auth=auth.mechanism.lower())
+        return target
 
     async def close(self) -> None:
         """Close the connection (and with it every channel); idempotent."""
@@ -355,7 +383,8 @@ def _address(url: str) -> str:
     """``host:port (vhost v)`` of an AMQP URL: no credentials."""
     parts = urlsplit(url)
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672} (vhost {vhost})"
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    return f"{parts.hostname or '127.0.0.1'}:{port} (vhost {vhost})"
 
 
 async def ack_queued(message: AbstractIncomingMessage) -> None:
