@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from mesh.errors import ConfigError
 
-__all__ = ["AuthOptions", "TlsOptions", "is_pem", "ssl_context"]
+__all__ = ["AuthOptions", "TlsOptions", "is_pem", "ssl_context", "tls_hint"]
 
 _VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -140,3 +140,18 @@ def _why(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename and "mesh-tls-" in str(exc.filename):
         return exc.strerror or type(exc).__name__
     return f"{type(exc).__name__}: {exc}"
+
+
+def tls_hint(tls: TlsOptions | None, reason: str) -> str:
+    """What in ``broker.tls`` likely caused a connection failure, as a suffix for its message ("" if unknown)."""
+    if tls is None:
+        return ""
+    low = reason.lower()
+    if "certificate verify failed" in low:
+        if "mismatch" in low or "hostname" in low:
+            return " (the broker's certificate does not name this host: check the URL or broker.tls.check_hostname)"
+        return " (the broker's certificate is not trusted: check broker.tls.ca)"
+    lost = ("reset by peer", "certificate required", "handshake failure", "connection closed", "eof", "broken pipe")
+    if tls.cert is None and any(s in low for s in lost):
+        return " (the broker may require a client certificate: set broker.tls.cert and broker.tls.key)"
+    return ""

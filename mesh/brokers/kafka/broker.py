@@ -107,7 +107,7 @@ class KafkaBroker(Broker):
             why = "kafka takes SASL PLAIN or SCRAM-SHA-256/512 with a username (mutual TLS needs no auth)"
             raise ConfigError([("broker.auth", why)])
         conn = KafkaConnection(
-            url, self.settings, self.wire, self.namespace, self.client_id, tls=self.ssl_context(), auth=self.auth
+            url, self.settings, self.wire, self.namespace, self.client_id, tls=self.tls, auth=self.auth
         )
         self.connection = conn
         """The clients and shared helpers the parts take."""

@@ -48,7 +48,7 @@ from aiokafka.helpers import create_ssl_context
 
 from mesh.brokers.base import RESERVED_PREFIX
 from mesh.brokers.kafka.options import KafkaOptions
-from mesh.brokers.tls import AuthOptions
+from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context, tls_hint
 from mesh.codecs.binary import Binding, WireMessage, decode, encode
 from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
 from mesh.event import Event
@@ -195,12 +195,13 @@ class KafkaConnection:
         namespace: str,
         client_id: str,
         *,
-        tls: ssl.SSLContext | None = None,
+        tls: TlsOptions | None = None,
         auth: AuthOptions | None = None,
     ) -> None:
         self.url = url
         self.tls = tls
-        """The context of ``broker.tls`` (it wins over the ``ssl_*`` options)."""
+        """``broker.tls`` (it wins over the ``ssl_*`` options)."""
+        self.context: ssl.SSLContext | None = None if tls is None else ssl_context(tls, "kafka")
         self.auth = auth
         """``broker.auth`` (it wins over the ``sasl_*`` options)."""
         self.settings = settings
@@ -265,8 +266,8 @@ class KafkaConnection:
         sasl = self.auth is not None and self.auth.username is not None
         protocol = ("SASL_" if sasl else "") + ("SSL" if self.tls is not None else "PLAINTEXT")
         config["security_protocol"] = protocol
-        if self.tls is not None:
-            config["ssl_context"] = self.tls
+        if self.context is not None:
+            config["ssl_context"] = self.context
         if sasl and self.auth is not None:
             config["sasl_mechanism"] = self.auth.mechanism or "PLAIN"
             config["sasl_plain_username"] = self.auth.username
@@ -308,7 +309,8 @@ class KafkaConnection:
         except (KafkaError, OSError, TimeoutError) as exc:
             await quietly(producer.stop())
             await quietly(admin.close())
-            raise BrokerConnectionError("kafka", self.address, reason(exc, o.connect_timeout)) from exc
+            why = reason(exc, o.connect_timeout)
+            raise BrokerConnectionError("kafka", self.address, why + tls_hint(self.tls, why)) from exc
         self.producer, self.admin = producer, admin
         return producer
 

@@ -111,7 +111,7 @@ class RabbitMQBroker(Broker):
             self.wire,
             namespace=self.namespace,
             client_id=self.client_id,
-            tls=self.ssl_context(),
+            tls=self.tls,
             auth=auth,
         )
         self.groups = RabbitMQGroups(conn)

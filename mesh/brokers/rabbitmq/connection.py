@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import errno
 import math
-import ssl
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -53,7 +52,7 @@ from yarl import URL
 
 from mesh.brokers.base import RESERVED_PREFIX
 from mesh.brokers.rabbitmq.options import RabbitMQOptions
-from mesh.brokers.tls import AuthOptions
+from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context, tls_hint
 from mesh.codecs.binary import Binding
 from mesh.codecs.data import format_time
 from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
@@ -101,11 +100,12 @@ class RabbitMQConnection:
         *,
         namespace: str = "",
         client_id: str = "mesh",
-        tls: ssl.SSLContext | None = None,
+        tls: TlsOptions | None = None,
         auth: AuthOptions | None = None,
     ) -> None:
         self.url = url or DEFAULT_URL
         self.tls = tls
+        self.context = None if tls is None else ssl_context(tls, "rabbitmq")
         self.auth = auth
         if tls is not None and urlsplit(self.url).scheme == "amqp":
             self.url = "amqps" + self.url[4:]
@@ -162,7 +162,7 @@ class RabbitMQConnection:
             target = target.with_password(opts.password.get_secret_value())
         target = self._authenticate(target)
         conn = aio_pika.RobustConnection(
-            target, ssl_context=self.tls, client_properties={"connection_name": self.client_id}
+            target, ssl_context=self.context, client_properties={"connection_name": self.client_id}
         )
         try:
             async with asyncio.timeout(opts.connect_timeout + 1.0):
@@ -171,7 +171,8 @@ class RabbitMQConnection:
                 self._ctl = await conn.channel(publisher_confirms=True, on_return_raises=True)
         except Exception as exc:  # every failure is one clear error
             await quietly(conn.close())
-            raise BrokerConnectionError("rabbitmq", self.address, reason(exc, opts.connect_timeout)) from exc
+            why = reason(exc, opts.connect_timeout)
+            raise BrokerConnectionError("rabbitmq", self.address, why + tls_hint(self.tls, why)) from exc
         self._amqp = conn
 
     def _authenticate(self, target: URL) -> URL:

@@ -79,7 +79,7 @@ class RedisBroker(Broker):
             namespace=self.namespace,
             wire=self.wire,
             client_id=self.client_id,
-            tls=self.ssl_context(),
+            tls=self.tls,
             auth=self.auth,
         )
         self.connection = conn

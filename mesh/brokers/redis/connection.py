@@ -43,7 +43,7 @@ from redis.exceptions import RedisError
 
 from mesh.brokers.redis.options import RedisOptions
 from mesh.brokers.redis.script import SCRIPT
-from mesh.brokers.tls import AuthOptions
+from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context, tls_hint
 from mesh.codecs.binary import Binding
 from mesh.errors import BrokerConnectionError, BrokerError, PublishError
 from mesh.extensions import GROUP_MARK
@@ -82,11 +82,12 @@ class RedisConnection:
         namespace: str,
         wire: Binding,
         client_id: str,
-        tls: ssl.SSLContext | None = None,
+        tls: TlsOptions | None = None,
         auth: AuthOptions | None = None,
     ) -> None:
         self.url = url or DEFAULT_URL
         self.tls = tls
+        self.context = None if tls is None else ssl_context(tls, "redis")
         self.auth = auth
         self.settings = settings
         self.namespace = namespace
@@ -166,6 +167,7 @@ class RedisConnection:
                 if isinstance(exc, TimeoutError) and not str(exc)
                 else f"{type(exc).__name__}: {exc}"
             )
+            reason += tls_hint(self.tls, reason)
             raise BrokerConnectionError("redis", self.address, reason) from exc
         self.client = client
         self.script = client.register_script(SCRIPT)
@@ -178,9 +180,9 @@ class RedisConnection:
             extra["username"] = self.auth.username
         if self.auth is not None and self.auth.password is not None:
             extra["password"] = self.auth.password.get_secret_value()
-        if self.tls is not None:
+        if self.context is not None:
             pool.connection_class = _TlsConnection
-            extra["mesh_context"] = self.tls
+            extra["mesh_context"] = self.context
 
     async def close(self) -> None:
         """Let publishes riding a pipeline finish, then disconnect."""
