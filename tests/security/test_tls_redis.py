@@ -59,7 +59,9 @@ async def test_wrong_ca(pki: Pki, redis_tls: Server, caplog: pytest.LogCaptureFi
 
 async def test_missing_client_certificate(pki: Pki, redis_tls: Server, caplog: pytest.LogCaptureFixture) -> None:
     """The server requires a client certificate and none is given."""
-    await refused(RedisBroker(url(redis_tls), tls=pki.tls(cert=False), auth=AUTH), caplog, name="redis", why="client certificate")
+    await refused(
+        RedisBroker(url(redis_tls), tls=pki.tls(cert=False), auth=AUTH), caplog, name="redis", why="client certificate"
+    )
 
 
 async def test_wrong_password(pki: Pki, redis_tls: Server, caplog: pytest.LogCaptureFixture) -> None:

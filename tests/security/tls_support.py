@@ -347,5 +347,4 @@ async def refused(broker: Broker, caplog: pytest.LogCaptureFixture, *, name: str
     assert why.lower() in text.lower(), text
     for shown in (text, repr(exc), repr(broker), caplog.text):
         assert PASSWORD not in shown
-    print(text)
     return text

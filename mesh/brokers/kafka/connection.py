@@ -34,6 +34,7 @@ undecodable delivery through :func:`salvage`, whose raw headers leave the null v
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
@@ -310,9 +311,30 @@ class KafkaConnection:
             await quietly(producer.stop())
             await quietly(admin.close())
             why = reason(exc, o.connect_timeout)
+            if self.context is not None and isinstance(exc, KafkaError):
+                why += await self._tls_probe()  # aiokafka logs the TLS failure but raises "unable to bootstrap"
             raise BrokerConnectionError("kafka", self.address, why + tls_hint(self.tls, why)) from exc
         self.producer, self.admin = producer, admin
         return producer
+
+    async def _tls_probe(self) -> str:
+        """Why a TLS handshake with the first bootstrap server fails ("" if it does not)."""
+        host, _, port = self.servers[0].rpartition(":")
+        writer = None
+        try:
+            async with asyncio.timeout(3.0):
+                reader, writer = await asyncio.open_connection(host, int(port), ssl=self.context)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):  # TLS 1.3: a refused client certificate comes after
+                        await reader.read(1)
+        except (OSError, TimeoutError) as exc:
+            return f" ({type(exc).__name__}: {exc})" if str(exc) else ""
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        return ""
 
     async def close(self) -> None:
         """Stop the producer and the admin client (subscriptions are the broker's to stop first)."""
