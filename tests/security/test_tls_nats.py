@@ -84,6 +84,49 @@ async def test_wrong_token(pki: Pki, nats_token: Server, caplog: pytest.LogCaptu
     assert PASSWORD[::-1] not in text
 
 
-def test_servers_start(nats_token: Server, nats_user: Server, tmp_path: Path) -> None:
+def test_servers_start(nats_token: Server, nats_user: Server) -> None:
     """The TLS nats-servers of this module run (their TLS and authorization blocks are valid)."""
     assert nats_token.proc.poll() is None and nats_user.proc.poll() is None
+
+
+# -- what works today: the NATS adapter's own options (tls_*_file, token, user, password) ---------
+
+
+def legacy(pki: Pki, *, cert: bool = True, ca: Path | None = None, **creds: str) -> dict[str, str]:
+    """The NATS adapter's own TLS/credential options (before the common ``broker.tls`` shape)."""
+    out = {"tls_ca_file": str(ca or pki.ca), "connect_timeout": "3", **creds}
+    if cert:
+        out |= {"tls_cert_file": str(pki.client_cert), "tls_key_file": str(pki.client_key)}
+    return out
+
+
+async def test_options_tls_with_token(pki: Pki, nats_token: Server) -> None:
+    """Mutual TLS and a token through the adapter's options."""
+    await roundtrip(NatsBroker(url(nats_token), options=legacy(pki, token=PASSWORD)))
+
+
+async def test_options_tls_with_user_and_password(pki: Pki, nats_user: Server) -> None:
+    """Mutual TLS and user/password through the adapter's options."""
+    await roundtrip(NatsBroker(url(nats_user), options=legacy(pki, user=USER, password=PASSWORD)))
+
+
+async def test_options_wrong_ca(pki: Pki, nats_token: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """A wrong CA through the options: a clear error naming nats, no token shown."""
+    broker = NatsBroker(url(nats_token), options=legacy(pki, ca=pki.wrong_ca, token=PASSWORD))
+    await refused(broker, caplog, name="nats", why="certificate verify failed")
+
+
+async def test_options_missing_client_certificate(
+    pki: Pki, nats_token: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server verifies client certificates and none is given: refused, no token shown."""
+    await refused(
+        NatsBroker(url(nats_token), options=legacy(pki, cert=False, token=PASSWORD)), caplog, name="nats", why="nats"
+    )
+
+
+async def test_options_wrong_password(pki: Pki, nats_user: Server, caplog: pytest.LogCaptureFixture) -> None:
+    """A wrong password is refused without showing either password."""
+    broker = NatsBroker(url(nats_user), options=legacy(pki, user=USER, password=PASSWORD[::-1]))
+    text = await refused(broker, caplog, name="nats", why="authorization")
+    assert PASSWORD[::-1] not in text
