@@ -132,6 +132,10 @@ class App:
             "namespace": conf.namespace,
             "client_id": self.instance_id,
         }
+        if conf.tls is not None:  # only when set: a plugin's broker need not know these
+            kwargs["tls"] = conf.tls
+        if conf.auth is not None:
+            kwargs["auth"] = conf.auth
         broker: Broker = self.components.load("broker", conf.type)(conf.url, **kwargs)
         return broker
 

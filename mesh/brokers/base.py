@@ -18,6 +18,8 @@ member                    required  what
 ``publish_ephemeral``,              invocation requests); the fallback is an ordinary group
 ``publish_request``                 (``Features.ephemeral`` says an adapter does better)
 ``history``, ``groups``   no        composed parts for replay (:mod:`mesh.brokers.capabilities`)
+``tls_supported``,        no        which parts of ``broker.tls`` / ``broker.auth`` the adapter
+``auth_fields``                     wires (:mod:`mesh.brokers.tls`); the rest is refused here
 ========================  ========  ===========================================================
 
 So a minimal adapter is four methods and a delivery with two; everything clever (retries, dead
@@ -36,14 +38,16 @@ import asyncio
 import builtins
 import logging
 import os
+import ssl
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context
 from mesh.codecs.binary import Binding, WireMessage
 from mesh.components import ComponentOptions
 from mesh.errors import ConfigError, DecodeError
@@ -67,6 +71,7 @@ __all__ = [
 log = logging.getLogger("mesh.broker")
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 
 GENERIC_BINDING = Binding(write_prefix="ce_")
@@ -218,6 +223,10 @@ class Broker(ABC):
     """The model ``broker.options`` is validated with (into :attr:`settings`)."""
     binding: ClassVar[Binding | None] = None
     """The protocol binding the adapter writes in binary mode (``None``: no bytes, like memory)."""
+    tls_supported: ClassVar[bool] = False
+    """The adapter wires ``broker.tls`` (otherwise a ``tls`` setting is a ConfigError)."""
+    auth_fields: ClassVar[frozenset[str]] = frozenset()
+    """The ``broker.auth`` fields the adapter wires (any other one set is a ConfigError)."""
 
     history: Any = None
     """A :class:`~mesh.brokers.capabilities.HistoryReader` part when the broker keeps a log."""
@@ -232,6 +241,8 @@ class Broker(ABC):
         content_mode: str = "binary",
         namespace: str = "",
         client_id: str = "mesh",
+        tls: TlsOptions | Mapping[str, Any] | None = None,
+        auth: AuthOptions | Mapping[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.options = dict(options or {})
@@ -242,6 +253,29 @@ class Broker(ABC):
         """The validated options (an instance of :attr:`options_model`)."""
         self.wire: Binding = (self.binding or GENERIC_BINDING).in_mode(content_mode)
         """The binding in the configured content mode (binary or structured)."""
+        self.tls: TlsOptions | None = _model(TlsOptions, tls, "broker.tls")
+        """``broker.tls``: the TLS settings (``None``: as the URL says)."""
+        self.auth: AuthOptions | None = _model(AuthOptions, auth, "broker.auth")
+        """``broker.auth``: the credentials (``None``: as the URL says)."""
+        self._check_security()
+
+    def _check_security(self) -> None:
+        """Refuse ``tls``/``auth`` settings this adapter does not wire (never ignore them)."""
+        problems: list[tuple[str, str]] = []
+        if self.tls is not None and not self.tls_supported:
+            problems.append(("broker.tls", f"the {self.type} broker does not take tls settings (yet)"))
+        if self.auth is not None:
+            takes = ", ".join(sorted(self.auth_fields)) or "none"
+            for name in self.auth.given():
+                if name not in self.auth_fields:
+                    why = f"the {self.type} broker does not take it (it takes: {takes})"
+                    problems.append((f"broker.auth.{name}", why))
+        if problems:
+            raise ConfigError(problems)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client TLS context of ``broker.tls`` (``None`` when not set); errors name the broker."""
+        return None if self.tls is None else ssl_context(self.tls, self.type)
 
     def name_of(self, topic: str) -> str:
         """The broker-side name of a topic (the namespace prefix applied)."""
@@ -317,6 +351,17 @@ class Broker(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={mask_url(self.url)!r})"
+
+
+def _model(model: type[M], value: M | Mapping[str, Any] | None, where: str) -> M | None:
+    """``value`` validated as ``model`` (a ConfigError naming ``where`` otherwise)."""
+    if value is None or isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        found = [(".".join([where, *(str(p) for p in err["loc"])]), err["msg"]) for err in exc.errors()]
+        raise ConfigError(found) from None
 
 
 def validate_options(model: type[BrokerOptions], options: Mapping[str, Any]) -> Any:

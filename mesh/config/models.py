@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from mesh.brokers.tls import AuthOptions, TlsOptions
 from mesh.components import Registry
 from mesh.jobs.config import JobsConfig
 
@@ -77,6 +78,11 @@ class BrokerConfig(_Frozen):
     """Prefix for every name the mesh creates on the broker."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Broker-specific settings, validated by the broker type's options model."""
+    tls: TlsOptions | None = None
+    """TLS to the broker: CA, client certificate and key, hostname check, minimum version
+    (docs/security.md, per broker)."""
+    auth: AuthOptions | None = None
+    """Credentials: username/password, SASL mechanism, NATS token/NKey/creds (docs/security.md)."""
 
     @field_validator("type")
     @classmethod

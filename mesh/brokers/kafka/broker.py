@@ -31,7 +31,7 @@ from mesh.brokers.kafka.history import KafkaGroups, KafkaHistory
 from mesh.brokers.kafka.options import KafkaOptions
 from mesh.codecs.binary import encode
 from mesh.codecs.bindings import KAFKA
-from mesh.errors import BrokerError, PublishError
+from mesh.errors import BrokerError, ConfigError, PublishError
 from mesh.event import Event
 from mesh.urls import mask_url
 
@@ -98,9 +98,17 @@ class KafkaBroker(Broker):
     # Members of one group in this process, to wait for a rebalance a new member causes.
     _members: ClassVar[dict[tuple[int, str, str], weakref.WeakSet[KafkaSubscription]]] = {}
 
+    tls_supported = True
+    auth_fields = frozenset({"mechanism", "username", "password"})
+
     def __init__(self, url: str | None = None, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        conn = KafkaConnection(url, self.settings, self.wire, self.namespace, self.client_id)
+        if self.auth is not None and (self.auth.username is None or self.auth.mechanism == "EXTERNAL"):
+            why = "kafka takes SASL PLAIN or SCRAM-SHA-256/512 with a username (mutual TLS needs no auth)"
+            raise ConfigError([("broker.auth", why)])
+        conn = KafkaConnection(
+            url, self.settings, self.wire, self.namespace, self.client_id, tls=self.tls, auth=self.auth
+        )
         self.connection = conn
         """The clients and shared helpers the parts take."""
         self.address = conn.address

@@ -21,6 +21,10 @@ member                       what
 ``reason``, ``quietly``      a client error as one line; a close step that may fail
 ===========================  =========================================================================
 
+Security: ``broker.tls`` and ``broker.auth`` (:mod:`mesh.brokers.tls`), when either is set,
+replace the ``security_protocol``/``ssl_*``/``sasl_*`` options: TLS alone is ``SSL``, a user name
+adds SASL (``SASL_SSL``, or ``SASL_PLAINTEXT`` without ``tls``).
+
 Header values of a Kafka record may be ``None`` (a null header). The reads done here and in
 the parts (``content-type``, the retry headers) treat such a value as absent; the codec gets the
 headers as fetched (no copy on the hot path), and a record that still cannot be read becomes an
@@ -30,9 +34,11 @@ undecodable delivery through :func:`salvage`, whose raw headers leave the null v
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +49,7 @@ from aiokafka.helpers import create_ssl_context
 
 from mesh.brokers.base import RESERVED_PREFIX
 from mesh.brokers.kafka.options import KafkaOptions
+from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context, tls_hint
 from mesh.codecs.binary import Binding, WireMessage, decode, encode
 from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
 from mesh.event import Event
@@ -181,8 +188,23 @@ def unreadable(record: Any, exc: BaseException) -> tuple[WireMessage, DecodeErro
 class KafkaConnection:
     """The producer and admin client of one Kafka broker, and what its parts need from it."""
 
-    def __init__(self, url: str | None, settings: KafkaOptions, wire: Binding, namespace: str, client_id: str) -> None:
+    def __init__(
+        self,
+        url: str | None,
+        settings: KafkaOptions,
+        wire: Binding,
+        namespace: str,
+        client_id: str,
+        *,
+        tls: TlsOptions | None = None,
+        auth: AuthOptions | None = None,
+    ) -> None:
         self.url = url
+        self.tls = tls
+        """``broker.tls`` (it wins over the ``ssl_*`` options)."""
+        self.context: ssl.SSLContext | None = None if tls is None else ssl_context(tls, "kafka")
+        self.auth = auth
+        """``broker.auth`` (it wins over the ``sasl_*`` options)."""
         self.settings = settings
         self.wire = wire
         self.namespace = namespace
@@ -217,6 +239,8 @@ class KafkaConnection:
     def client_config(self) -> dict[str, Any]:
         """The settings every client of this connection shares (servers, id, security)."""
         o = self.settings
+        if self.tls is not None or self.auth is not None:
+            return self._secure_config()
         config: dict[str, Any] = {
             "bootstrap_servers": self.servers,
             "client_id": self.client_id,
@@ -231,6 +255,24 @@ class KafkaConnection:
             config["ssl_context"] = create_ssl_context(
                 cafile=o.ssl_cafile, certfile=o.ssl_certfile, keyfile=o.ssl_keyfile
             )
+        return config
+
+    def _secure_config(self) -> dict[str, Any]:
+        """:meth:`client_config` from ``broker.tls``/``broker.auth``: SSL, SASL_SSL or SASL_PLAINTEXT."""
+        config: dict[str, Any] = {
+            "bootstrap_servers": self.servers,
+            "client_id": self.client_id,
+            "request_timeout_ms": self.settings.request_timeout_ms,
+        }
+        sasl = self.auth is not None and self.auth.username is not None
+        protocol = ("SASL_" if sasl else "") + ("SSL" if self.tls is not None else "PLAINTEXT")
+        config["security_protocol"] = protocol
+        if self.context is not None:
+            config["ssl_context"] = self.context
+        if sasl and self.auth is not None:
+            config["sasl_mechanism"] = self.auth.mechanism or "PLAIN"
+            config["sasl_plain_username"] = self.auth.username
+            config["sasl_plain_password"] = self.auth.password.get_secret_value() if self.auth.password else None
         return config
 
     def consumer(self, **options: Any) -> AIOKafkaConsumer:
@@ -268,9 +310,31 @@ class KafkaConnection:
         except (KafkaError, OSError, TimeoutError) as exc:
             await quietly(producer.stop())
             await quietly(admin.close())
-            raise BrokerConnectionError("kafka", self.address, reason(exc, o.connect_timeout)) from exc
+            why = reason(exc, o.connect_timeout)
+            if self.context is not None and isinstance(exc, KafkaError):
+                why += await self._tls_probe()  # aiokafka logs the TLS failure but raises "unable to bootstrap"
+            raise BrokerConnectionError("kafka", self.address, why + tls_hint(self.tls, why)) from exc
         self.producer, self.admin = producer, admin
         return producer
+
+    async def _tls_probe(self) -> str:
+        """Why a TLS handshake with the first bootstrap server fails ("" if it does not)."""
+        host, _, port = self.servers[0].rpartition(":")
+        writer = None
+        try:
+            async with asyncio.timeout(3.0):
+                reader, writer = await asyncio.open_connection(host, int(port), ssl=self.context)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):  # TLS 1.3: a refused client certificate comes after
+                        await reader.read(1)
+        except (OSError, TimeoutError) as exc:
+            return f" ({type(exc).__name__}: {exc})" if str(exc) else ""
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        return ""
 
     async def close(self) -> None:
         """Stop the producer and the admin client (subscriptions are the broker's to stop first)."""

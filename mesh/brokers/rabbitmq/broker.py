@@ -64,7 +64,7 @@ from mesh.brokers.rabbitmq.history import TIME_HEADER, RabbitMQHistory
 from mesh.brokers.rabbitmq.options import RabbitMQOptions
 from mesh.codecs.binary import encode
 from mesh.codecs.bindings import AMQP
-from mesh.errors import BrokerError, PublishError
+from mesh.errors import BrokerError, ConfigError, PublishError
 from mesh.event import Event
 from mesh.urls import mask_url
 
@@ -95,11 +95,24 @@ class RabbitMQBroker(Broker):
     )
 
     settings: RabbitMQOptions
+    tls_supported = True
+    auth_fields = frozenset({"mechanism", "username", "password"})
 
     def __init__(self, url: str | None = None, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
+        auth = self.auth
+        if auth is not None and auth.mechanism not in (None, "PLAIN", "EXTERNAL"):
+            raise ConfigError([("broker.auth.mechanism", "rabbitmq takes PLAIN or EXTERNAL")])
+        if auth is not None and auth.mechanism == "EXTERNAL" and (self.tls is None or self.tls.cert is None):
+            raise ConfigError([("broker.auth.mechanism", "EXTERNAL needs a client certificate (broker.tls.cert, key)")])
         conn = self.connection = RabbitMQConnection(
-            url, self.settings, self.wire, namespace=self.namespace, client_id=self.client_id
+            url,
+            self.settings,
+            self.wire,
+            namespace=self.namespace,
+            client_id=self.client_id,
+            tls=self.tls,
+            auth=auth,
         )
         self.groups = RabbitMQGroups(conn)
         self.history = RabbitMQHistory(conn)

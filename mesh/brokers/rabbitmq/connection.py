@@ -16,8 +16,11 @@ scratch            delay-queue and stream declarations,       a channel of its o
                    passive look-ups, history reads            declaration may close
 =================  =========================================  ===================================
 
-Credentials: ``username``/``password`` options override the URL's. Every address shown (errors,
-``repr``) is :func:`~mesh.urls.mask_url`-ed or has no credentials at all (:attr:`address`).
+Credentials: ``broker.auth`` username/password override the ``username``/``password`` options,
+which override the URL's; ``auth: {mechanism: EXTERNAL}`` logs in as the client certificate
+(the broker needs the ``rabbitmq_auth_mechanism_ssl`` plugin). ``broker.tls`` makes the
+connection ``amqps`` (default port 5671) with the context of :func:`mesh.brokers.tls.ssl_context`.
+Every address shown (errors, ``repr``) is :func:`~mesh.urls.mask_url`-ed or has no credentials at all (:attr:`address`).
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ from aio_pika.exceptions import (
 )
 from aiormq.abc import AbstractChannel
 from pamqp.commands import Basic
+from yarl import URL
 
 from mesh.brokers.base import RESERVED_PREFIX
 from mesh.brokers.rabbitmq.options import RabbitMQOptions
+from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context, tls_hint
 from mesh.codecs.binary import Binding
 from mesh.codecs.data import format_time
 from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
@@ -95,8 +100,15 @@ class RabbitMQConnection:
         *,
         namespace: str = "",
         client_id: str = "mesh",
+        tls: TlsOptions | None = None,
+        auth: AuthOptions | None = None,
     ) -> None:
         self.url = url or DEFAULT_URL
+        self.tls = tls
+        self.context = None if tls is None else ssl_context(tls, "rabbitmq")
+        self.auth = auth
+        if tls is not None and urlsplit(self.url).scheme == "amqp":
+            self.url = "amqps" + self.url[4:]
         self.settings = settings
         self.wire = wire
         """The binding in the configured content mode."""
@@ -148,7 +160,10 @@ class RabbitMQConnection:
             target = target.with_user(opts.username)
         if opts.password is not None:
             target = target.with_password(opts.password.get_secret_value())
-        conn = aio_pika.RobustConnection(target, client_properties={"connection_name": self.client_id})
+        target = self._authenticate(target)
+        conn = aio_pika.RobustConnection(
+            target, ssl_context=self.context, client_properties={"connection_name": self.client_id}
+        )
         try:
             async with asyncio.timeout(opts.connect_timeout + 1.0):
                 await conn.connect(timeout=opts.connect_timeout)
@@ -156,8 +171,22 @@ class RabbitMQConnection:
                 self._ctl = await conn.channel(publisher_confirms=True, on_return_raises=True)
         except Exception as exc:  # every failure is one clear error
             await quietly(conn.close())
-            raise BrokerConnectionError("rabbitmq", self.address, reason(exc, opts.connect_timeout)) from exc
+            why = reason(exc, opts.connect_timeout)
+            raise BrokerConnectionError("rabbitmq", self.address, why + tls_hint(self.tls, why)) from exc
         self._amqp = conn
+
+    def _authenticate(self, target: URL) -> URL:
+        """``target`` with the credentials and SASL mechanism of ``broker.auth``."""
+        auth = self.auth
+        if auth is None:
+            return target
+        if auth.username is not None:
+            target = target.with_user(auth.username)
+        if auth.password is not None:
+            target = target.with_password(auth.password.get_secret_value())
+        if auth.mechanism is not None:
+            target = target.update_query(auth=auth.mechanism.lower())
+        return target
 
     async def close(self) -> None:
         """Close the connection (and with it every channel); idempotent."""
@@ -355,7 +384,8 @@ def _address(url: str) -> str:
     """``host:port (vhost v)`` of an AMQP URL: no credentials."""
     parts = urlsplit(url)
     vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
-    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 5672} (vhost {vhost})"
+    port = parts.port or (5671 if parts.scheme == "amqps" else 5672)
+    return f"{parts.hostname or '127.0.0.1'}:{port} (vhost {vhost})"
 
 
 async def ack_queued(message: AbstractIncomingMessage) -> None:

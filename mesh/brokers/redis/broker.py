@@ -67,10 +67,21 @@ class RedisBroker(Broker):
         ephemeral=True,
     )
 
+    tls_supported = True
+    auth_fields = frozenset({"username", "password"})
+
     def __init__(self, url: str | None = None, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.settings: RedisOptions
-        conn = RedisConnection(url, self.settings, namespace=self.namespace, wire=self.wire, client_id=self.client_id)
+        conn = RedisConnection(
+            url,
+            self.settings,
+            namespace=self.namespace,
+            wire=self.wire,
+            client_id=self.client_id,
+            tls=self.tls,
+            auth=self.auth,
+        )
         self.connection = conn
         """What the parts share: the client, the script, settings and names (:mod:`.connection`)."""
         self.history = RedisHistory(conn)

@@ -22,6 +22,10 @@ member              what
 ``publish_error``
 ==================  ==========================================================================
 
+Security: ``broker.tls`` makes every connection TLS (whatever the URL's scheme) with the context
+built by :func:`mesh.brokers.tls.ssl_context`; ``broker.auth`` username/password override the
+``username``/``password`` options, which override the URL's.
+
 Publishes are coalesced: while one XADD is on the wire, the next ones queue and go together
 as one pipeline (one round trip) when it returns; each caller still gets its own outcome.
 """
@@ -29,14 +33,17 @@ as one pipeline (one round trip) when it returns; each caller still gets its own
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import SSLConnection
 from redis.exceptions import RedisError
 
 from mesh.brokers.redis.options import RedisOptions
 from mesh.brokers.redis.script import SCRIPT
+from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context, tls_hint
 from mesh.codecs.binary import Binding
 from mesh.errors import BrokerConnectionError, BrokerError, PublishError
 from mesh.extensions import GROUP_MARK
@@ -56,13 +63,32 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+class _TlsConnection(SSLConnection):
+    """A redis-py TLS connection that uses the mesh's own context (CA, client certificate, minimum version)."""
+
+    def __init__(self, *, mesh_context: ssl.SSLContext, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ssl_context.context = mesh_context  # RedisSSLContext.get() returns it as built
+
+
 class RedisConnection:
     """The client of one Redis broker and what its parts need (see the module docstring)."""
 
     def __init__(
-        self, url: str | None, settings: RedisOptions, *, namespace: str, wire: Binding, client_id: str
+        self,
+        url: str | None,
+        settings: RedisOptions,
+        *,
+        namespace: str,
+        wire: Binding,
+        client_id: str,
+        tls: TlsOptions | None = None,
+        auth: AuthOptions | None = None,
     ) -> None:
         self.url = url or DEFAULT_URL
+        self.tls = tls
+        self.context = None if tls is None else ssl_context(tls, "redis")
+        self.auth = auth
         self.settings = settings
         self.namespace = namespace
         self.wire = wire
@@ -128,6 +154,7 @@ class RedisConnection:
             # concurrent publishes are coalesced into pipelines on one connection (see xadd);
             # every subscription holds a connection of its own while it blocks
             pool = ConnectionPool.from_url(self.url, max_connections=2**31, **kwargs)
+            self._secure(pool)
             client = Redis.from_pool(pool)
         except ValueError as exc:
             raise BrokerConnectionError("redis", self.address, f"invalid URL: {exc}") from exc
@@ -140,10 +167,22 @@ class RedisConnection:
                 if isinstance(exc, TimeoutError) and not str(exc)
                 else f"{type(exc).__name__}: {exc}"
             )
+            reason += tls_hint(self.tls, reason)
             raise BrokerConnectionError("redis", self.address, reason) from exc
         self.client = client
         self.script = client.register_script(SCRIPT)
         self.execute = cast(Callable[..., Awaitable[Any]], client.execute_command)
+
+    def _secure(self, pool: ConnectionPool) -> None:
+        """Apply ``broker.tls`` and ``broker.auth`` to the pool (after the URL's own settings: they win)."""
+        extra = pool.connection_kwargs
+        if self.auth is not None and self.auth.username is not None:
+            extra["username"] = self.auth.username
+        if self.auth is not None and self.auth.password is not None:
+            extra["password"] = self.auth.password.get_secret_value()
+        if self.context is not None:
+            pool.connection_class = _TlsConnection
+            extra["mesh_context"] = self.context
 
     async def close(self) -> None:
         """Let publishes riding a pipeline finish, then disconnect."""
