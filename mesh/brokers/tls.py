@@ -152,6 +152,7 @@ def tls_hint(tls: TlsOptions | None, reason: str) -> str:
             return " (the broker's certificate does not name this host: check the URL or broker.tls.check_hostname)"
         return " (the broker's certificate is not trusted: check broker.tls.ca)"
     lost = ("reset by peer", "certificate required", "handshake failure", "connection closed", "eof", "broken pipe")
+    lost += ("bad certificate",)  # TLS 1.2 servers answer a missing client certificate with this alert
     if tls.cert is None and any(s in low for s in lost):
         return " (the broker may require a client certificate: set broker.tls.cert and broker.tls.key)"
     return ""

@@ -13,14 +13,12 @@ from pathlib import Path
 import pytest
 
 from mesh.brokers.nats.core import NatsBroker
-from mesh.errors import ConfigError
 from tests.security.tls_support import PASSWORD, USER, Pki, Server, pki, refused, roundtrip, start_nats
 
 __all__ = ["pki"]  # fixture used below
 
 pytestmark = [pytest.mark.nats]
 
-PENDING = pytest.mark.xfail(strict=False, reason="NATS adapter TLS wiring pending", raises=ConfigError)
 
 
 @pytest.fixture(scope="module")
@@ -44,39 +42,28 @@ def url(server: Server) -> str:
     return f"tls://localhost:{server.port}"
 
 
-def test_nats_refuses_tls_settings_it_does_not_wire(pki: Pki) -> None:
-    """Until the adapter wires them, ``tls``/``auth`` on NATS are a ConfigError, never ignored."""
-    with pytest.raises(ConfigError, match=r"broker\.tls"):
-        NatsBroker("nats://localhost:4222", tls=pki.tls())
-
-
-@PENDING
 async def test_tls_with_token(pki: Pki, nats_token: Server) -> None:
     """TLS with client certificate and a token."""
     await roundtrip(NatsBroker(url(nats_token), tls=pki.tls(), auth={"token": PASSWORD}))
 
 
-@PENDING
 async def test_tls_with_user_and_password(pki: Pki, nats_user: Server) -> None:
     """TLS with client certificate and user/password."""
     await roundtrip(NatsBroker(url(nats_user), tls=pki.tls(), auth={"username": USER, "password": PASSWORD}))
 
 
-@PENDING
 async def test_wrong_ca(pki: Pki, nats_token: Server, caplog: pytest.LogCaptureFixture) -> None:
     """A CA that did not sign the server's certificate: a clear error naming nats."""
     broker = NatsBroker(url(nats_token), tls={**pki.tls(), "ca": str(pki.wrong_ca)}, auth={"token": PASSWORD})
     await refused(broker, caplog, name="nats", why="certificate verify failed")
 
 
-@PENDING
 async def test_missing_client_certificate(pki: Pki, nats_token: Server, caplog: pytest.LogCaptureFixture) -> None:
     """The server verifies client certificates and none is given."""
     broker = NatsBroker(url(nats_token), tls=pki.tls(cert=False), auth={"token": PASSWORD})
-    await refused(broker, caplog, name="nats", why="nats")
+    await refused(broker, caplog, name="nats", why="client certificate")
 
 
-@PENDING
 async def test_wrong_token(pki: Pki, nats_token: Server, caplog: pytest.LogCaptureFixture) -> None:
     """A wrong token is refused without showing either token."""
     broker = NatsBroker(url(nats_token), tls=pki.tls(), auth={"token": PASSWORD[::-1]})

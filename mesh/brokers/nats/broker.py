@@ -32,6 +32,9 @@ __all__ = ["NatsFamilyBroker"]
 class NatsFamilyBroker(Broker):
     """The parts both NATS brokers share (see the module docstring)."""
 
+    tls_supported = True
+    auth_fields = frozenset({"username", "password", "token", "nkey_seed", "creds_file"})
+
     def __init__(self, url: str | None = None, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
         self.connection = NatsConnection(
@@ -42,6 +45,8 @@ class NatsFamilyBroker(Broker):
             namespace=self.namespace,
             client_id=self.client_id,
             on_reconnect=self._reconnected,
+            tls=self.tls,
+            auth=self.auth,
         )
         self.address = self.connection.address
         """The servers for messages, credentials masked."""

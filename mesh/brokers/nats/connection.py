@@ -28,6 +28,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from nats.aio.client import Client
 from nats.aio.subscription import Subscription
@@ -37,6 +38,7 @@ from nats.js import JetStreamContext
 
 from mesh.brokers.nats.fastclient import FastClient, new_client
 from mesh.brokers.nats.options import NatsOptions
+from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context, tls_hint
 from mesh.codecs.binary import Binding
 from mesh.errors import BrokerConnectionError, BrokerError
 from mesh.urls import mask_url
@@ -67,8 +69,14 @@ class NatsConnection:
         namespace: str = "",
         client_id: str = "mesh",
         on_reconnect: Callable[[], Awaitable[None]] | None = None,
+        tls: TlsOptions | None = None,
+        auth: AuthOptions | None = None,
     ) -> None:
         self.kind = kind
+        self.tls = tls
+        """``broker.tls`` (wins over the ``tls_*_file`` options)."""
+        self.auth = auth
+        """``broker.auth`` (wins over the ``user``/``password``/``token``/``creds_file`` options)."""
         self.settings = settings
         self.wire = wire
         self.namespace = namespace
@@ -146,6 +154,23 @@ class NatsConnection:
             with contextlib.suppress(NatsError):
                 await nsub.unsubscribe()
 
+    def _common_auth(self, kwargs: dict[str, Any]) -> None:
+        """``broker.auth`` as nats-py's connect arguments (secrets unwrapped only here)."""
+        auth = self.auth
+        if auth is None:
+            return
+        if auth.username is not None:
+            kwargs["user"] = auth.username
+        if auth.password is not None:
+            kwargs["password"] = auth.password.get_secret_value()
+        if auth.token is not None:
+            kwargs["token"] = auth.token.get_secret_value()
+        if auth.creds_file is not None:
+            kwargs["user_credentials"] = auth.creds_file
+        if auth.nkey_seed is not None:
+            seed = auth.nkey_seed.get_secret_value()
+            kwargs["nkeys_seed_str" if seed.startswith("SU") else "nkeys_seed"] = seed
+
     async def _connect(self) -> Client:
         settings, kind, address = self.settings, self.kind, self.address
         nc = new_client(settings.fast_client)
@@ -192,10 +217,14 @@ class NatsConnection:
             kwargs["token"] = settings.token
         if settings.creds_file is not None:
             kwargs["user_credentials"] = settings.creds_file
+        self._common_auth(kwargs)
         try:
-            tls = _tls(settings)
+            tls = ssl_context(self.tls, kind) if self.tls is not None else _tls(settings)
             if tls is not None:
                 kwargs["tls"] = tls
+                host = urlsplit(self.servers[0]).hostname if self.servers else None
+                if self.tls is not None and host:
+                    kwargs["tls_hostname"] = host
             await asyncio.wait_for(nc.connect(**kwargs), settings.connect_timeout)
         except Exception as exc:
             with contextlib.suppress(Exception):
@@ -208,7 +237,7 @@ class NatsConnection:
                 reason = f"no answer within {settings.connect_timeout:g}s"
             else:
                 reason = _reason(cause)
-            raise BrokerConnectionError(kind, address, reason) from exc
+            raise BrokerConnectionError(kind, address, reason + tls_hint(self.tls, reason)) from exc
         state["connected"] = True
         nc.options["max_reconnect_attempts"] = settings.max_reconnect_attempts
         nc.options["reconnect_time_wait"] = settings.reconnect_time_wait
