@@ -16,8 +16,10 @@ from collections.abc import Awaitable, Callable
 
 import click
 
-from mesh.config import find_config
+from mesh.components import Registry
+from mesh.config import find_config, load_config
 from mesh.errors import ConfigError
+from mesh.hooks import Hooks, PluginManager
 from mesh.state.block import build_store
 from mesh.state.errors import StoreNotFound
 from mesh.state.handle import StateStore
@@ -27,18 +29,17 @@ __all__ = ["state"]
 
 def _open(config: str | None, app_id: str, name: str) -> StateStore:
     """The (not yet open) store ``name`` of the config, as app ``app_id`` sees it."""
-    from mesh.app import App
-
     path = find_config(config)
     if path is None or not path.is_file():
         raise click.ClickException(f"no config file at {path or 'mesh.yaml'} (use --config or $MESH_CONFIG)")
+    registry = Registry()  # as the App builds it: built-ins, then what plugins register
+    Hooks(PluginManager()).register_components(registry)
     try:
-        app = App(app_id, config=path)
-        section = app.config.state
+        section = load_config(path, registry=registry).state
         if name not in section:
             raise click.ClickException(str(StoreNotFound(name, list(section))))
         c = section[name]
-        store, _ = build_store(name, {"type": c.type, **c.options}, app.components, app_id)
+        store, _ = build_store(name, {"type": c.type, **c.options}, registry, app_id)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     return store
