@@ -16,7 +16,7 @@
     │   ├── BrokerNotInstalled (ComponentNotInstalled)  the client library is missing: names the extra
     │   ├── BrokerConnectionError (ConnectionError)  refused, unreachable, bad credentials
     │   ├── PublishError                    the broker did not take the event
-    │   └── FeatureNotSupported (NotImplementedError)  names the broker and the alternative
+    │   └── FeatureNotSupported (NotImplementedError)  names the broker (or store) and the alternative
     ├── HandlerSignal                       raised by handlers to steer delivery
     │   ├── Retry                           try again, optionally after ``delay`` seconds
     │   └── DeadLetter                      give up now, with ``reason``
@@ -160,13 +160,17 @@ class PublishError(BrokerError):
 
 
 class FeatureNotSupported(BrokerError, NotImplementedError):
-    """The broker cannot do this; the message names the alternative."""
+    """The broker (or state store: ``kind="state store"``) cannot do this; names the alternative."""
 
-    def __init__(self, broker: str, feature: str, alternative: str = "") -> None:
+    def __init__(self, broker: str, feature: str, alternative: str = "", *, kind: str = "broker") -> None:
         self.broker = broker
+        self.component = broker
+        """The component's type name (``kafka``, ``nats-kv``)."""
+        self.kind = kind
+        """What the component is: ``broker`` (the default) or ``state store``."""
         self.feature = feature
         hint = f"; {alternative}" if alternative else ""
-        super().__init__(f"the {broker} broker does not support {feature}{hint}")
+        super().__init__(f"the {broker} {kind} does not support {feature}{hint}")
 
 
 class HandlerSignal(MeshError):

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from mesh.errors import FeatureNotSupported
+from mesh.state.errors import unsupported
 
 if TYPE_CHECKING:
     from mesh.state.query import Query
@@ -149,7 +149,7 @@ class Backend(ABC):
 
     async def query(self, q: Query, now: float) -> list[Row]:
         """Rows matching ``q`` in its order, at most ``q.limit`` (after its cursor)."""
-        raise FeatureNotSupported(self.type, "state queries", "use the memory, sqlite or postgres store")
+        raise unsupported(self.type, "state queries", "use the memory, sqlite or postgres store")
 
     async def outbox_read(self, limit: int) -> list[OutboxRow]:
         """The oldest waiting outbox rows."""

@@ -99,22 +99,23 @@ class StateBlock:
             raise
         self._started = True
         for name, store in self.stores.items():
-            self._run(store, self._settings[name].sweep_interval)
+            self._run(store, self._settings[name])
         async with asyncio.timeout(10):
             for ready in self._waits:
                 await ready.wait()
 
-    def _run(self, store: StateStore, sweep: float) -> None:
+    def _run(self, store: StateStore, settings: Any) -> None:
+        lease = settings.relay_lease
         if store.features.outbox:
-            relay = self.relays[store.name] = Relay(store, self.publish, self.owner, self.log)
+            relay = self.relays[store.name] = Relay(store, self.publish, self.owner, self.log, lease=lease)
             store._notify = relay.notify
             self._tasks.append(self.spawn(relay.run()))
         elif store.features.watch and store.changes:
             ready = asyncio.Event()
-            self._tasks.append(self.spawn(watch_changes(store, self.publish, self.owner, self.log, ready=ready)))
+            self._tasks.append(self.spawn(watch_changes(store, self.publish, self.owner, self.log, lease, ready)))
             self._waits.append(ready)
         if store.features.ttl:
-            self._tasks.append(self.spawn(self._sweep(store, sweep)))
+            self._tasks.append(self.spawn(self._sweep(store, settings.sweep_interval)))
 
     async def _sweep(self, store: StateStore, interval: float) -> None:
         while True:
@@ -150,5 +151,5 @@ class StateBlock:
         store = self.stores[name] = StateStore(name, MemoryStore(name), self.app_id)
         self._settings[name] = StateOptions()
         if self._started:
-            self._run(store, StateOptions().sweep_interval)
+            self._run(store, self._settings[name])
         return store

@@ -1,7 +1,9 @@
 """``mesh state get|set|delete|list STORE [KEY]``: a configured store from a shell.
 
 The store comes from the ``state:`` section of the config file (``--config``, else
-``$MESH_CONFIG``, else ``./mesh.yaml``); keys are prefixed with ``--app`` as the app would.
+``$MESH_CONFIG``, else ``./mesh.yaml``), loaded as the App loads it (:func:`mesh.config.load_config`:
+``${VAR:default}``, ``secretKeyRef``, validation of every option) with the App's registry, so a
+store type a plugin registers works here too. Keys are prefixed with ``--app`` as the app would.
 Values are JSON on stdout and stdin/argument. ``list`` needs a store with queries.
 """
 
@@ -9,16 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Any
 
 import click
-import yaml
 
 from mesh.components import Registry
+from mesh.config import find_config, load_config
+from mesh.errors import ConfigError
+from mesh.hooks import Hooks, PluginManager
 from mesh.state.block import build_store
 from mesh.state.errors import StoreNotFound
 from mesh.state.handle import StateStore
@@ -26,22 +27,26 @@ from mesh.state.handle import StateStore
 __all__ = ["state"]
 
 
-def _stores(config: str | None) -> dict[str, Any]:
-    path = Path(config or os.environ.get("MESH_CONFIG") or "mesh.yaml")
-    if not path.exists():
-        raise click.ClickException(f"no config file at {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    section = data.get("state") or {}
-    if not isinstance(section, dict):
-        raise click.ClickException(f"{path}: 'state' must be a mapping of store names")
-    return section
+def _open(config: str | None, app_id: str, name: str) -> StateStore:
+    """The (not yet open) store ``name`` of the config, as app ``app_id`` sees it."""
+    path = find_config(config)
+    if path is None or not path.is_file():
+        raise click.ClickException(f"no config file at {path or 'mesh.yaml'} (use --config or $MESH_CONFIG)")
+    registry = Registry()  # as the App builds it: built-ins, then what plugins register
+    Hooks(PluginManager()).register_components(registry)
+    try:
+        section = load_config(path, registry=registry).state
+        if name not in section:
+            raise click.ClickException(str(StoreNotFound(name, list(section))))
+        c = section[name]
+        store, _ = build_store(name, {"type": c.type, **c.options}, registry, app_id)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return store
 
 
 def _run(ctx: click.Context, name: str, action: Callable[[StateStore], Awaitable[None]]) -> None:
-    stores = _stores(ctx.obj["config"])
-    if name not in stores:
-        raise click.ClickException(str(StoreNotFound(name, list(stores))))
-    store, _ = build_store(name, stores[name], Registry(), ctx.obj["app"])
+    store = _open(ctx.obj["config"], ctx.obj["app"], name)
 
     async def main() -> None:
         await store.backend.open()

@@ -177,7 +177,8 @@ async def check_ttl(make: StoreConfig) -> None:
             try:
                 await s.set("t", 1, ttl=1)
                 raise AssertionError("ttl accepted by a store without the feature")
-            except FeatureNotSupported:
+            except FeatureNotSupported as exc:
+                assert f"the {s.backend.type} state store does not support" in str(exc), exc
                 return
         await s.set("t", 1, ttl=0.4)
         await s.set("keep", 1)
@@ -200,7 +201,8 @@ async def check_transactions(make: StoreConfig) -> None:
             try:
                 s.transaction()
                 raise AssertionError("a transaction on a store without the feature")
-            except FeatureNotSupported:
+            except FeatureNotSupported as exc:
+                assert f"the {s.backend.type} state store does not support" in str(exc), exc
                 return
         e = await s.set("a", 1)
         await s.set("b", 1)
@@ -264,7 +266,8 @@ async def check_query(make: StoreConfig) -> None:
             try:
                 await s.query({"a": 1})
                 raise AssertionError("a query on a store without the feature")
-            except FeatureNotSupported:
+            except FeatureNotSupported as exc:
+                assert f"the {s.backend.type} state store does not support" in str(exc), exc
                 return
         for i in range(12):
             await s.set(f"c-{i:02}", {"total": i * 10, "status": "open" if i % 2 else "closed",

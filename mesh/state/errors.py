@@ -24,9 +24,15 @@ __all__ = [
     "StateError",
     "StoreNotFound",
     "StoreUnavailable",
+    "unsupported",
 ]
 
-from mesh.errors import MeshError
+from mesh.errors import FeatureNotSupported, MeshError
+
+
+def unsupported(store_type: str, feature: str, alternative: str) -> FeatureNotSupported:
+    """``FeatureNotSupported`` worded for a store: "the nats-kv state store does not support ..."."""
+    return FeatureNotSupported(store_type, feature, alternative, kind="state store")
 
 
 class StateError(MeshError):

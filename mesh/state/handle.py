@@ -14,15 +14,16 @@ ETags               ``etag=`` is first-write-wins, none is last-write-wins, ``cr
 TTL                 ``ttl=`` (or the store's default) is stored as an absolute expiry
 changes             with ``changes: <topic>`` each set/delete adds a ``mesh.state.changed`` /
                     ``mesh.state.deleted`` event to the same write (the outbox); the relay sends it
-spans               one CLIENT span per call, OTel database conventions
+spans               one CLIENT span per call, OTel database conventions, once a real tracer
+                    provider is set (until then no span object is made at all: speed)
 ==================  ==========================================================================
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -33,22 +34,33 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from mesh.codecs.data import json_dumps
 from mesh.codecs.structured import to_structured
-from mesh.errors import EncodeError, FeatureNotSupported
+from mesh.errors import EncodeError
 from mesh.event import Event
 from mesh.state.base import Backend, Op, Page, Row, StateItem, new_etag
-from mesh.state.errors import ETagMismatch, InvalidKey, InvalidValue
+from mesh.state.errors import ETagMismatch, InvalidKey, InvalidValue, unsupported
 from mesh.state.events import CHANGED, DELETED, EXT_ETAG, EXT_STORE, INTERNAL_PREFIX
 from mesh.state.query import MISSING, encode_cursor, lookup, parse_path, parse_query
 
 __all__ = ["StateStore", "Transaction"]
 
 T = TypeVar("T")
-tracer = trace.get_tracer("mesh.state")
+_tracer: trace.Tracer | None = None
 meter = metrics.get_meter("mesh.state")
 etag_conflicts = meter.create_counter(
     "mesh.state.etag_conflicts", unit="{conflict}", description="writes refused because the ETag did not match"
 )
 _ADAPTERS: dict[Any, TypeAdapter[Any]] = {}
+
+
+def sdk_tracer() -> trace.Tracer | None:
+    """The ``mesh.state`` tracer once a real tracer provider is set; ``None`` while spans would be no-ops."""
+    global _tracer
+    if _tracer is None:
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+            return None
+        _tracer = provider.get_tracer("mesh.state")
+    return _tracer
 
 
 def _seconds(ttl: timedelta | float | None) -> float | None:
@@ -86,6 +98,8 @@ class StateStore:
         self.source = f"/{app_id}/state/{name}"
         self._notify = notify or (lambda: None)
         self._attrs = {"db.system.name": backend.db_system, "db.namespace": name}
+        self._op_attrs: dict[str, dict[str, str]] = {}
+        self._key_problem = None if type(backend).key_problem is Backend.key_problem else backend.key_problem
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -94,11 +108,13 @@ class StateStore:
         if not isinstance(key, str) or not key:
             raise InvalidKey(self.name, "a key must be a non-empty string", repr(key))
         full = self.prefix + key
-        if len(full.encode()) > self.backend.max_key:
-            raise InvalidKey(self.name, f"longer than the store's limit of {self.backend.max_key} bytes", key)
-        problem = self.backend.key_problem(full)
-        if problem:
-            raise InvalidKey(self.name, problem, key)
+        limit = self.backend.max_key
+        if len(full) * 4 > limit and len(full.encode()) > limit:  # 4 bytes per character at most
+            raise InvalidKey(self.name, f"longer than the store's limit of {limit} bytes", key)
+        if self._key_problem is not None:
+            problem = self._key_problem(full)
+            if problem:
+                raise InvalidKey(self.name, problem, key)
         return full
 
     def encode(self, key: str, value: Any) -> str:
@@ -121,17 +137,40 @@ class StateStore:
                 raise InvalidValue(self.name, f"the stored value is not a {type!r}: {exc}", key) from exc
         return StateItem(key, value, row.etag)
 
-    @contextmanager
-    def _span(self, op: str, key: str | None = None) -> Iterator[None]:
-        with tracer.start_as_current_span(f"{op} {self.name}", kind=trace.SpanKind.CLIENT,
-                                          attributes={**self._attrs, "db.operation.name": op}):
-            try:
-                yield
-            except ETagMismatch as exc:
-                etag_conflicts.add(1, {**self._attrs, "db.operation.name": op})
-                if exc.key is not None and exc.key.startswith(self.prefix):
-                    exc.key = exc.key[len(self.prefix):]
-                raise
+    def _attributes(self, op: str) -> dict[str, str]:
+        attrs = self._op_attrs.get(op)
+        if attrs is None:
+            attrs = self._op_attrs[op] = {**self._attrs, "db.operation.name": op}
+        return attrs
+
+    def _span(self, tracer: trace.Tracer, op: str) -> AbstractContextManager[trace.Span]:
+        return tracer.start_as_current_span(f"{op} {self.name}", kind=trace.SpanKind.CLIENT,
+                                            attributes=self._attributes(op))
+
+    def _conflict(self, exc: ETagMismatch, op: str) -> None:
+        """Count a refused write and report its key without the prefix."""
+        etag_conflicts.add(1, self._attributes(op))
+        if exc.key is not None and exc.key.startswith(self.prefix):
+            exc.key = exc.key[len(self.prefix):]
+
+    async def _write(self, op: str, ops: Sequence[Op], events: Sequence[tuple[str, Event]] = ()) -> list[str]:
+        """:meth:`commit` inside the call's span (if tracing), counting ETag conflicts."""
+        try:
+            tracer = sdk_tracer()
+            if tracer is None:
+                return await self.commit(ops, events)
+            with self._span(tracer, op):
+                return await self.commit(ops, events)
+        except ETagMismatch as exc:
+            self._conflict(exc, op)
+            raise
+
+    async def _read(self, op: str, keys: Sequence[str]) -> dict[str, Row]:
+        tracer = sdk_tracer()
+        if tracer is None:
+            return await self.backend.read(keys, time.time())
+        with self._span(tracer, op):
+            return await self.backend.read(keys, time.time())
 
     def _change(self, op: Op) -> tuple[str, str]:
         key = op.key[len(self.prefix):]
@@ -150,7 +189,7 @@ class StateStore:
         if changes and self.changes is not None and not self.features.watch:
             outbox += [self._change(op) for op in ops]
         if outbox and not self.features.outbox:
-            raise FeatureNotSupported(self.backend.type, "publishing from a transaction",
+            raise unsupported(self.backend.type, "publishing from a transaction",
                                       "use a store with an outbox (postgres, sqlite, redis, memory)")
         etags = await self.backend.write(ops, outbox, time.time())
         if outbox:
@@ -160,7 +199,7 @@ class StateStore:
     def op_set(self, key: str, value: Any, etag: str | None, ttl: timedelta | float | None, create: bool) -> Op:
         """The :class:`Op` of a set."""
         if (ttl is not None or self.ttl) and not self.features.ttl:
-            raise FeatureNotSupported(self.backend.type, "per-key TTL", "use the redis, postgres or sqlite store")
+            raise unsupported(self.backend.type, "per-key TTL", "use the redis, postgres or sqlite store")
         if etag is not None and not isinstance(etag, str):
             raise InvalidKey(self.name, f"an etag is a string, not {etag!r}", key)
         full = self.full_key(key)
@@ -178,35 +217,28 @@ class StateStore:
     async def get(self, key: str, type: Any = None) -> StateItem[Any] | None:
         """The key's item (validated as ``type`` if given), or ``None`` if absent or expired."""
         full = self.full_key(key)
-        with self._span("get"):
-            rows = await self.backend.read([full], time.time())
-        row = rows.get(full)
+        row = (await self._read("get", (full,))).get(full)
         return None if row is None else self._decode(row, type)
 
     async def get_many(self, keys: Sequence[str], type: Any = None) -> list[StateItem[Any]]:
         """The items of the keys that exist, in the order asked."""
         fulls = [self.full_key(k) for k in keys]
-        with self._span("get_many"):
-            rows = await self.backend.read(fulls, time.time())
+        rows = await self._read("get_many", fulls)
         return [self._decode(rows[f], type) for f in fulls if f in rows]
 
     async def set(self, key: str, value: Any, *, etag: str | None = None,
                   ttl: timedelta | float | None = None, create: bool = False) -> str:
         """Store a value; returns its new ETag. ``etag``/``create`` make it first-write-wins."""
-        op = self.op_set(key, value, etag, ttl, create)
-        with self._span("set"):
-            return (await self.commit([op]))[0]
+        return (await self._write("set", (self.op_set(key, value, etag, ttl, create),)))[0]
 
     async def delete(self, key: str, *, etag: str | None = None) -> None:
         """Remove a key (a no-op if absent, unless an ``etag`` is given: then ETagMismatch)."""
-        op = Op("delete", self.full_key(key), None, etag, new_etag())
-        with self._span("delete"):
-            await self.commit([op])
+        await self._write("delete", (Op("delete", self.full_key(key), None, etag, new_etag()),))
 
     def transaction(self) -> Transaction:
         """``async with store.transaction() as tx``: sets, deletes and publishes, all or nothing."""
         if not self.features.transactions:
-            raise FeatureNotSupported(self.backend.type, "multi-key transactions",
+            raise unsupported(self.backend.type, "multi-key transactions",
                                       "use the postgres, sqlite or redis store")
         return Transaction(self)
 
@@ -214,11 +246,15 @@ class StateStore:
                     limit: int = 100, after: str | None = None, type: Any = None) -> Page[Any]:
         """Items matching a filter, ordered, one page at a time (keyset cursor in ``Page.next``)."""
         if not self.features.query:
-            raise FeatureNotSupported(self.backend.type, "state queries", "use the memory, sqlite or postgres store")
+            raise unsupported(self.backend.type, "state queries", "use the memory, sqlite or postgres store")
         model = type if isinstance(type, builtins_type) and issubclass(type, BaseModel) else None
         q = parse_query(self.name, where, order_by, limit, after, self.prefix, model)
-        with self._span("query"):
+        tracer = sdk_tracer()
+        if tracer is None:
             rows = await self.backend.query(q, time.time())
+        else:
+            with self._span(tracer, "query"):
+                rows = await self.backend.query(q, time.time())
         items = [self._decode(r, type) for r in rows if not r.key.startswith(INTERNAL_PREFIX)]
         nxt = None
         if len(rows) == q.limit:
@@ -285,7 +321,6 @@ class Transaction:
                         tb: TracebackType | None) -> None:
         if et is not None or not (self.ops or self.events):
             return
-        with self.store._span("transaction"):
-            await self.store.commit(self.ops, self.events)
+        await self.store._write("transaction", self.ops, self.events)
         p = len(self.store.prefix)
         self.etags = {op.key[p:]: op.new_etag for op in self.ops if op.kind == "set"}

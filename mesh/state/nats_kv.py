@@ -22,9 +22,8 @@ from typing import Any, ClassVar
 import nats
 from nats.js.errors import BadRequestError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
-from mesh.errors import FeatureNotSupported
 from mesh.state.base import Backend, Features, Op, Row
-from mesh.state.errors import ETagMismatch, StateError, StoreUnavailable
+from mesh.state.errors import ETagMismatch, StateError, StoreUnavailable, unsupported
 from mesh.state.options import NatsKVOptions
 
 __all__ = ["NatsKVStore"]
@@ -84,10 +83,10 @@ class NatsKVStore(Backend):
 
     async def write(self, ops: Sequence[Op], outbox: Sequence[tuple[str, str]], now: float) -> list[str]:
         if len(ops) != 1 or outbox:
-            raise FeatureNotSupported(self.type, "multi-key transactions", "use the postgres, sqlite or redis store")
+            raise unsupported(self.type, "multi-key transactions", "use the postgres, sqlite or redis store")
         op = ops[0]
         if op.expires is not None:
-            raise FeatureNotSupported(self.type, "per-key TTL", "use the redis, postgres or sqlite store")
+            raise unsupported(self.type, "per-key TTL", "use the redis, postgres or sqlite store")
         try:
             last = None if op.etag is None else int(op.etag)
         except ValueError:

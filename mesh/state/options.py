@@ -39,11 +39,22 @@ class StateOptions(ComponentOptions):
     """Prefix keys with this instead of the app id."""
     sweep_interval: float = 30.0
     """Seconds between background removals of expired keys."""
+    relay_lease: float = 10.0
+    """Seconds the instance that relays the changes holds its lease: another takes over at most
+    this long after it stops (or dies)."""
 
     @field_validator("ttl", mode="before")
     @classmethod
     def _ttl(cls, value: Any) -> float | None:
         return _duration(value)
+
+    @field_validator("relay_lease", "sweep_interval", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> float:
+        seconds = _duration(value)
+        if seconds is None or seconds <= 0:
+            raise ValueError("must be a positive duration")
+        return seconds
 
 
 class SQLOptions(StateOptions):

@@ -38,6 +38,8 @@ class SQLiteStore(Backend):
         self.t = settings.table
         self._conn: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
+        t = self.t
+        self.sql_get = f"SELECT key, value, etag FROM {t} WHERE key = ? AND (expires IS NULL OR expires > ?)"
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._pool is None or self._conn is None:
@@ -77,13 +79,12 @@ class SQLiteStore(Backend):
         self._conn = self._pool = None
 
     async def read(self, keys: Sequence[str], now: float) -> dict[str, Row]:
-        t = self.t
         if len(keys) == 1:
-            sql = f"SELECT key, value, etag FROM {t} WHERE key = ? AND (expires IS NULL OR expires > ?)"
+            sql = self.sql_get
             args: list[Any] = [keys[0], now]
         else:
             marks = ",".join("?" * len(keys))
-            sql = f"SELECT key, value, etag FROM {t} WHERE key IN ({marks}) AND (expires IS NULL OR expires > ?)"
+            sql = f"SELECT key, value, etag FROM {self.t} WHERE key IN ({marks}) AND (expires IS NULL OR expires > ?)"
             args = [*keys, now]
         rows = await self._run(lambda c: c.execute(sql, args).fetchall())
         return {k: Row(k, v, e) for k, v, e in rows}
