@@ -151,8 +151,16 @@ def tls_hint(tls: TlsOptions | None, reason: str) -> str:
         if "mismatch" in low or "hostname" in low:
             return " (the broker's certificate does not name this host: check the URL or broker.tls.check_hostname)"
         return " (the broker's certificate is not trusted: check broker.tls.ca)"
-    lost = ("reset by peer", "certificate required", "handshake failure", "connection closed", "eof", "broken pipe")
-    lost += ("bad certificate",)  # TLS 1.2 servers answer a missing client certificate with this alert
+    # what a server says (or does) when it wants a client certificate: TLS 1.2 servers send "bad certificate"
+    lost = (
+        "reset by peer",
+        "certificate required",
+        "handshake failure",
+        "connection closed",
+        "eof",
+        "broken pipe",
+        "bad certificate",
+    )
     if tls.cert is None and any(s in low for s in lost):
         return " (the broker may require a client certificate: set broker.tls.cert and broker.tls.key)"
     return ""
