@@ -160,3 +160,20 @@ def test_cli_config_check(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "broker.options.retention (line 1)" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_misspelt_key_is_reported_at_its_own_path_with_a_hint(tmp_path: Path) -> None:
+    path = tmp_path / "mesh.yaml"
+    path.write_text(
+        "broker:\n  type: redis\n  optons: {}\ndefaults:\n  retry: {attemps: 3}\n"
+        "subscriptions:\n  orders: {concurency: 2}\nbrokr2: 1\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    text = str(caught.value)
+    assert "broker.optons (line 3): unknown key; did you mean 'options'?" in text
+    assert "defaults.retry.attemps (line 5): unknown key; did you mean 'attempts'?" in text
+    assert "subscriptions.orders.concurency (line 7): unknown key; did you mean 'concurrency'?" in text
+    path.write_text("broker:\n  type: redis\n  options: {bach: 3}\n")
+    with pytest.raises(ConfigError, match=r"broker\.options\.bach \(line 3\): unknown key; did you mean 'batch'\?"):
+        load_config(path)

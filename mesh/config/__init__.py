@@ -12,8 +12,10 @@ Every problem is reported at once, with its path (and line) in the file::
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -136,11 +138,16 @@ def load_config(
         reported = {path for path, _ in problems}
         for err in exc.errors():
             loc = tuple(err["loc"])
-            if len(loc) > 1 and loc[0] == "broker" and loc[1] not in BrokerConfig.model_fields:
+            broker_keys = data.get("broker") if isinstance(data.get("broker"), dict) else {}
+            misspelt = len(loc) == 2 and loc[1] in broker_keys  # a key of broker: itself, not of its options
+            if len(loc) > 1 and loc[0] == "broker" and loc[1] not in BrokerConfig.model_fields and not misspelt:
                 loc = ("broker", "options", *loc[1:])  # raised by the broker's options model
             where = _loc(loc)
             if not any(r == where or r.startswith(where + ".") for r in reported):  # one report per cause
-                problems.append((where, _message(err)))
+                message = _message(err)
+                if err["type"] == "extra_forbidden":
+                    message += _did_you_mean(loc, data, registry)
+                problems.append((where, message))
         config = None
     if config is not None:
         config = _with_components(config, registry or Registry(), problems)
@@ -159,6 +166,45 @@ def _with_components(config: MeshConfig, registry: Registry, problems: Problems)
             update[section], found = component_problems(kind, section, value, registry)
             problems.extend(found)
     return config.model_copy(update=update) if update else config
+
+
+def _did_you_mean(loc: tuple[Any, ...], data: Mapping[str, Any], registry: Registry | None) -> str:
+    """``"; did you mean 'x'?"`` for a misspelt key, from the keys its model knows ("" if none is close)."""
+    model: Any = MeshConfig
+    mapping = False  # the part before was a dict[str, Model]: this part is one of its keys
+    for i, part in enumerate(loc[:-1]):
+        if loc[: i + 1] == ("broker", "options"):
+            kind = data.get("broker", {}).get("type", "memory") if isinstance(data.get("broker"), dict) else "memory"
+            try:
+                model = (registry or Registry()).options_model("broker", str(kind))
+            except ConfigError:
+                return ""
+            continue
+        if mapping:
+            mapping = False
+            continue
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            return ""
+        annotation = fields[part].annotation
+        mapping = typing.get_origin(annotation) is dict
+        model = _model_in(annotation)
+    fields = getattr(model, "model_fields", None)
+    if not fields:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(fields), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model an annotation holds (``X | None``, ``dict[str, X]``), or ``None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in reversed(typing.get_args(annotation)):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _message(err: Any) -> str:
