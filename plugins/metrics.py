@@ -175,13 +175,13 @@ def serve_prometheus(host: str, port: int, where: str) -> Instruments:
         try:
             from opentelemetry.exporter.prometheus import PrometheusMetricReader
             from opentelemetry.sdk.metrics import MeterProvider
-            from prometheus_client import start_http_server
+            from prometheus_client.exposition import MetricsHandler
         except ImportError as exc:
             raise ConfigError(
                 [(where, f"Prometheus metrics need the OpenTelemetry SDK and exporter: {EXTRA_HINT} ({exc})")]
             ) from exc
         try:
-            start_http_server(port, addr=host)
+            _serve_metrics_only(MetricsHandler, host, port)
         except OSError as exc:
             raise ConfigError([(where, f"cannot serve metrics on {host}:{port}: {exc}")]) from exc
         provider = MeterProvider(metric_readers=[PrometheusMetricReader()])
@@ -190,6 +190,27 @@ def serve_prometheus(host: str, port: int, where: str) -> Instruments:
         instruments = Instruments(provider.get_meter("mesh", __version__))
         _prometheus = _Prometheus(host, port, instruments)
         return instruments
+
+
+def _serve_metrics_only(handler: Any, host: str, port: int) -> None:
+    """prometheus_client's handler behind ``/metrics`` only (404 elsewhere), in a daemon thread."""
+    import threading
+    from http.server import ThreadingHTTPServer
+    from urllib.parse import urlsplit
+
+    class OnlyMetrics(handler):  # type: ignore[misc]
+        def do_GET(self) -> None:
+            if urlsplit(self.path).path != "/metrics":
+                self.send_error(404, "only /metrics is served here")
+                return
+            super().do_GET()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # no line per scrape on stderr
+
+    server = ThreadingHTTPServer((host, port), OnlyMetrics)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=f"mesh-metrics:{port}", daemon=True).start()
 
 
 @hookimpl

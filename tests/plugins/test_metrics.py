@@ -208,7 +208,12 @@ PROMETHEUS = textwrap.dedent(
     except (ConfigError, PluginError) as exc:
         other = str(exc)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    print(json.dumps({"body": body, "other": other}))
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+        root = 200
+    except urllib.error.HTTPError as exc:
+        root = exc.code
+    print(json.dumps({"body": body, "other": other, "root": root}))
     """
 )
 
@@ -231,6 +236,7 @@ def test_prometheus_endpoint_serves_the_counts() -> None:
     proc = subprocess.run([sys.executable, "-c", PROMETHEUS], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
+    assert out["root"] == 404, "the metrics server answers /metrics only"
     body = out["body"]
     labels = {"app": "promsvc", "broker": "memory", "topic": "jobs"}
     assert sample(body, "mesh_events_published_total", **labels) == 3
