@@ -46,6 +46,7 @@ from mesh.brokers.kafka.connection import (
 from mesh.codecs.binary import WireMessage, decode
 from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
 from mesh.event import Event
+from mesh.logs import log_connection_lost, log_reconnected
 
 __all__ = ["KafkaDelivery", "KafkaSubscription", "PartitionOffsets", "ensure_topics", "wait_for_peers"]
 
@@ -180,6 +181,7 @@ class KafkaSubscription(Subscription):
         self._assigned = asyncio.Event()
         self._running = True
         self._fetching = False
+        self._lost = False  # a fetch failed and none has worked since
         self._task: asyncio.Task[None] | None = None
         self._commit_every = o.commit_interval_ms / 1000
         self._last_commit = 0.0
@@ -246,7 +248,9 @@ class KafkaSubscription(Subscription):
             try:
                 batch = await consumer.getmany(timeout_ms=POLL_MS)
             except KafkaError as exc:
-                log.warning("kafka fetch for %s failed, retrying: %s", topic, exc)
+                if not self._lost:  # one line per outage, then one when fetching works again
+                    self._lost = True
+                    log_connection_lost("kafka", self._conn.address, f"fetch for {topic} failed: {exc}")
                 await asyncio.sleep(0.5)
                 continue
             except Exception:  # keep consuming whatever the client throws
@@ -255,6 +259,9 @@ class KafkaSubscription(Subscription):
                 continue
             finally:
                 self._fetching = False
+            if self._lost:
+                self._lost = False
+                log_reconnected("kafka", self._conn.address)
             parts = self._parts
             for tp, records in batch.items():
                 part = parts.get(tp)

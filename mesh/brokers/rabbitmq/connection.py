@@ -56,6 +56,7 @@ from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context, tls_hint
 from mesh.codecs.binary import Binding
 from mesh.codecs.data import format_time
 from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
+from mesh.logs import log_connection_lost, log_reconnected
 from mesh.urls import mask_url
 
 __all__ = [
@@ -174,6 +175,15 @@ class RabbitMQConnection:
             why = reason(exc, opts.connect_timeout)
             raise BrokerConnectionError("rabbitmq", self.address, why + tls_hint(self.tls, why)) from exc
         self._amqp = conn
+        conn.close_callbacks.add(self._lost)
+        conn.reconnect_callbacks.add(self._back)
+
+    def _lost(self, _conn: Any, exc: BaseException | None = None) -> None:
+        if self._amqp is not None:  # not our own close()
+            log_connection_lost("rabbitmq", self.address, str(exc) if exc else "")
+
+    def _back(self, *_: Any) -> None:
+        log_reconnected("rabbitmq", self.address)
 
     def _authenticate(self, target: URL) -> URL:
         """``target`` with the credentials and SASL mechanism of ``broker.auth``."""

@@ -39,6 +39,9 @@ from typing import Any, cast
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import SSLConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from mesh.brokers.redis.options import RedisOptions
@@ -145,6 +148,10 @@ class RedisConnection:
         kwargs: dict[str, Any] = {
             "socket_connect_timeout": opts.connect_timeout,
             "socket_timeout": opts.socket_timeout,
+            # a pooled connection the server closed (a restart) is replaced and the command sent
+            # again, twice at most: at-least-once publishing allows the rare duplicate this may make
+            "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            "retry_on_error": [RedisConnectionError],
         }
         if opts.username is not None:
             kwargs["username"] = opts.username

@@ -40,6 +40,7 @@ from mesh.codecs.bindings import REDIS
 from mesh.codecs.redis import from_fields, lossy
 from mesh.errors import DecodeError
 from mesh.event import Event
+from mesh.logs import log_connection_lost, log_reconnected
 
 __all__ = ["FORGET_IDLE_MS", "GIVE_BACK_IDLE_MS", "RedisConsumer", "RedisDelivery"]
 
@@ -127,6 +128,8 @@ class RedisConsumer(Subscription):
         self.delays = f"{conn.namespace}{RESERVED_PREFIX}delay:{{{self.stream}}}:{group}"
         self._execute = conn.execute
         self._script = conn.script
+        self._address = conn.address
+        self._lost = False  # the connection failed and no read has worked since
         self._opts = conn.settings
         self._keys = (self.stream, self.delays)
         self._runner = HandlerRunner(handler, concurrency, topic)
@@ -173,6 +176,9 @@ class RedisConsumer(Subscription):
                         if delivery is not None:
                             await submit(delivery)
                 backoff = 0.1
+                if self._lost:
+                    self._lost = False
+                    log_reconnected("redis", self._address)
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
@@ -184,7 +190,11 @@ class RedisConsumer(Subscription):
                     with suppress(ResponseError):
                         await execute("XGROUP", "CREATE", self.stream, self.group, "0", "MKSTREAM")
                     continue
-                log.warning("redis consumer %s of %s/%s: %s", self.name, self.stream, self.group, exc)
+                if not isinstance(exc, ResponseError) and not self._lost:  # the connection, not a command
+                    self._lost = True
+                    log_connection_lost("redis", self._address, str(exc))
+                elif not self._lost:
+                    log.warning("redis consumer %s of %s/%s: %s", self.name, self.stream, self.group, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
