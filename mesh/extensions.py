@@ -25,6 +25,10 @@ extension           meaning (written by)
 ``meshredrive``     the redrive that sent this copy (dead-letter redrive)
 ``meshstore``       a state change: the store's configured name (state outbox)
 ``meshetag``        a state change: the key's ETag after it (state outbox)
+``meshactortype``   an actor call: the actor type (actors)
+``meshactorid``     an actor call: the actor id (actors)
+``meshcallchain``   an actor call: the call chain it belongs to (actors; reentrancy)
+``meshcalldepth``   an actor call: how many calls deep in its chain (actors; depth limit)
 ==================  ==========================================================================
 
 Reserved destinations live under :data:`RESERVED_PREFIX`; user topics may not use it, so the
@@ -36,6 +40,7 @@ destination                     what travels there
 ``_mesh.invoke.<app>``          invocation requests to an app (its instances share them)
 ``_mesh.reply.<instance>``      replies to one caller instance
 ``_mesh.presence``              heartbeats, leaves and probes of every instance
+``_mesh.actor.<instance>``      actor calls to the instance that owns the actor
 ``_mesh.retry.<group>.<topic>`` delayed retry copies (Kafka)
 ``_mesh.delay.<ms>``            delay queues (RabbitMQ), delayed entries (Redis)
 ``_mesh.group``                 header or field naming the only group a copy is for (replay)
@@ -48,7 +53,12 @@ destination                     what travels there
 from __future__ import annotations
 
 __all__ = [
+    "ACTOR_ID",
+    "ACTOR_PREFIX",
+    "ACTOR_TYPE",
     "ATTEMPT",
+    "CALL_CHAIN",
+    "CALL_DEPTH",
     "CORRELATION",
     "DEADLINE",
     "DEAD_LETTER_EXTENSIONS",
@@ -105,6 +115,11 @@ REDRIVE = "meshredrive"
 STATE_STORE = "meshstore"
 STATE_ETAG = "meshetag"
 
+ACTOR_TYPE = "meshactortype"
+ACTOR_ID = "meshactorid"
+CALL_CHAIN = "meshcallchain"
+CALL_DEPTH = "meshcalldepth"
+
 # -- reserved destinations -------------------------------------------------------------------------
 
 RESERVED_PREFIX = "_mesh."
@@ -113,5 +128,6 @@ RESERVED_PREFIX = "_mesh."
 INVOKE_PREFIX = RESERVED_PREFIX + "invoke."
 REPLY_PREFIX = RESERVED_PREFIX + "reply."
 PRESENCE_TOPIC = RESERVED_PREFIX + "presence"
+ACTOR_PREFIX = RESERVED_PREFIX + "actor."
 GROUP_MARK = RESERVED_PREFIX + "group"
 """Header (JetStream) or entry field (Redis) naming the only group a message is for."""

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from mesh.actors.config import ActorsConfig
 from mesh.components import Registry
 
 __all__ = [
@@ -224,6 +225,8 @@ class MeshConfig(_Frozen):
     """Settings per secret store, e.g. ``file: {path: /run/secrets}``."""
     state: dict[str, ComponentConfig] = Field(default_factory=dict)
     """State stores by name: ``{carts: {type: postgres, url: ...}}`` (types from the registry)."""
+    actors: ActorsConfig = Field(default_factory=lambda: ActorsConfig())
+    """The actors block: its state store, lease, idle time, turn timeout (see docs/actors.md)."""
     bindings: dict[str, ComponentConfig] = Field(default_factory=dict)
     """Input and output bindings by name: ``{github: {type: http-in, ...}}`` (types from the registry)."""
     max_event_bytes: int = Field(1024 * 1024, ge=1024)

@@ -58,6 +58,8 @@ class Instance:
     """Method name -> idempotent."""
     subscriptions: list[tuple[str, str]] = field(default_factory=list)
     """(topic, group) pairs."""
+    actors: dict[str, list[str]] = field(default_factory=dict)
+    """Hosted actor type -> its active actor ids (at most 100 shown)."""
     started: str = ""
     expiry: float = 6.0
     seen: float = 0.0
@@ -65,13 +67,16 @@ class Instance:
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly view (what ``mesh apps --json`` prints)."""
-        return {
+        out: dict[str, Any] = {
             "instance": self.instance,
             "version": self.version,
             "started": self.started,
             "methods": [{"name": n, "idempotent": i} for n, i in sorted(self.methods.items())],
             "subscriptions": [{"topic": t, "group": g} for t, g in self.subscriptions],
         }
+        if self.actors:
+            out["actors"] = [{"type": t, "active": ids} for t, ids in sorted(self.actors.items())]
+        return out
 
 
 def _instance(data: Any, default_expiry: float) -> Instance | None:
@@ -87,6 +92,11 @@ def _instance(data: Any, default_expiry: float) -> Instance | None:
         for s in data.get("subscriptions") or ()
         if isinstance(s, dict) and "topic" in s
     ]
+    actors = {
+        str(a["type"]): [str(i) for i in a.get("active") or ()]
+        for a in data.get("actors") or ()
+        if isinstance(a, dict) and "type" in a
+    }
     expiry = data.get("expiry")
     return Instance(
         app=data["app"],
@@ -94,6 +104,7 @@ def _instance(data: Any, default_expiry: float) -> Instance | None:
         version=str(data.get("version", "")),
         methods=methods,
         subscriptions=subs,
+        actors=actors,
         started=str(data.get("started", "")),
         expiry=float(expiry) if isinstance(expiry, int | float) and expiry > 0 else default_expiry,
     )
@@ -122,6 +133,8 @@ class Presence:
         self._heartbeat: asyncio.Task[None] | None = None
         self._flags: dict[tuple[str, str], bool] = {}
         self._started = now().isoformat()
+        self.hosted: Callable[[], list[dict[str, Any]]] = list
+        """The actor types this instance hosts, with their active ids (set by the actors block)."""
 
     # -- lifecycle (called by the App) -------------------------------------------------------
 
@@ -130,7 +143,7 @@ class Presence:
         if not self.enabled:
             return
         methods, subscriptions = self._offers()
-        self.announcing = bool(methods or subscriptions)
+        self.announcing = bool(methods or subscriptions or self.hosted())
         if listen:
             await self.listen()
         if self.announcing:
@@ -252,7 +265,7 @@ class Presence:
         """What this instance announces."""
         runtime = self.runtime
         methods, subscriptions = self._offers()
-        return {
+        data: dict[str, Any] = {
             "app": runtime.id,
             "instance": runtime.instance_id,
             "version": runtime.version,
@@ -262,6 +275,10 @@ class Presence:
             "expiry": self.expiry,
             "started": self._started,
         }
+        actors = self.hosted()
+        if actors:
+            data["actors"] = actors
+        return data
 
     async def _beat(self) -> None:
         while True:
