@@ -222,12 +222,14 @@ class Activation:
             self._fail_queue(exc)
             return
         if not ok:
+            log.debug("actor %s/%s: its lease is held elsewhere", self.spec.name, self.id)
             self.closing = True
             self.host.detach(self)
             self._fail_queue(NotOwner("NotOwner", f"actor {self.spec.name}/{self.id} is active on another "
                                       "instance", NOT_OWNER))
             return
         ACTIVE.add(1, self._attrs)
+        log.debug("actor %s/%s activated", self.spec.name, self.id)
         keeper = loop.create_task(self._keep())
         try:
             await self._turn(Work("hook", "on_activate", ()))
@@ -238,13 +240,13 @@ class Activation:
             for timer in self.timers.values():
                 timer.cancel()
             keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await asyncio.wait([keeper], timeout=self.host.config.lease)
             if not self.lost:
                 await self._turn(Work("hook", "on_deactivate", ()))
                 await self._release()
             self._fail_queue(NotOwner("NotOwner", f"actor {self.spec.name}/{self.id} was deactivated", NOT_OWNER))
             ACTIVE.add(-1, self._attrs)
+            log.debug("actor %s/%s deactivated", self.spec.name, self.id)
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -400,9 +402,11 @@ class Activation:
 
     async def _keep(self) -> None:
         """Renew the lease every lease/3 seconds; hand the actor over when placement moved it."""
-        while True:
+        while not self.closing:  # a flag as well as cancel(): a store client may swallow a cancellation
             await asyncio.sleep(self.host.config.lease / 3)
-            if self.host.placed_elsewhere(self.spec.name, self.id):
+            if self.closing:
+                return
+            if not self.retiring and self.host.placed_elsewhere(self.spec.name, self.id):
                 log.info("actor %s/%s moves to another instance", self.spec.name, self.id)
                 self.retire()
             async with self.lock:

@@ -203,7 +203,8 @@ class Host:
         if activation is not None and spec.reentrant and chain and activation.running_chain() == chain:
             self._spawn(activation.nested(work))
             return
-        if self.stopping or (activation is None and self.placed_elsewhere(actor_type, actor_id)):
+        fresh = activation is None or activation.retiring
+        if self.stopping or (fresh and self.placed_elsewhere(actor_type, actor_id)):
             future.set_exception(NotOwner("NotOwner", f"{self.runtime.instance_id} does not own actor "
                                           f"{actor_type}/{actor_id}", NOT_OWNER))
             return
