@@ -107,7 +107,9 @@ class ActorCaller:
         self.presence = presence
         self.directory = directory
         self.reply_topic = reply_topic(f"{runtime.instance_id}-actors")
-        self._pending: dict[str, asyncio.Future[Event]] = {}
+        self._pending: dict[str, asyncio.Future[Event | None]] = {}
+        self._targets: dict[str, str] = {}  # request id -> the instance it went to
+        self._watch: asyncio.Task[None] | None = None
         self._sub: Subscription | None = None
         self._starting: asyncio.Task[None] | None = None
         self._since = 0.0
@@ -133,7 +135,21 @@ class ActorCaller:
         sub = await self.runtime.broker.subscribe_ephemeral(self.reply_topic, self._on_reply, exclusive=True)
         await self.presence.listen()
         self._since = asyncio.get_running_loop().time()
+        self._watch = asyncio.get_running_loop().create_task(self._watchdog(), name="mesh-actors:watchdog")
         self._sub = sub
+
+    async def _watchdog(self) -> None:
+        """Every 0.5 s: wake the calls whose owner vanished from presence (they send again)."""
+        while True:
+            await asyncio.sleep(0.5)
+            gone = {t for t in set(self._targets.values()) if not self.directory.live(t)}
+            if not gone:
+                continue
+            for request_id, target in list(self._targets.items()):
+                future = self._pending.get(request_id)
+                if target in gone and future is not None and not future.done():
+                    log.info("instance %s vanished with an actor call in hand: sending it again", target)
+                    future.set_result(None)
 
     async def close(self) -> None:
         """Stop the reply consumer; calls still waiting fail."""
@@ -141,6 +157,9 @@ class ActorCaller:
         if starting is not None and not starting.done():
             starting.cancel()
             await asyncio.gather(starting, return_exceptions=True)
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
         sub, self._sub = self._sub, None
         if sub is not None:
             await sub.stop(drain=False)
@@ -215,22 +234,20 @@ class ActorCaller:
         topic = actor_topic(target)
         if self.runtime.attribute_hooks:
             event = self.runtime.with_attributes(topic, event)
-        future: asyncio.Future[Event] = loop.create_future()
+        future: asyncio.Future[Event | None] = loop.create_future()
         self._pending[event.id] = future
+        self._targets[event.id] = target
         try:
             await self.runtime.broker.publish_ephemeral(topic, event)
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise InvocationTimeout(f"no reply from actor {type}/{id}.{method} within the timeout")
-                done, _ = await asyncio.wait([future], timeout=min(remaining, 0.5))
-                if done:
-                    return future.result()
-                if not self.directory.live(target):
-                    log.info("instance %s vanished with a call to %s/%s in hand: sending it again", target, type, id)
-                    return None
+            remaining = deadline - loop.time()
+            try:
+                async with asyncio.timeout(remaining if remaining > 0 else 0):
+                    return await future  # None: the owner vanished (the watchdog says so)
+            except TimeoutError:
+                raise InvocationTimeout(f"no reply from actor {type}/{id}.{method} within the timeout") from None
         finally:
             self._pending.pop(event.id, None)
+            self._targets.pop(event.id, None)
 
 
 class ActorProxy:
