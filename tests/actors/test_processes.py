@@ -205,3 +205,25 @@ async def test_events_routed_by_subject_reach_the_right_actor(cluster: Cluster) 
                 break
             await asyncio.sleep(0.1)
         assert set(got) == set(ids)
+
+
+@pytest.mark.nats
+async def test_mesh_actors_list_shows_active_actors_per_instance(tmp_path: Path) -> None:
+    spec = BrokerSpec("nats", "nats://127.0.0.1:4222")
+    cluster = Cluster(spec)
+    await cluster.client.start()
+    await cluster.client.actors.caller.ready()
+    try:
+        hosts = await cluster.spawn(2)
+        for a in range(6):
+            await cluster.counter(f"l{a}").call("add", "x")
+        path = tmp_path / "mesh.yaml"
+        path.write_bytes(orjson.dumps(cluster.config))
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mesh.cli", "actors", "list", "Counter",
+                                                       "--json", "--config", str(path)],
+                                      capture_output=True, text=True, cwd=ROOT, check=True)
+        listed = orjson.loads(out.stdout)["Counter"]
+        assert {i["instance"] for i in listed} == set(hosts)
+        assert sorted(a for i in listed for a in i["active"]) == [f"l{a}" for a in range(6)]
+    finally:
+        await cluster.close()
