@@ -20,7 +20,7 @@ import click
 import orjson
 
 from mesh import logs
-from mesh.actors.cli import actors as actors_cli
+from mesh.actors.cli import actors_group
 from mesh.app import App
 from mesh.cli_config import choose_config, describe, memory_fallback_warning
 from mesh.config import config_schema, load_config
@@ -403,7 +403,7 @@ def plugins() -> None:
 cli.add_command(replay)
 cli.add_command(dlq)
 cli.add_command(state_cli)
-cli.add_command(actors_cli)
+cli.add_command(actors_group(lambda path: App("mesh-cli", config=path)))
 
 
 def _add_plugin_commands(group: click.Group) -> None:

@@ -8,6 +8,7 @@ probe, running instances answer at once) and prints them per type and instance.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -16,28 +17,36 @@ import orjson
 from mesh.cli_config import choose_config, memory_fallback_warning
 from mesh.errors import MeshError
 
-__all__ = ["actors"]
+__all__ = ["actors_group"]
 
 
-@click.group()
-def actors() -> None:
-    """Virtual actors: where they are active."""
+def actors_group(make_app: Callable[[str | None], Any]) -> click.Group:
+    """The ``mesh actors`` group; ``make_app(config path)`` builds the listening client App (the
+    CLI passes it in: nothing below :mod:`mesh.app` imports it)."""
+
+    @click.group("actors")
+    def actors() -> None:
+        """Virtual actors: where they are active."""
+
+    @actors.command("list")
+    @click.argument("type_", metavar="[TYPE]", required=False)
+    @click.option("--wait", type=float, default=None, help="Seconds to listen (default: one heartbeat interval).")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+    @click.option("--config", "-c", "config", type=click.Path(dir_okay=False), help="Config file.")
+    def list_actors(type_: str | None, wait: float | None, as_json: bool, config: str | None) -> None:
+        """List the instances hosting actor types (or only TYPE) and their active actors."""
+        _run(make_app, type_, wait, as_json, config)
+
+    return actors
 
 
-@actors.command("list")
-@click.argument("type_", metavar="[TYPE]", required=False)
-@click.option("--wait", type=float, default=None, help="Seconds to listen (default: one heartbeat interval).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--config", "-c", "config", type=click.Path(dir_okay=False), help="Config file.")
-def list_actors(type_: str | None, wait: float | None, as_json: bool, config: str | None) -> None:
-    """List the instances hosting actor types (or only TYPE) and their active actors."""
-    from mesh.app import App
-
+def _run(make_app: Callable[[str | None], Any], type_: str | None, wait: float | None, as_json: bool,
+         config: str | None) -> None:
     path = choose_config(config)
     if path is None:
         memory_fallback_warning("actors list")
     try:
-        app = App("mesh-cli", config=None if path is None else str(path))
+        app = make_app(None if path is None else str(path))
     except MeshError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -57,7 +57,6 @@ def build(config: dict[str, Any], ns: str) -> App:
         async def events(self) -> list[str]:
             return await self.state.get("events", list[str]) or []
 
-    app.subscribe(f"{ns}-commands", actor="Counter")
     return app
 
 
