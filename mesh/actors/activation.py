@@ -20,7 +20,6 @@ idle, moved, stop   ``on_deactivate`` runs as a last turn, timers stop, the leas
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import time
@@ -35,6 +34,7 @@ from opentelemetry import metrics, trace
 
 from mesh.actors.actor import ABSENT, HOOKS, Actor, ActorState
 from mesh.actors.errors import NOT_OWNER, NotOwner, TurnTimeout
+from mesh.actors.placement import span as span_of
 from mesh.codecs.data import json_dumps
 from mesh.errors import InvalidHandler
 from mesh.event import Event
@@ -109,6 +109,9 @@ class Work:
     chain: str | None = None
     depth: int = 0
     parent: otel_context.Context | None = None
+    request: Event | None = None
+    """The request event of a call: the turn's outcome is its reply (sent from the turn loop)."""
+    answer: tuple[BaseException | None, Any] | None = None
 
 
 @dataclass
@@ -258,14 +261,16 @@ class Activation:
                 idle = self.idle_after - (loop.time() - self.last_used)
                 if idle <= 0:
                     return
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(idle):
-                        await self.wake.wait()
+                timer = loop.call_later(idle, self.wake.set)
+                await self.wake.wait()
+                timer.cancel()
                 continue
             work = self.queue.popleft()
             QUEUED.add(-1, self._attrs)
             if work.future is not None and work.future.done():
                 continue
+            if work.deadline is not None and work.deadline <= loop.time():
+                continue  # the caller gave up: not run
             if self.lost:
                 self._fail(work, NotOwner("NotOwner", f"actor {self.spec.name}/{self.id} lost its lease", NOT_OWNER))
                 continue
@@ -279,10 +284,11 @@ class Activation:
             QUEUED.add(-1, self._attrs)
             self._fail(work, exc)
 
-    @staticmethod
-    def _fail(work: Work, exc: BaseException) -> None:
+    def _fail(self, work: Work, exc: BaseException) -> None:
         if work.future is not None and not work.future.done():
             work.future.set_exception(exc)
+        if work.request is not None:
+            self.host.answer_later(work.request, exc, None)
 
     # -- turns ---------------------------------------------------------------------------------
 
@@ -291,6 +297,12 @@ class Activation:
         await self._turn(work, nested=True)
 
     async def _turn(self, work: Work, nested: bool = False) -> None:
+        await self._run_turn(work, nested)
+        answer, work.answer = work.answer, None
+        if answer is not None and work.request is not None:
+            await self.host.answer(work.request, *answer)  # from the loop: no task per reply
+
+    async def _run_turn(self, work: Work, nested: bool) -> None:
         loop = asyncio.get_running_loop()
         parent = self._stack[-1] if nested and self._stack else None
         turn = Turn(ActorState(self._load, parent.state if parent else None), work.chain or None, work.depth)
@@ -301,9 +313,9 @@ class Activation:
         fn = getattr(self.actor, work.method)
         name = f"actor {self.spec.name}.{work.method}"
         links = [trace.Link(trace.get_current_span(work.parent).get_span_context())] if work.parent else []
-        with tracer.start_as_current_span(name, context=work.parent, kind=trace.SpanKind.SERVER, links=links,
-                                          attributes={"actor.type": self.spec.name, "actor.id": self.id,
-                                                      "actor.method": work.method}) as span:
+        with span_of(tracer, name, context=work.parent, kind=trace.SpanKind.SERVER, links=links,
+                     attributes={"actor.type": self.spec.name, "actor.id": self.id,
+                                 "actor.method": work.method}) as span:
             self._stack.append(turn)
             try:
                 async with asyncio.timeout(timeout) as cm:
@@ -345,6 +357,8 @@ class Activation:
     def _done(self, work: Work, error: BaseException | None, result: Any, start: float) -> None:
         TURNS.record(asyncio.get_running_loop().time() - start,
                      {**self._attrs, "actor.method": work.method, "outcome": "ok" if error is None else "error"})
+        if work.request is not None:
+            work.answer = (error, result)
         if work.future is None or work.future.done():
             return
         if error is None:

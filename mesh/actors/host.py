@@ -194,10 +194,9 @@ class Host:
         if request.deadline is not None:
             deadline = loop.time() + (request.deadline - now()).total_seconds()
         carrier = {k: _text(event.extensions.get(k)) for k in ("traceparent", "tracestate") if k in event.extensions}
-        future: asyncio.Future[Any] = loop.create_future()
-        future.add_done_callback(lambda f: self._answer(event, f))
         kind = "event" if method == "on_event" else "call"
-        work = Work(kind, method, args, future, deadline, chain, depth, propagate.extract(carrier) if carrier else None)
+        work = Work(kind, method, args, None, deadline, chain, depth, propagate.extract(carrier) if carrier else None,
+                    event)
         key = (actor_type, actor_id)
         activation = self.activations.get(key)
         if activation is not None and spec.reentrant and chain and activation.running_chain() == chain:
@@ -205,20 +204,22 @@ class Host:
             return
         fresh = activation is None or activation.retiring
         if self.stopping or (fresh and self.placed_elsewhere(actor_type, actor_id)):
-            future.set_exception(NotOwner("NotOwner", f"{self.runtime.instance_id} does not own actor "
-                                          f"{actor_type}/{actor_id}", NOT_OWNER))
+            self.answer_later(event, NotOwner("NotOwner", f"{self.runtime.instance_id} does not own actor "
+                                              f"{actor_type}/{actor_id}", NOT_OWNER), None)
             return
         self.submit(spec, actor_id, work)
 
-    def _answer(self, request: Event, future: asyncio.Future[Any]) -> None:
-        if future.cancelled():
-            return
-        exc = future.exception()
-        if exc is None:
-            reply = ok_reply(request, self.runtime.source, future.result())
+    def answer_later(self, request: Event, error: BaseException | None, result: Any) -> None:
+        """Send the reply to a request (in the background)."""
+        self._spawn(self.answer(request, error, result))
+
+    async def answer(self, request: Event, error: BaseException | None, result: Any) -> None:
+        """Send the reply to a request: the result, or the error with its type, message and code."""
+        if error is None:
+            reply = ok_reply(request, self.runtime.source, result)
         else:
-            reply = error_reply(request, self.runtime.source, error_data(exc))
-        self._spawn(self._send(request, reply))
+            reply = error_reply(request, self.runtime.source, error_data(error))
+        await self._send(request, reply)
 
     def _error(self, request: Event, type: str, message: str, code: str) -> None:
         reply = error_reply(request, self.runtime.source, error_data(type=type, message=message, code=code))

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from mesh import extensions as ext
 from mesh.actors.errors import NotOwner, actor_error
-from mesh.actors.placement import owner
+from mesh.actors.placement import owner, span
 from mesh.brokers.base import Delivery, Subscription
 from mesh.errors import InvocationError, InvocationTimeout, MeshError, NoResponders
 from mesh.event import Event, ExtensionValue, new_id, now
@@ -193,8 +193,8 @@ class ActorCaller:
         await self.ready()
         chain = chain or new_id()
         backoff = 0.02
-        with tracer.start_as_current_span(f"call actor {type}.{method}", kind=trace.SpanKind.CLIENT,
-                                          attributes={"actor.type": type, "actor.id": id, "actor.method": method}):
+        with span(tracer, f"call actor {type}.{method}", kind=trace.SpanKind.CLIENT,
+                  attributes={"actor.type": type, "actor.id": id, "actor.method": method}):
             while True:
                 target = self.directory.owner(type, id)
                 if target is None:

@@ -250,3 +250,27 @@ async def test_two_instances_share_actors_and_hand_them_over_on_stop(hub: str, t
         for i in ids:
             view = await a.actor("Cart", i).call("view", result_type=CartView)
             assert [x.sku for x in view.lines] == ["x", "y"]
+
+
+async def test_each_turn_has_a_span_that_is_a_child_of_the_call_and_links_to_it(hub: str) -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = make_app(hub)
+    async with app:
+        await app.actor("Cart", "c-span").call("add", Item(sku="A1"))
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    call, turn = spans["call actor Cart.add"], spans["actor Cart.add"]
+    assert turn.parent is not None and turn.parent.span_id == call.context.span_id
+    assert turn.context.trace_id == call.context.trace_id
+    assert [link.context.span_id for link in turn.links] == [call.context.span_id]
+    assert turn.attributes is not None and turn.attributes["actor.id"] == "c-span"
+    exporter.shutdown()
