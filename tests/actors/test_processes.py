@@ -1,4 +1,4 @@
-"""Instances in separate processes over real brokers, actor state in Redis: single activation
+"""Instances in separate processes over real brokers, actor state in Redis (and PostgreSQL on NATS): single activation
 under load, a SIGKILLed owner, a joining instance, reminders after a full restart, routed events."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from mesh import App
 from mesh.actors.placement import owner
-from tests.support import BrokerSpec, unique, wait_for
+from tests.support import DEFAULT_URLS, BrokerSpec, unique, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,12 +33,15 @@ def _start(config: dict[str, Any], ns: str) -> subprocess.Popen[str]:
 class Cluster:
     """Actor-hosting processes and a client app, all on one broker and one Redis namespace."""
 
-    def __init__(self, spec: BrokerSpec) -> None:
+    def __init__(self, spec: BrokerSpec, store: str = "redis") -> None:
         self.ns = unique("act")
+        state: dict[str, Any] = {"type": "redis", "url": "redis://127.0.0.1:6379/0", "namespace": self.ns}
+        if store == "postgres":
+            state = {"type": "postgres", "url": DEFAULT_URLS["postgres"], "table": self.ns.replace("-", "_")}
         self.config: dict[str, Any] = {
             "broker": spec.config(),
             "presence": {"interval": 0.3, "expiry": 1.2, "warmup": 1.5},
-            "state": {"actors": {"type": "redis", "url": "redis://127.0.0.1:6379/0", "namespace": self.ns}},
+            "state": {"actors": state},
             "actors": {"lease": 2.0, "reminder_poll": 0.3},
             "drain_timeout": 5,
         }
@@ -72,6 +75,11 @@ class Cluster:
         for instance in list(self.procs):
             self.kill(instance, signal.SIGTERM)
         await self.client.stop()
+        if self.config["state"]["actors"]["type"] == "postgres":
+            store = self.client.state("actors")
+            await store.backend.open()
+            await store.backend.destroy()
+            await store.backend.close()
         keys = [k async for k in self.redis.scan_iter(f"*{self.ns}*")]
         if keys:
             await self.redis.delete(*keys)
@@ -91,8 +99,8 @@ class Cluster:
 
 
 @pytest.fixture
-async def cluster(actor_broker: BrokerSpec) -> AsyncIterator[Cluster]:
-    c = Cluster(actor_broker)
+async def cluster(actor_setup: tuple[BrokerSpec, str]) -> AsyncIterator[Cluster]:
+    c = Cluster(*actor_setup)
     await c.client.start()
     await c.client.actors.caller.ready()
     try:
