@@ -274,3 +274,48 @@ async def test_each_turn_has_a_span_that_is_a_child_of_the_call_and_links_to_it(
     assert [link.context.span_id for link in turn.links] == [call.context.span_id]
     assert turn.attributes is not None and turn.attributes["actor.id"] == "c-span"
     exporter.shutdown()
+
+
+METRICS_SCRIPT = """
+import asyncio, json
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+from mesh import Actor, App
+
+app = App("m", config={"broker": {"type": "memory", "options": {"name": "actor-metrics"}}})
+
+@app.actor("Cart")
+class Cart(Actor):
+    async def add(self, n: int) -> int:
+        return n
+
+async def main():
+    async with app:
+        await asyncio.gather(*(app.actor("Cart", f"c{i % 3}").call("add", i) for i in range(30)))
+        out = {}
+        for rm in reader.get_metrics_data().resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    points = list(m.data.data_points)
+                    out[m.name] = sum(getattr(p, "count", None) or getattr(p, "value", 0) for p in points)
+        print(json.dumps(out))
+
+asyncio.run(main())
+"""
+
+
+def test_metrics_count_active_actors_turns_and_queued_work() -> None:
+    import json
+    import subprocess
+    import sys
+
+    # a meter provider can be set once per process: measure in a process of its own
+    out = subprocess.run([sys.executable, "-c", METRICS_SCRIPT], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2], timeout=60)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["mesh.actors.active"] == 3
+    assert got["mesh.actors.turn.duration"] >= 30 + 3  # 30 calls and one on_activate turn per actor
+    assert got["mesh.actors.queue_length"] == 0
