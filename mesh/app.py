@@ -33,7 +33,7 @@ from mesh.actors.proxy import ActorProxy
 from mesh.brokers import Broker, Subscription
 from mesh.components import Registry
 from mesh.config import MeshConfig, load_config
-from mesh.errors import ConfigError, DeadLetter, InvocationError, MeshError
+from mesh.errors import ConfigError, InvocationError, MeshError
 from mesh.event import Event, ExtensionValue, new_id
 from mesh.hooks import Hooks, PluginManager
 from mesh.invoke import Callee, Caller
@@ -209,21 +209,9 @@ class App:
 
     def _route_to_actor(self, topic: str, group: str | None, concurrency: int | None,
                         filters: dict[str, Any], actor_type: str) -> None:
-        from mesh.codecs.structured import to_dict
-
-        actors = self.actors
-
-        async def to_actor(event: Event) -> None:
-            if not event.subject:
-                raise DeadLetter(f"an event routed to actor type {actor_type!r} needs a subject (the actor id)")
-            await actors.proxy(actor_type, event.subject).call("on_event", to_dict(event))
-
-        to_actor.__qualname__ = f"actor:{actor_type}"
         key = (topic, group or self.id)
-        route = self._routes.get(key)
-        if route is None:
-            route = self._routes[key] = Route(self.runtime, topic, key[1])
-        route.add(HandlerSpec(to_actor, topic, key[1], filters, concurrency))
+        route = self._routes.setdefault(key, Route(self.runtime, topic, key[1]))
+        route.add(HandlerSpec(self.actors.router(actor_type), topic, key[1], filters, concurrency))
 
     @overload
     def actor(self, type: str, id: None = None, *, idle_after: timedelta | float | None = None,

@@ -7,6 +7,7 @@ part                   role
 ``proxy``              ``app.actor(TYPE, ID)``: call any actor on the mesh (hosted here or not)
 ``start``              after the state block: opens the host on the ``actors.store`` store
 ``stop``               before the state block: drains turns, releases leases
+``router``             ``@app.subscribe(topic, actor=TYPE)``: events to ``on_event`` by subject
 ``heartbeat``          hosted types and active actors, carried in presence heartbeats
 =====================  =========================================================================
 """
@@ -14,6 +15,7 @@ part                   role
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from mesh.actors.activation import ActorType
@@ -21,7 +23,8 @@ from mesh.actors.actor import Actor
 from mesh.actors.config import ActorsConfig
 from mesh.actors.host import Host
 from mesh.actors.proxy import ActorCaller, ActorProxy, Directory
-from mesh.errors import FeatureNotSupported, MeshError
+from mesh.errors import DeadLetter, FeatureNotSupported, MeshError
+from mesh.event import Event
 
 if TYPE_CHECKING:
     from mesh.invoke.presence import Presence
@@ -68,6 +71,19 @@ class ActorsBlock:
     def proxy(self, type: str, id: str) -> ActorProxy:
         """A handle on one actor of the mesh."""
         return self.caller.proxy(type, id)
+
+    def router(self, actor_type: str) -> Callable[[Event], Awaitable[None]]:
+        """The handler of ``subscribe(topic, actor=TYPE)``: each event to ``on_event`` of the actor
+        its subject names (no subject: dead-lettered; a failed call raises, so it is retried)."""
+        from mesh.codecs.structured import to_dict
+
+        async def to_actor(event: Event) -> None:
+            if not event.subject:
+                raise DeadLetter(f"an event routed to actor type {actor_type!r} needs a subject (the actor id)")
+            await self.proxy(actor_type, event.subject).call("on_event", to_dict(event))
+
+        to_actor.__qualname__ = f"actor:{actor_type}"
+        return to_actor
 
     def heartbeat(self) -> list[dict[str, Any]]:
         """Hosted types and active actors, for presence."""
