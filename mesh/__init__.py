@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from mesh.actors import Actor
 from mesh.app import App
 from mesh.errors import (
     BrokerConnectionError,
@@ -39,6 +40,7 @@ from mesh.types import Context, Decision, Invocation, SubscriptionInfo
 __version__ = "0.1.0"
 
 __all__ = [
+    "Actor",
     "App",
     "BrokerConnectionError",
     "BrokerError",

@@ -22,11 +22,14 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
 from pydantic import ValidationError
 
+from mesh.actors.actor import Actor
+from mesh.actors.block import ActorsBlock
+from mesh.actors.proxy import ActorProxy
 from mesh.bindings import BindingsBlock, OutputBinding
 from mesh.brokers import Broker, Subscription
 from mesh.components import Registry
@@ -50,6 +53,7 @@ __all__ = ["App"]
 log = logging.getLogger("mesh.app")
 
 F = TypeVar("F", bound=Callable[..., Any])
+A = TypeVar("A", bound=type[Actor])
 T = TypeVar("T")
 
 
@@ -120,6 +124,9 @@ class App:
         """(topic, type, data type) of each :meth:`publishes` declaration."""
         self.jobs = self.runtime.jobs = JobsBlock(self.runtime, self._state, self.config.jobs)
         """This app's jobs: ``schedule``/``cancel``/``get``/``list``/``trigger`` (see docs/jobs.md)."""
+        self.actors = ActorsBlock(self.runtime, self._state, self.presence, self.config.actors)
+        """The actor types this app hosts, and calls to any actor (``app.actor(...)``)."""
+        self.presence.hosted = self.actors.heartbeat
         self.started = False
         self._invocable = False  # from start until handlers drained at stop (they may invoke)
         self.hooks.configure(self.runtime, self.config)
@@ -178,9 +185,15 @@ class App:
         type: str | None = None,
         source: str | None = None,
         subject: str | None = None,
+        actor: str | None = None,
         **extensions: Any,
     ) -> Callable[[F], F]:
         """Register a handler for events on ``topic``.
+
+        With ``actor=TYPE`` the events are routed instead: each becomes a call of
+        ``on_event(event)`` on the actor whose id is the event's ``subject`` (the registration
+        happens at once; the decorator, if used, returns what it decorates unchanged). An
+        event without a subject is dead-lettered; a failed call is retried like a handler.
 
         Filters on CloudEvent attributes (``type``, ``source``, ``subject``, any extension)
         take an exact value, a glob (``shop.order.*``), a list of values or a predicate. Within
@@ -194,6 +207,9 @@ class App:
         check_subscription(topic, group or self.id, namespace=namespace)
         filters = {k: v for k, v in {"type": type, "source": source, "subject": subject}.items() if v is not None}
         filters.update(extensions)
+        if actor is not None:
+            self._route_to_actor(topic, group, concurrency, filters, actor)
+            return lambda target: target
 
         def register(fn: F) -> F:
             if self.started:
@@ -204,6 +220,38 @@ class App:
                 route = self._routes[key] = Route(self.runtime, topic, key[1])
             route.add(HandlerSpec(fn, topic, key[1], filters, concurrency))
             return fn
+
+        return register
+
+    def _route_to_actor(self, topic: str, group: str | None, concurrency: int | None,
+                        filters: dict[str, Any], actor_type: str) -> None:
+        key = (topic, group or self.id)
+        route = self._routes.setdefault(key, Route(self.runtime, topic, key[1]))
+        route.add(HandlerSpec(self.actors.router(actor_type), topic, key[1], filters, concurrency))
+
+    @overload
+    def actor(self, type: str, id: None = None, *, idle_after: timedelta | float | None = None,
+              reentrant: bool = False) -> Callable[[A], A]: ...
+    @overload
+    def actor(self, type: str, id: str) -> ActorProxy: ...
+
+    def actor(self, type: str, id: str | None = None, *, idle_after: timedelta | float | None = None,
+              reentrant: bool = False) -> Callable[[A], A] | ActorProxy:
+        """``@app.actor(TYPE)`` hosts an :class:`~mesh.Actor` subclass as actor type ``TYPE``;
+        ``app.actor(TYPE, ID)`` is a proxy to call one actor: ``await proxy.call(method, data)``.
+
+        ``idle_after`` (default ``actors.idle_after``) deactivates an actor not called for that
+        long; ``reentrant=True`` lets a call of the same call chain run inside the running turn.
+        """
+        if id is not None:
+            return self.actors.proxy(type, id)
+        seconds = idle_after.total_seconds() if isinstance(idle_after, timedelta) else idle_after
+
+        def register(cls: A) -> A:
+            if self.started:
+                raise MeshError("register actor types before the app starts")
+            self.actors.register(type, cls, idle_after=seconds, reentrant=reentrant)
+            return cls
 
         return register
 
@@ -404,10 +452,13 @@ class App:
                 sub = await self.broker.subscribe(route.topic, route.group, route, concurrency=route.concurrency)
                 self._subscriptions.append(sub)
             await self.callee.start()
-            await self.presence.start(listen=bool(self.callee.methods))
+            await self.actors.start()  # after the state block, whose store it uses
+            await self.presence.start(listen=bool(self.callee.methods) or self.actors.hosting)
             await self.bindings.start()
         except BaseException:
             await self.presence.close()
+            await self.actors.stop(0)
+            await self.actors.close()
             await self.jobs.stop()
             await self._state.stop()
             await self.broker.close()
@@ -433,12 +484,14 @@ class App:
             await self.presence.leave()  # callers stop choosing this instance; in-flight calls finish
             subs, self._subscriptions = self._subscriptions, []
             await self._drain(subs, self.config.drain_timeout if timeout is None else timeout)
+            await self.actors.stop(self.config.drain_timeout if timeout is None else timeout)  # turns end, leases go
             await self.jobs.stop()  # claims not yet fired go back; before the store closes
             await self._state.stop()  # relays hand over their lease; stores close
             await runtime.cancel_tasks()
             await runtime.run_stop_callbacks()
             self._invocable = False
             await self.caller.close()
+            await self.actors.close()
             await self.presence.close()
             await self.broker.close()
 

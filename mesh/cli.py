@@ -20,6 +20,7 @@ import click
 import orjson
 
 from mesh import logs
+from mesh.actors.cli import actors_group
 from mesh.app import App
 from mesh.bindings.cli import bindings
 from mesh.cli_config import choose_config, describe, memory_fallback_warning
@@ -415,6 +416,7 @@ cli.add_command(state_cli)
 cli.add_command(importlib.import_module("mesh.tail").tail_command)
 cli.add_command(importlib.import_module("mesh.asyncapi").asyncapi_command)
 cli.add_command(jobs_cli)
+cli.add_command(actors_group(lambda path: App("mesh-cli", config=path)))
 
 
 def _add_plugin_commands(group: click.Group) -> None:

@@ -27,6 +27,11 @@ extension           meaning (written by)
 ``meshetag``        a state change: the key's ETag after it (state outbox)
 ``meshjob``         a fired job: the job's name (jobs)
 ``meshjobtime``     a fired job: the time it was scheduled for, RFC 3339 (jobs)
+
+``meshactortype``   an actor call: the actor type (actors)
+``meshactorid``     an actor call: the actor id (actors)
+``meshcallchain``   an actor call: the call chain it belongs to (actors; reentrancy)
+``meshcalldepth``   an actor call: how many calls deep in its chain (actors; depth limit)
 ==================  ==========================================================================
 
 Reserved destinations live under :data:`RESERVED_PREFIX`; user topics may not use it, so the
@@ -38,6 +43,7 @@ destination                     what travels there
 ``_mesh.invoke.<app>``          invocation requests to an app (its instances share them)
 ``_mesh.reply.<instance>``      replies to one caller instance
 ``_mesh.presence``              heartbeats, leaves and probes of every instance
+``_mesh.actor.<instance>``      actor calls to the instance that owns the actor
 ``_mesh.retry.<group>.<topic>`` delayed retry copies (Kafka)
 ``_mesh.delay.<ms>``            delay queues (RabbitMQ), delayed entries (Redis)
 ``_mesh.group``                 header or field naming the only group a copy is for (replay)
@@ -52,7 +58,12 @@ destination                     what travels there
 from __future__ import annotations
 
 __all__ = [
+    "ACTOR_ID",
+    "ACTOR_PREFIX",
+    "ACTOR_TYPE",
     "ATTEMPT",
+    "CALL_CHAIN",
+    "CALL_DEPTH",
     "CORRELATION",
     "DEADLINE",
     "DEAD_LETTER_EXTENSIONS",
@@ -130,6 +141,11 @@ UNSIGNED_EXTENSIONS: frozenset[str] = frozenset(
 JOB = "meshjob"
 JOB_TIME = "meshjobtime"
 
+ACTOR_TYPE = "meshactortype"
+ACTOR_ID = "meshactorid"
+CALL_CHAIN = "meshcallchain"
+CALL_DEPTH = "meshcalldepth"
+
 # -- reserved destinations -------------------------------------------------------------------------
 
 RESERVED_PREFIX = "_mesh."
@@ -139,5 +155,7 @@ INVOKE_PREFIX = RESERVED_PREFIX + "invoke."
 REPLY_PREFIX = RESERVED_PREFIX + "reply."
 PRESENCE_TOPIC = RESERVED_PREFIX + "presence"
 JOB_PREFIX = RESERVED_PREFIX + "job."
+
+ACTOR_PREFIX = RESERVED_PREFIX + "actor."
 GROUP_MARK = RESERVED_PREFIX + "group"
 """Header (JetStream) or entry field (Redis) naming the only group a message is for."""

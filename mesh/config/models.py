@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from mesh.actors.config import ActorsConfig
 from mesh.brokers.tls import AuthOptions, TlsOptions
 from mesh.components import Registry
 from mesh.jobs.config import JobsConfig
@@ -336,6 +337,8 @@ class MeshConfig(_Frozen):
     """State stores by name: ``{carts: {type: postgres, url: ...}}`` (types from the registry)."""
     jobs: JobsConfig = Field(default_factory=lambda: JobsConfig())
     """Where jobs are stored and how they are fired (see docs/jobs.md)."""
+    actors: ActorsConfig = Field(default_factory=lambda: ActorsConfig())
+    """The actors block: its state store, lease, idle time, turn timeout (see docs/actors.md)."""
     bindings: dict[str, ComponentConfig] = Field(default_factory=dict)
     """Input and output bindings by name: ``{github: {type: http-in, ...}}`` (types from the registry)."""
     max_event_bytes: int = Field(1024 * 1024, ge=1024)

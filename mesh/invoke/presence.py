@@ -61,6 +61,8 @@ class Instance:
     """(topic, group) pairs."""
     publishes: list[dict[str, str]] = field(default_factory=list)
     """What the app declares it publishes (``App.publishes``): ``{"topic", "type"}`` each."""
+    actors: dict[str, list[str]] = field(default_factory=dict)
+    """Hosted actor type -> its active actor ids (at most 100 shown)."""
     started: str = ""
     expiry: float = 6.0
     seen: float = 0.0
@@ -68,13 +70,16 @@ class Instance:
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly view (what ``mesh apps --json`` prints)."""
-        return {
+        out: dict[str, Any] = {
             "instance": self.instance,
             "version": self.version,
             "started": self.started,
             "methods": [{"name": n, "idempotent": i} for n, i in sorted(self.methods.items())],
             "subscriptions": [{"topic": t, "group": g} for t, g in self.subscriptions],
         }
+        if self.actors:
+            out["actors"] = [{"type": t, "active": ids} for t, ids in sorted(self.actors.items())]
+        return out
 
 
 def _instance(data: Any, default_expiry: float) -> Instance | None:
@@ -90,6 +95,11 @@ def _instance(data: Any, default_expiry: float) -> Instance | None:
         for s in data.get("subscriptions") or ()
         if isinstance(s, dict) and "topic" in s
     ]
+    actors = {
+        str(a["type"]): [str(i) for i in a.get("active") or ()]
+        for a in data.get("actors") or ()
+        if isinstance(a, dict) and "type" in a
+    }
     expiry = data.get("expiry")
     return Instance(
         app=data["app"],
@@ -97,6 +107,7 @@ def _instance(data: Any, default_expiry: float) -> Instance | None:
         version=str(data.get("version", "")),
         methods=methods,
         subscriptions=subs,
+        actors=actors,
         started=str(data.get("started", "")),
         publishes=[
             {"topic": str(p["topic"]), "type": str(p.get("type", ""))}
@@ -132,6 +143,8 @@ class Presence:
         self._started = now().isoformat()
         self.publishes: list[dict[str, str]] = []
         """What the app declares it publishes (filled by ``App.publishes``), sent in heartbeats."""
+        self.hosted: Callable[[], list[dict[str, Any]]] = list
+        """The actor types this instance hosts, with their active ids (set by the actors block)."""
 
     # -- lifecycle (called by the App) -------------------------------------------------------
 
@@ -140,7 +153,7 @@ class Presence:
         if not self.enabled:
             return
         methods, subscriptions = self._offers()
-        self.announcing = bool(methods or subscriptions or self.publishes)
+        self.announcing = bool(methods or subscriptions or self.publishes or self.hosted())
         if listen:
             await self.listen()
         if self.announcing:
@@ -262,7 +275,7 @@ class Presence:
         """What this instance announces."""
         runtime = self.runtime
         methods, subscriptions = self._offers()
-        return {
+        data: dict[str, Any] = {
             "app": runtime.id,
             "instance": runtime.instance_id,
             "version": runtime.version,
@@ -273,6 +286,10 @@ class Presence:
             "started": self._started,
             "publishes": self.publishes,
         }
+        actors = self.hosted()
+        if actors:
+            data["actors"] = actors
+        return data
 
     async def _beat(self) -> None:
         while True:
