@@ -22,7 +22,8 @@ start() {
 
 status=0
 # the Kafka TLS tests put a socat TLS front before Tansu (tests/security/tls_support.py)
-command -v socat >/dev/null || apt-get install -y -q socat >/dev/null 2>&1 || echo "services: socat missing" >&2
+command -v socat >/dev/null || { apt-get update -q >/dev/null 2>&1; apt-get install -y -q socat >/dev/null 2>&1; } \
+  || echo "services: socat missing (the Kafka TLS tests need it)" >&2
 start 5432 postgresql bash -c 'pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start' || status=1
 start 6379 redis redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
   --dir /var/lib/redis --logfile /var/log/redis/ci.log || status=1
