@@ -9,8 +9,9 @@ situation                  behaviour
                            when the app has ``@app.job`` handlers, the file exists, or on the
                            first ``schedule``/``deliver_at``: an app that never uses jobs
                            touches no file
-store without a query      :class:`~mesh.errors.FeatureNotSupported` (Redis, NATS KV) at
-or transactions            start or schedule time, naming memory, sqlite and postgres
+store without a query      :class:`~mesh.errors.FeatureNotSupported` (NATS KV) at start or
+or transactions            schedule time, naming memory, sqlite, postgres and redis (Redis
+                           answers the due-time query from a sorted set: ``ensure_index``)
 =========================  ====================================================================
 
 Other blocks schedule through :meth:`JobsBlock.schedule` too (cron bindings; actor reminders

@@ -4,14 +4,17 @@
 piece               how
 ==================  ===========================================================================
 a job               key ``job.<name>``, value the :class:`~mesh.jobs.model.Job` as JSON
-due-time index      the value's ``due`` field, indexed in SQL stores (``ensure_index``) and
-                    read with ``query(where={"kind": ..., "due": {"lte": t}}, order_by=["due"])``
+due-time index      the value's ``due`` field, indexed (``ensure_index``: an SQL index, a
+                    Redis sorted set) and read with
+                    ``query(where={"kind": ..., "due": {"lte": t}}, order_by=["due"])``
 claims, updates     one transaction per batch, each row checked against the ETag it was read
                     with; a row someone else wrote first is dropped and the rest retried
 ==================  ===========================================================================
 
-The store needs transactions and queries (memory, sqlite, postgres). Redis has no query, so no
-due-time index here: it raises :class:`~mesh.errors.FeatureNotSupported` naming those stores.
+The store needs transactions, ETags and queries: memory, sqlite and postgres answer any query;
+Redis answers only a range on an indexed number (``index_query``), so there ``list`` walks the
+due-time index and sorts by name in memory. Other stores (NATS KV) raise
+:class:`~mesh.errors.FeatureNotSupported` naming the ones that work.
 """
 
 from __future__ import annotations
@@ -20,12 +23,18 @@ import builtins
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from mesh.errors import FeatureNotSupported
 from mesh.jobs.errors import InvalidSchedule, JobExists, JobNotFound
 from mesh.jobs.model import KIND, Job, check, check_name, first_time, with_jitter
+from mesh.state.base import Page, StateItem
 from mesh.state.errors import ETagMismatch
+from mesh.state.events import INTERNAL_PREFIX
 from mesh.state.handle import StateStore
+from mesh.state.query import MISSING, encode_cursor, lookup, parse_query
 
 __all__ = ["Held", "JobStore"]
 
@@ -40,12 +49,17 @@ class Held:
     etag: str
 
 
+def index_only(store: StateStore) -> bool:
+    """Whether the store answers only range queries on an indexed path (Redis), not any query."""
+    return not store.features.query and getattr(type(store.backend), "index_query", False) is True
+
+
 def check_store(store: StateStore) -> None:
     """Raise FeatureNotSupported unless the store can hold jobs."""
     f = store.features
-    if not (f.transactions and f.query and f.etag):
+    if not (f.transactions and (f.query or index_only(store)) and f.etag):
         raise FeatureNotSupported(store.backend.type, "jobs (they need transactions and a due-time query)",
-                                  "name a memory, sqlite or postgres store in jobs.store")
+                                  "name a memory, sqlite, postgres or redis store in jobs.store")
 
 
 class JobStore:
@@ -54,6 +68,7 @@ class JobStore:
     def __init__(self, store: StateStore) -> None:
         check_store(store)
         self.store = store
+        self.index_only = index_only(store)
 
     async def prepare(self) -> None:
         """Create the due-time index (SQL stores)."""
@@ -87,8 +102,37 @@ class JobStore:
             raise JobNotFound(name)
         await self.store.delete(PREFIX + name)
 
+    async def _query(self, where: dict[str, Any], order_by: builtins.list[str], limit: int,
+                     after: str | None = None) -> Page[Job]:
+        """``store.query`` (typed to Job), or on an index-only store the backend's indexed range."""
+        if not self.index_only:
+            return await self.store.query(where, order_by=order_by, limit=limit, after=after, type=Job)
+        s = self.store
+        q = parse_query(s.name, where, order_by, limit, after, s.prefix, Job)
+        rows = await s.backend.query(q, time.time())
+        items = [StateItem(r.key[len(s.prefix):], Job.model_validate_json(r.value), r.etag)
+                 for r in rows if not r.key.startswith(INTERNAL_PREFIX)]
+        nxt = None
+        if len(rows) == q.limit:
+            doc = orjson.loads(rows[-1].value)
+            values = [lookup(doc, p) for p, _ in q.order]
+            nxt = encode_cursor([*(None if v is MISSING else v for v in values), rows[-1].key])
+        return Page(items, nxt)
+
     async def list(self, page: int = 500) -> AsyncIterator[Job]:
         """Every job, by name."""
+        if self.index_only:
+            jobs: builtins.list[Job] = []
+            cursor: str | None = None
+            while True:
+                found = await self._query({"kind": KIND, "due": {"gte": float("-inf")}}, ["due"], page, cursor)
+                jobs += [i.value for i in found.items]
+                if found.next is None:
+                    break
+                cursor = found.next
+            for job in sorted(jobs, key=lambda j: j.name):
+                yield job
+            return
         after: str | None = None
         while True:
             result = await self.store.query({"kind": KIND}, order_by=["name"], limit=page, after=after, type=Job)
@@ -112,8 +156,7 @@ class JobStore:
 
     async def due(self, before: float, limit: int) -> builtins.list[Held]:
         """Jobs whose ``due`` is at or before ``before``, soonest first."""
-        page = await self.store.query({"kind": KIND, "due": {"lte": before}}, order_by=["due"], limit=limit,
-                                      type=Job)
+        page = await self._query({"kind": KIND, "due": {"lte": before}}, ["due"], limit)
         return [Held(i.value, i.etag) for i in page.items]
 
     async def write(self, rows: Sequence[tuple[Held, Job | None]]) -> builtins.list[Held]:

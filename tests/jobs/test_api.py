@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,28 @@ import pytest
 from mesh import App, Event
 from mesh.errors import FeatureNotSupported
 from mesh.jobs import InvalidSchedule, JobExists, JobNotFound
-from tests.support import DEFAULT_URLS, unique, wait_for
+from tests.support import DEFAULT_URLS, reachable, unavailable, unique, wait_for
 
 pytestmark = pytest.mark.memory
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    """The jobs store: memory, or a Redis namespace of this test (its keys deleted afterwards)."""
+    if request.param == "memory":
+        yield {"type": "memory"}
+        return
+    if not reachable(DEFAULT_URLS["redis"], 0):
+        unavailable("redis")
+    import redis.asyncio as aioredis
+
+    ns = unique("jr")
+    yield {"type": "redis", "url": DEFAULT_URLS["redis"], "namespace": ns}
+    r = aioredis.from_url(DEFAULT_URLS["redis"])
+    keys = [k async for k in r.scan_iter(match=f"{ns}:*")]
+    if keys:
+        await r.delete(*keys)
+    await r.aclose()
 
 
 def make_app(store: dict[str, Any] | None = None, **jobs: Any) -> App:
@@ -58,14 +78,17 @@ async def test_a_duplicate_name_needs_replace() -> None:
 
 
 async def test_a_store_without_queries_is_refused_naming_the_ones_that_work() -> None:
-    app = make_app({"type": "redis", "url": DEFAULT_URLS["redis"], "namespace": unique("jr")})
-    with pytest.raises(FeatureNotSupported, match="memory, sqlite or postgres"):
-        async with app:
-            pass
+    from mesh.components import Registry
+    from mesh.jobs.store import JobStore
+    from mesh.state.block import build_store
+
+    handle, _ = build_store("jobs", {"type": "nats-kv", "url": DEFAULT_URLS["nats"]}, Registry(), "app")
+    with pytest.raises(FeatureNotSupported, match="memory, sqlite, postgres or redis"):
+        JobStore(handle)  # refused before anything is opened
 
 
-async def test_schedule_get_list_cancel_trigger() -> None:
-    async with make_app() as app:
+async def test_schedule_get_list_cancel_trigger(store: dict[str, Any]) -> None:
+    async with make_app(store) as app:
         await app.jobs.schedule("a", cron="0 2 * * *", tz="Europe/Berlin", topic="reports", type="r", data={"k": 1})
         await app.jobs.schedule("b", every=timedelta(hours=1), topic="t")
         assert [j.name async for j in app.jobs.list()] == ["a", "b"]
@@ -77,8 +100,8 @@ async def test_schedule_get_list_cancel_trigger() -> None:
             await app.jobs.trigger("b")
 
 
-async def test_a_fired_job_is_never_early_and_carries_its_name_and_time() -> None:
-    app = make_app()
+async def test_a_fired_job_is_never_early_and_carries_its_name_and_time(store: dict[str, Any]) -> None:
+    app = make_app(store)
     seen: list[tuple[float, Event]] = []
 
     @app.subscribe("fires")
@@ -101,8 +124,8 @@ async def test_a_fired_job_is_never_early_and_carries_its_name_and_time() -> Non
     assert once.extensions["meshjobtime"] == at
 
 
-async def test_a_past_one_shot_fires_at_once() -> None:
-    app = make_app()
+async def test_a_past_one_shot_fires_at_once(store: dict[str, Any]) -> None:
+    app = make_app(store)
     seen: list[Event] = []
 
     @app.subscribe("past")
@@ -115,8 +138,8 @@ async def test_a_past_one_shot_fires_at_once() -> None:
     assert [e.extensions["meshjob"] for e in seen] == ["late"]
 
 
-async def test_job_handler_runs_through_the_pipeline_and_trigger_fires_now() -> None:
-    app = make_app()
+async def test_job_handler_runs_through_the_pipeline_and_trigger_fires_now(store: dict[str, Any]) -> None:
+    app = make_app(store)
     calls: list[str] = []
 
     @app.job("report")

@@ -1,4 +1,4 @@
-"""Three App instances in separate processes sharing one jobs store (SQLite file or PostgreSQL) and
+"""Three App instances in separate processes sharing one jobs store (SQLite file, PostgreSQL, Redis) and
 Redis Streams: each due job fires exactly once, a SIGKILLed instance's claims still fire, and the
 misfire policy holds after every instance was down past a due time."""
 
@@ -39,6 +39,8 @@ def store_conf(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]
         unavailable("redis")
     if request.param == "sqlite":
         return {"type": "sqlite", "url": f"sqlite:///{tmp_path}/jobs.db"}
+    if request.param == "redis":
+        return {"type": "redis", "url": DEFAULT_URLS["redis"], "namespace": unique("jobs")}
     if not reachable(PG_URL, 0):
         unavailable("postgres")
     return {"type": "postgres", "url": PG_URL, "table": unique("jobs").replace("-", "_"), "pool_size": 4}
@@ -110,7 +112,7 @@ async def cluster(store_conf: dict[str, Any]) -> AsyncIterator[Callable[..., Any
     for c, watcher, handle in made:
         c.stop()
         await watcher.stop()
-        if store_conf["type"] == "postgres":
+        if store_conf["type"] in ("postgres", "redis"):
             await handle.backend.destroy()
         await handle.backend.close()
 
@@ -123,6 +125,7 @@ async def add_one_shots(store: JobStore, topic: str, times: list[float], **kw: A
     return names
 
 
+@pytest.mark.parametrize("store_conf", ["sqlite", "postgres", "redis"], indirect=True)
 async def test_200_jobs_due_within_two_seconds_fire_exactly_once_never_early(cluster: Any) -> None:
     c, store = await cluster()
     c.start(3)
