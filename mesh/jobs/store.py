@@ -25,16 +25,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from mesh.errors import FeatureNotSupported
 from mesh.jobs.errors import InvalidSchedule, JobExists, JobNotFound
 from mesh.jobs.model import KIND, Job, check, check_name, first_time, with_jitter
-from mesh.state.base import Page, StateItem
+from mesh.state.base import Page
 from mesh.state.errors import ETagMismatch
-from mesh.state.events import INTERNAL_PREFIX
 from mesh.state.handle import StateStore
-from mesh.state.query import MISSING, encode_cursor, lookup, parse_query
 
 __all__ = ["Held", "JobStore"]
 
@@ -51,7 +47,7 @@ class Held:
 
 def index_only(store: StateStore) -> bool:
     """Whether the store answers only range queries on an indexed path (Redis), not any query."""
-    return not store.features.query and getattr(type(store.backend), "index_query", False) is True
+    return not store.features.query and store.features.index_query
 
 
 def check_store(store: StateStore) -> None:
@@ -104,20 +100,8 @@ class JobStore:
 
     async def _query(self, where: dict[str, Any], order_by: builtins.list[str], limit: int,
                      after: str | None = None) -> Page[Job]:
-        """``store.query`` (typed to Job), or on an index-only store the backend's indexed range."""
-        if not self.index_only:
-            return await self.store.query(where, order_by=order_by, limit=limit, after=after, type=Job)
-        s = self.store
-        q = parse_query(s.name, where, order_by, limit, after, s.prefix, Job)
-        rows = await s.backend.query(q, time.time())
-        items = [StateItem(r.key[len(s.prefix):], Job.model_validate_json(r.value), r.etag)
-                 for r in rows if not r.key.startswith(INTERNAL_PREFIX)]
-        nxt = None
-        if len(rows) == q.limit:
-            doc = orjson.loads(rows[-1].value)
-            values = [lookup(doc, p) for p, _ in q.order]
-            nxt = encode_cursor([*(None if v is MISSING else v for v in values), rows[-1].key])
-        return Page(items, nxt)
+        """``store.query`` typed to Job (on Redis the indexed range it answers)."""
+        return await self.store.query(where, order_by=order_by, limit=limit, after=after, type=Job)
 
     async def list(self, page: int = 500) -> AsyncIterator[Job]:
         """Every job, by name."""

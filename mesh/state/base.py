@@ -51,6 +51,9 @@ class Features:
     """Several sets, deletes and publishes commit together or not at all."""
     query: bool = True
     """Filters on the JSON value, ordering and keyset pagination."""
+    index_query: bool = False
+    """Only a range on one ``ensure_index``'ed numeric path, ordered by it ascending (Redis): other
+    query shapes raise FeatureNotSupported."""
     outbox: bool = True
     """Change rows are written in the same transaction as the state (a relay publishes them)."""
     watch: bool = False

@@ -245,7 +245,7 @@ class StateStore:
     async def query(self, where: Mapping[str, Any] | None = None, *, order_by: Sequence[str] = (),
                     limit: int = 100, after: str | None = None, type: Any = None) -> Page[Any]:
         """Items matching a filter, ordered, one page at a time (keyset cursor in ``Page.next``)."""
-        if not self.features.query:
+        if not (self.features.query or self.features.index_query):
             raise unsupported(self.backend.type, "state queries", "use the memory, sqlite or postgres store")
         model = type if isinstance(type, builtins_type) and issubclass(type, BaseModel) else None
         q = parse_query(self.name, where, order_by, limit, after, self.prefix, model)

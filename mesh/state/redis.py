@@ -19,7 +19,7 @@ queries            partial: a range (``gt``/``gte``/``lt``/``lte``/``eq`` on a n
 =================  ===========================================================================
 
 ``Features.query`` stays off (the contract's arbitrary filters are not answered);
-:attr:`RedisStore.index_query` says the indexed range is. Scores are written as ``%.17g`` so a
+``Features.index_query`` says the indexed range is. Scores are written as ``%.17g`` so a
 float survives the trip exactly (Lua's default number format keeps 14 digits).
 """
 
@@ -166,8 +166,7 @@ def _conds(node: Cond | Node | None) -> list[Cond] | None:
 class RedisStore(Backend):
     """A store in Redis (see the module docstring)."""
 
-    features: ClassVar[Features] = Features(query=False)
-    index_query: ClassVar[bool] = True
+    features: ClassVar[Features] = Features(query=False, index_query=True)
     """A range on one ``ensure_index`` ed numeric path, ordered by it, is answered from its sorted set."""
     type: ClassVar[str] = "redis"
     db_system: ClassVar[str] = "redis"
