@@ -38,6 +38,7 @@ from mesh.errors import InvocationError, InvocationTimeout, MeshError, NoRespond
 from mesh.event import Event, ExtensionValue, new_id, now
 from mesh.invoke.protocol import MalformedMessage, parse_reply, reply_topic, request_event
 from mesh.pipeline import data_adapter
+from mesh.security import open_reply
 
 if TYPE_CHECKING:
     from mesh.invoke.presence import Presence
@@ -92,6 +93,13 @@ class Directory:
     def owner(self, actor_type: str, actor_id: str) -> str | None:
         """The instance that should run the actor now (``None``: nobody hosts the type)."""
         return owner(self.hosts(actor_type), actor_type, actor_id)
+
+    def app_of(self, instance_id: str) -> str | None:
+        """The app an instance belongs to, as presence heard (``None``: not heard of)."""
+        for app_id, instances in self.presence.apps().items():
+            if any(i.instance == instance_id for i in instances):
+                return app_id
+        return None
 
     def live(self, instance_id: str) -> bool:
         """Whether an instance is still heard of."""
@@ -179,7 +187,18 @@ class ActorCaller:
             log.warning("dropped a message on %s that is not a reply: %s", self.reply_topic, exc)
             return
         future = self._pending.get(correlation)
-        if future is not None and not future.done():
+        if future is None or future.done():
+            return
+        target = self._targets.get(correlation)
+        if target == self.runtime.instance_id:
+            app: str | None = self.runtime.id
+        else:
+            app = self.directory.app_of(target) if target else None
+        if app is not None and event.source != f"/{app}":  # only the app the call went to answers it
+            log.warning("dropped a reply to actor call %s from %r: it went to %s", correlation, event.source, target)
+            return
+        event, rejected = open_reply(self.runtime, self.reply_topic, event)  # signed replies, when on
+        if rejected is None:
             future.set_result(event)
 
     async def call(self, type: str, id: str, method: str, data: Any, timeout: float,
