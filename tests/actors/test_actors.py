@@ -41,6 +41,7 @@ EVENTS: list[tuple[str, str]] = []
 INSIDE: dict[str, int] = {}
 OVERLAPS: list[str] = []
 LOG: list[str] = []
+FLAKY: dict[str, int] = {}
 
 
 def make_app(hub: str, name: str = "shop", state: dict[str, Any] | None = None, **actors: Any) -> App:
@@ -90,7 +91,14 @@ def make_app(hub: str, name: str = "shop", state: dict[str, Any] | None = None, 
             await self.remind("wake", due=seconds, data={"why": "test"})
 
         async def on_reminder(self, name: str, data: Any) -> None:
+            if name == "flaky":
+                FLAKY[self.id] = FLAKY.get(self.id, 0) + 1
+                if FLAKY[self.id] == 1:
+                    raise RuntimeError("the first try of a flaky reminder fails")
             self.state.set("reminded", [name, data])
+
+        async def flaky(self) -> None:
+            await self.remind("flaky", due=0.1)
 
         async def reminded(self) -> Any:
             return await self.state.get("reminded")
@@ -232,6 +240,16 @@ async def test_a_reminder_is_a_job_replaced_when_set_again_and_cancelled_by_forg
         await cart.call("drop", "wake")
         assert await app.jobs.get(name) is None
         await cart.call("drop", "wake")  # forgetting a reminder not set is a no-op
+
+
+async def test_a_failing_on_reminder_is_retried_through_the_pipeline(hub: str) -> None:
+    app = make_app(hub)
+    async with app:
+        cart = app.actor("Cart", "c-flaky")
+        await cart.call("flaky")
+        await wait_for(lambda: FLAKY.get("c-flaky", 0) >= 2, 20, "the reminder's second try")
+        assert FLAKY["c-flaky"] == 2  # the turn after the call below sees the committed state
+        assert await cart.call("reminded") == ["flaky", None]
 
 
 async def test_events_routed_by_subject_reach_the_actor(hub: str) -> None:
