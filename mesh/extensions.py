@@ -52,6 +52,7 @@ destination                     what travels there
 ``_mesh.end``                   header of the end marker of a history read (RabbitMQ streams)
 
 ``_mesh.job.<app>``             fired jobs for the app's ``@app.job`` handlers (its group shares them)
+``_mesh.reminder.<app>``        fired actor reminders of the app (its group shares them)
 ==============================  =============================================================
 """
 
@@ -84,6 +85,7 @@ __all__ = [
     "REPLAY",
     "REPLY_PREFIX",
     "REPLY_TO",
+    "REMINDER_PREFIX",
     "RESERVED_PREFIX",
     "STATE_ETAG",
     "STATE_STORE",
@@ -155,6 +157,7 @@ INVOKE_PREFIX = RESERVED_PREFIX + "invoke."
 REPLY_PREFIX = RESERVED_PREFIX + "reply."
 PRESENCE_TOPIC = RESERVED_PREFIX + "presence"
 JOB_PREFIX = RESERVED_PREFIX + "job."
+REMINDER_PREFIX = RESERVED_PREFIX + "reminder."
 
 ACTOR_PREFIX = RESERVED_PREFIX + "actor."
 GROUP_MARK = RESERVED_PREFIX + "group"

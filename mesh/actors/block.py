@@ -5,7 +5,9 @@ part                   role
 =====================  =========================================================================
 ``register``           ``@app.actor(TYPE)``: an :class:`~mesh.actors.Actor` subclass this app hosts
 ``proxy``              ``app.actor(TYPE, ID)``: call any actor on the mesh (hosted here or not)
-``start``              after the state block: opens the host on the ``actors.store`` store
+``start``              after the state and jobs blocks: opens the host on the ``actors.store``
+                       store and consumes the app's reminder topic (``_mesh.reminder.<app>``)
+``reminders``          each one a job of the jobs block; fired, an actor call runs ``on_reminder``
 ``stop``               before the state block: drains turns, releases leases
 ``router``             ``@app.subscribe(topic, actor=TYPE)``: events to ``on_event`` by subject
 ``heartbeat``          hosted types and active actors, carried in presence heartbeats
@@ -21,10 +23,13 @@ from typing import TYPE_CHECKING, Any
 from mesh.actors.activation import ActorType
 from mesh.actors.actor import Actor
 from mesh.actors.config import ActorsConfig
-from mesh.actors.host import Host
+from mesh.actors.host import REMINDER_METHOD, Host
 from mesh.actors.proxy import ActorCaller, ActorProxy, Directory
+from mesh.actors.reminders import REMINDER_TYPE, Reminders, reminder_topic
+from mesh.brokers.base import Subscription
 from mesh.errors import DeadLetter, FeatureNotSupported, MeshError
 from mesh.event import Event
+from mesh.pipeline import HandlerSpec, Route
 
 if TYPE_CHECKING:
     from mesh.invoke.presence import Presence
@@ -49,6 +54,7 @@ class ActorsBlock:
         self.host: Host | None = None
         self.directory = Directory(presence, runtime.instance_id, self._hosted)
         self.caller = ActorCaller(runtime, presence, self.directory)
+        self._reminder_sub: Subscription | None = None
 
     def _hosted(self) -> list[str]:
         return list(self.types) if self.host is not None and not self.host.stopping else []
@@ -100,12 +106,33 @@ class ActorsBlock:
         if not (features.transactions and features.outbox and features.etag):
             raise FeatureNotSupported(store.backend.type, "actor state (transactions, an outbox and ETags)",
                                       "use a memory, sqlite, postgres or redis store for actors.store")
-        host = Host(self.runtime, self.config, self.types, store, self.caller, self.directory)
+        jobs = self.runtime.jobs
+        if jobs is None:
+            raise FeatureNotSupported("actors", "reminders", "an App (its jobs block keeps reminders)")
+        topic = reminder_topic(self.runtime.id)
+        host = Host(self.runtime, self.config, self.types, store, self.caller, self.directory,
+                    Reminders(jobs, topic))
         await host.start()
         self.host = host
+        route = Route(self.runtime, topic, self.runtime.id)
+        route.add(HandlerSpec(self._on_reminder, topic, self.runtime.id, {}, None))
+        route.build()
+        self._reminder_sub = await self.runtime.broker.subscribe(topic, self.runtime.id, route,
+                                                                 concurrency=route.concurrency)
+
+    async def _on_reminder(self, event: Event) -> None:
+        """A fired reminder job: call the actor (on its current owner) to run ``on_reminder``."""
+        body = event.data
+        if event.type != REMINDER_TYPE or not isinstance(body, dict) or body.get("type") not in self.types:
+            raise DeadLetter(f"not a reminder of an actor type this app hosts: {event.type} {body!r}")
+        await self.proxy(str(body["type"]), str(body["id"])).call(
+            REMINDER_METHOD, {"name": body.get("name"), "data": body.get("data")})
 
     async def stop(self, timeout: float) -> None:
         """Drain the host: queued turns finish, actors deactivate, leases are released."""
+        sub, self._reminder_sub = self._reminder_sub, None
+        if sub is not None:
+            await sub.stop(drain=False)
         host, self.host = self.host, None
         if host is not None:
             await host.stop(timeout)

@@ -8,7 +8,6 @@
       idle_after: 10m        # default idle time before an actor is deactivated
       turn_timeout: 60s      # longest turn (also bounded by the caller's deadline)
       max_depth: 16          # deepest reentrant call chain
-      reminder_poll: 1s      # how often each instance reads the reminders' due list
 """
 
 from __future__ import annotations
@@ -42,9 +41,7 @@ class ActorsConfig(BaseModel):
     """Longest a turn may run; a turn past it is cancelled and leaves the state as it was."""
     max_depth: int = Field(16, ge=1)
     """Deepest reentrant call chain (A calls B calls A ...) before ``ReentrancyError``."""
-    reminder_poll: float = Field(1.0, gt=0)
-    """Seconds between reads of the reminders' due list (the stand-in scheduler)."""
 
-    _durations = field_validator("lease", "idle_after", "turn_timeout", "reminder_poll", mode="before")(
+    _durations = field_validator("lease", "idle_after", "turn_timeout", mode="before")(
         lambda v: _duration(v)
     )

@@ -11,6 +11,7 @@ type not hosted here        error reply ``ActorTypeNotFound``
 unknown method              error reply ``MethodNotFound``
 data does not fit           error reply code ``invalid_argument``
 chain deeper than allowed   error reply ``ReentrancyError``
+method ``_reminder``        runs ``on_reminder(name, data)`` (a fired reminder, see reminders)
 same chain as running turn  a reentrant type runs it at once, nested in that turn
 not active, placed elsewhere error reply ``NotOwner`` (the caller asks placement again)
 otherwise                   queued in arrival order; the reply goes out when its turn ends
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate
@@ -34,7 +34,7 @@ from mesh import extensions as ext
 from mesh.actors.activation import Activation, ActorType, Work
 from mesh.actors.errors import ACTOR_TYPE_NOT_FOUND, NOT_OWNER, REENTRANCY_DEPTH, NotOwner
 from mesh.actors.proxy import ActorCaller, Directory, actor_topic
-from mesh.actors.reminders import Reminders, StoreScheduler
+from mesh.actors.reminders import Reminders
 from mesh.brokers.base import Delivery, Subscription
 from mesh.errors import EventError, MeshError
 from mesh.event import Event, ExtensionValue, now
@@ -53,7 +53,10 @@ if TYPE_CHECKING:
     from mesh.runtime import Runtime
     from mesh.state.handle import StateStore
 
-__all__ = ["Host"]
+__all__ = ["REMINDER_METHOD", "Host"]
+
+REMINDER_METHOD = "_reminder"
+"""The method of an actor call that delivers a fired reminder (runs ``on_reminder(name, data)``)."""
 
 log = logging.getLogger("mesh.actors")
 SHOWN_IDS = 100
@@ -70,30 +73,26 @@ class Host:
     """The actor types this instance hosts, at run time (see the module docstring)."""
 
     def __init__(self, runtime: Runtime, config: ActorsConfig, types: dict[str, ActorType], store: StateStore,
-                 caller: ActorCaller, directory: Directory) -> None:
+                 caller: ActorCaller, directory: Directory, reminders: Reminders) -> None:
         self.runtime = runtime
         self.config = config
         self.types = types
         self.store = store
         self.caller = caller
         self.directory = directory
-        self.scheduler = StoreScheduler(store)
-        self.reminders = Reminders(self.scheduler)
+        self.reminders = reminders
         self.activations: dict[tuple[str, str], Activation] = {}
         self._closing: dict[tuple[str, str], asyncio.Task[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._firing: set[str] = set()
         self._sub: Subscription | None = None
-        self._poller: asyncio.Task[None] | None = None
         self.stopping = False
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Consume this instance's actor destination and start polling reminders."""
+        """Consume this instance's actor destination."""
         topic = actor_topic(self.runtime.instance_id)
         self._sub = await self.runtime.broker.subscribe_ephemeral(topic, self._on_request, exclusive=True)
-        self._poller = asyncio.get_running_loop().create_task(self._poll(), name="mesh-actors:reminders")
 
     async def stop(self, timeout: float) -> None:
         """Drain: finish queued turns, deactivate every actor, release leases."""
@@ -101,13 +100,9 @@ class Host:
         sub, self._sub = self._sub, None
         if sub is not None:
             await sub.stop(drain=False)
-        if self._poller is not None:
-            self._poller.cancel()
         for activation in list(self.activations.values()):
             activation.retire()
         tasks = [a.task for a in self.activations.values()] + list(self._closing.values())
-        if self._poller is not None:
-            tasks.append(self._poller)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=max(0.1, timeout))
             for task in pending:
@@ -174,17 +169,21 @@ class Host:
                         f"(it hosts: {', '.join(sorted(self.types)) or 'none'})", ACTOR_TYPE_NOT_FOUND)
             return
         method = request.method
-        if method not in spec.methods:
+        if method == REMINDER_METHOD:
+            reminder = event.data if isinstance(event.data, dict) else {}
+            args: tuple[Any, ...] = (str(reminder.get("name", "")), reminder.get("data"))
+        elif method not in spec.methods:
             self._error(event, "MethodNotFound", f"actor type {actor_type!r} has no method {method!r} (it has: "
                         f"{', '.join(sorted(spec.methods))})", METHOD_NOT_FOUND)
             return
-        convert = spec.methods[method]
-        try:
-            args: tuple[Any, ...] = () if convert is None else (convert(event.data),)
-        except (ValidationError, EventError, ValueError, TypeError) as exc:
-            self._error(event, "InvalidArgument", f"the data does not fit {actor_type}.{method}: {exc}",
-                        INVALID_ARGUMENT)
-            return
+        else:
+            convert = spec.methods[method]
+            try:
+                args = () if convert is None else (convert(event.data),)
+            except (ValidationError, EventError, ValueError, TypeError) as exc:
+                self._error(event, "InvalidArgument", f"the data does not fit {actor_type}.{method}: {exc}",
+                            INVALID_ARGUMENT)
+                return
         if depth > self.config.max_depth:
             self._error(event, "ReentrancyError", f"call chain {chain} is {depth} calls deep, over "
                         f"actors.max_depth ({self.config.max_depth})", REENTRANCY_DEPTH)
@@ -194,7 +193,9 @@ class Host:
         if request.deadline is not None:
             deadline = loop.time() + (request.deadline - now()).total_seconds()
         carrier = {k: _text(event.extensions.get(k)) for k in ("traceparent", "tracestate") if k in event.extensions}
-        kind = "event" if method == "on_event" else "call"
+        kind = "event" if method == "on_event" else "reminder" if method == REMINDER_METHOD else "call"
+        if method == REMINDER_METHOD:
+            method = "on_reminder"
         work = Work(kind, method, args, None, deadline, chain, depth, propagate.extract(carrier) if carrier else None,
                     event)
         key = (actor_type, actor_id)
@@ -239,45 +240,3 @@ class Host:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    # -- reminders -----------------------------------------------------------------------------
-
-    def fire_reminder(self, actor_type: str, actor_id: str, name: str, data: Any) -> asyncio.Future[Any]:
-        """Run ``on_reminder(name, data)`` as a turn of the actor here; the future ends with it."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.submit(self.types[actor_type], actor_id, Work("reminder", "on_reminder", (name, data), future))
-        return future
-
-    async def _poll(self) -> None:
-        interval = self.config.reminder_poll
-        while True:
-            await asyncio.sleep(interval)
-            if self.stopping:
-                return
-            try:
-                entries = await self.scheduler.due(time.time())
-            except Exception as exc:
-                log.warning("reading the reminders' due list failed: %s", exc)
-                continue
-            for due in entries:
-                kind, actor_type, actor_id, name = [*due.target, "", "", "", ""][:4]
-                if kind != "actor" or actor_type not in self.types or due.name in self._firing:
-                    continue
-                if self.placed_elsewhere(actor_type, actor_id):
-                    continue
-                self._firing.add(due.name)
-                self._spawn(self._fire(due, actor_type, actor_id, name))
-
-    async def _fire(self, due: Any, actor_type: str, actor_id: str, name: str) -> None:
-        try:
-            try:
-                await self.fire_reminder(actor_type, actor_id, name, due.data)
-                ok = True
-            except Exception as exc:
-                log.warning("reminder %s of %s/%s failed: %s", name, actor_type, actor_id, exc)
-                ok = False
-            await self.scheduler.fired(due, ok, 5 * self.config.reminder_poll)
-        except Exception as exc:
-            log.warning("updating reminder %s failed: %s", due.name, exc)
-        finally:
-            self._firing.discard(due.name)

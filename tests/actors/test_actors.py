@@ -13,7 +13,9 @@ from pydantic import BaseModel
 from mesh import Actor, App, Event, InvocationTimeout, MethodNotFound, NoResponders, RemoteError
 from mesh.actors import ReentrancyError, TurnTimeout
 from mesh.actors.placement import owner
+from mesh.actors.reminders import REMINDER_TYPE, Reminders
 from mesh.brokers.memory import MemoryBroker
+from mesh.extensions import REMINDER_PREFIX
 from tests.support import unique, wait_for
 
 
@@ -30,7 +32,8 @@ def config(hub: str, **actors: Any) -> dict[str, Any]:
     return {
         "broker": {"type": "memory", "options": {"name": hub}},
         "presence": {"interval": 0.2, "expiry": 0.7, "warmup": 0.4},
-        "actors": {"lease": 1.0, "reminder_poll": 0.1, **actors},
+        "actors": {"lease": 1.0, **actors},
+        "jobs": {"store": "actors", "poll_interval": 0.1},
     }
 
 
@@ -38,6 +41,7 @@ EVENTS: list[tuple[str, str]] = []
 INSIDE: dict[str, int] = {}
 OVERLAPS: list[str] = []
 LOG: list[str] = []
+FLAKY: dict[str, int] = {}
 
 
 def make_app(hub: str, name: str = "shop", state: dict[str, Any] | None = None, **actors: Any) -> App:
@@ -87,10 +91,20 @@ def make_app(hub: str, name: str = "shop", state: dict[str, Any] | None = None, 
             await self.remind("wake", due=seconds, data={"why": "test"})
 
         async def on_reminder(self, name: str, data: Any) -> None:
+            if name == "flaky":
+                FLAKY[self.id] = FLAKY.get(self.id, 0) + 1
+                if FLAKY[self.id] == 1:
+                    raise RuntimeError("the first try of a flaky reminder fails")
             self.state.set("reminded", [name, data])
+
+        async def flaky(self) -> None:
+            await self.remind("flaky", due=0.1)
 
         async def reminded(self) -> Any:
             return await self.state.get("reminded")
+
+        async def drop(self, name: str) -> None:
+            await self.forget(name)
 
         async def on_event(self, event: Event) -> None:
             EVENTS.append((self.id, event.type))
@@ -208,6 +222,34 @@ async def test_timers_reminders_and_idle_deactivation(hub: str) -> None:
         assert await app.actor("Cart", "c-rem").call("reminded") == ["wake", {"why": "test"}]
         await app.actor("Cart", "c-idle").call("view")
         await wait_for(lambda: "deactivate c-idle" in LOG, 5, "idle deactivation")
+
+
+async def test_a_reminder_is_a_job_replaced_when_set_again_and_cancelled_by_forget(hub: str) -> None:
+    app = make_app(hub)
+    async with app:
+        cart = app.actor("Cart", "c-job")
+        name = Reminders.name("Cart", "c-job", "wake")
+        await cart.call("later", 60)
+        job = await app.jobs.get(name)
+        assert job is not None and job.topic == REMINDER_PREFIX + app.id and job.type == REMINDER_TYPE
+        assert job.data == {"type": "Cart", "id": "c-job", "name": "wake", "data": {"why": "test"}}
+        await cart.call("later", 120)  # set again: the same job, moved
+        again = await app.jobs.get(name)
+        assert again is not None and again.at is not None and job.at is not None and again.at > job.at + 30
+        assert Reminders.name("Cart", "c-job2", "wake") != name != Reminders.name("Cart", "c-job", "wake2")
+        await cart.call("drop", "wake")
+        assert await app.jobs.get(name) is None
+        await cart.call("drop", "wake")  # forgetting a reminder not set is a no-op
+
+
+async def test_a_failing_on_reminder_is_retried_through_the_pipeline(hub: str) -> None:
+    app = make_app(hub)
+    async with app:
+        cart = app.actor("Cart", "c-flaky")
+        await cart.call("flaky")
+        await wait_for(lambda: FLAKY.get("c-flaky", 0) >= 2, 20, "the reminder's second try")
+        assert FLAKY["c-flaky"] == 2  # the turn after the call below sees the committed state
+        assert await cart.call("reminded") == ["flaky", None]
 
 
 async def test_events_routed_by_subject_reach_the_actor(hub: str) -> None:

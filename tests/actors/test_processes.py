@@ -41,8 +41,11 @@ class Cluster:
         self.config: dict[str, Any] = {
             "broker": spec.config(),
             "presence": {"interval": 0.3, "expiry": 1.2, "warmup": 1.5},
-            "state": {"actors": state},
-            "actors": {"lease": 2.0, "reminder_poll": 0.3},
+            # reminders are jobs; jobs refuse Redis stores, so they always live in PostgreSQL
+            "state": {"actors": state, "jobs": {"type": "postgres", "url": DEFAULT_URLS["postgres"],
+                                                "table": self.ns.replace("-", "_") + "_jobs"}},
+            "actors": {"lease": 2.0},
+            "jobs": {"store": "jobs", "poll_interval": 0.1},
             "drain_timeout": 5,
         }
         self.procs: dict[str, subprocess.Popen[str]] = {}
@@ -75,11 +78,12 @@ class Cluster:
         for instance in list(self.procs):
             self.kill(instance, signal.SIGTERM)
         await self.client.stop()
-        if self.config["state"]["actors"]["type"] == "postgres":
-            store = self.client.state("actors")
-            await store.backend.open()
-            await store.backend.destroy()
-            await store.backend.close()
+        for name in ("actors", "jobs"):
+            if self.config["state"][name]["type"] == "postgres":
+                store = self.client.state(name)
+                await store.backend.open()
+                await store.backend.destroy()
+                await store.backend.close()
         keys = [k async for k in self.redis.scan_iter(f"*{self.ns}*")]
         if keys:
             await self.redis.delete(*keys)
