@@ -14,8 +14,8 @@ or transactions            schedule time, naming memory, sqlite, postgres and re
                            answers the due-time query from a sorted set: ``ensure_index``)
 =========================  ====================================================================
 
-Other blocks schedule through :meth:`JobsBlock.schedule` too (cron bindings; actor reminders
-later through a new ``target``).
+Other blocks schedule through the jobs block too: cron bindings (:meth:`JobsBlock.schedule`) and
+actor reminders (:meth:`JobsBlock.add`, topic jobs on ``_mesh.reminder.<app>``).
 """
 
 from __future__ import annotations

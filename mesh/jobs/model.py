@@ -67,7 +67,7 @@ class Job(BaseModel):
     """First delay between those tries; doubles each time, up to 60 s."""
     target: Target = "topic"
     """``topic``: publish on ``topic``; ``handler``: the ``@app.job`` handler; ``event``: publish a
-    stored event (delayed publish). An ``actor`` target is left for reminders."""
+    stored event (delayed publish). Actor reminders are topic jobs on ``_mesh.reminder.<app>``."""
     topic: str | None = None
     type: str = "mesh.job.fired"
     data: Any = None
