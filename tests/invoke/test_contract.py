@@ -340,10 +340,10 @@ async def test_malformed_and_stray_replies_do_not_disturb_the_caller(mesh: Mesh)
     await caller.ready()
     malformed, late = caller.malformed_replies, caller.late_replies
     broker = mesh.intruder.broker
+    stray_count = mesh.caller_recorder.peers[("late_reply", "stranger")]  # before the stray can arrive
     await broker.publish_ephemeral(caller.reply_topic, Event("junk", "/stranger", b"\x00\xff"))
     stray = Event(REPLY_TYPE, "/stranger", {"x": 1}, extensions={CORRELATION: "nope", STATUS: "ok"})
     await broker.publish_ephemeral(caller.reply_topic, stray)
-    stray_count = mesh.caller_recorder.peers[("late_reply", "stranger")]
     await wait_for(lambda: caller.malformed_replies == malformed + 1, timeout=30, what="the junk noticed")
     await wait_for(lambda: caller.late_replies > late, timeout=30, what="the stray reply noticed")
     await wait_for(

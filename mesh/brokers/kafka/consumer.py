@@ -189,8 +189,8 @@ class KafkaSubscription(Subscription):
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect, join the group and return once it assigned this member its partitions (the
-        topic and the retry topic exist: see :func:`ensure_topics`)."""
+        """Connect, join the group and return once it assigned this member its partitions, or after
+        ``join_timeout`` without any (more members than partitions: it idles until a rebalance)."""
         conn, o = self._conn, self._conn.settings
         consumer = self._consumer
         try:
@@ -205,10 +205,19 @@ class KafkaSubscription(Subscription):
         try:
             await asyncio.wait_for(self._assigned.wait(), o.join_timeout)
         except TimeoutError:
-            await self.stop(drain=False)
-            raise BrokerError(
-                f"kafka group {self.group!r} assigned no partitions of {self.name!r} within {o.join_timeout:g}s"
-            ) from None
+            if self._task.done():  # the consume loop itself ended: that is an error
+                await self.stop(drain=False)
+                raise BrokerError(
+                    f"kafka group {self.group!r} assigned no partitions of {self.name!r} within {o.join_timeout:g}s"
+                ) from None
+            # more members than partitions: this one idles until a rebalance gives it some
+            log.warning(
+                "kafka group %s has given this member no partition of %s within %gs; it consumes once a "
+                "rebalance assigns it some",
+                self.group,
+                self.name,
+                o.join_timeout,
+            )
 
     async def stop(self, drain: bool = True) -> None:
         if not self._running:

@@ -87,7 +87,8 @@ class KafkaOptions(BrokerOptions):
     """Acked offsets are committed at most this often while busy, at once when idle, and always
     on stop and on a rebalance (0: after every fetch round)."""
     join_timeout: float = Field(60.0, gt=0)
-    """Seconds ``subscribe`` waits for the group to assign partitions."""
+    """Seconds ``subscribe`` waits for the group to assign partitions; a member still without any
+    then (more members than partitions) returns anyway and idles until a rebalance gives it some."""
     ephemeral_fetch_max_wait_ms: int = Field(10, ge=0)
     """``fetch_max_wait_ms`` of the group-less consumers of the mesh's own short-lived topics
     (invocation replies, presence): a reply waits at most about this long in an idle fetch."""
