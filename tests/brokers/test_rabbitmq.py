@@ -648,7 +648,7 @@ async def test_subscription_survives_a_server_restart(make: Make) -> None:
 
     async def slow(delivery: Delivery) -> None:
         assert delivery.event is not None
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.03)  # 300 events take 9 s: stop_app comes before the first batch is done
         handled.add(delivery.event.data["i"])
         await delivery.ack()
 
