@@ -300,7 +300,7 @@ class Activation:
         await self._run_turn(work, nested)
         answer, work.answer = work.answer, None
         if answer is not None and work.request is not None:
-            await self.host.answer(work.request, *answer)  # from the loop: no task per reply
+            await self.host.answer(work.request, *answer, ran=True)  # from the loop: no task per reply
 
     async def _run_turn(self, work: Work, nested: bool) -> None:
         loop = asyncio.get_running_loop()

@@ -5,9 +5,10 @@ part                   role
 =====================  =========================================================================
 ``register``           ``@app.actor(TYPE)``: an :class:`~mesh.actors.Actor` subclass this app hosts
 ``proxy``              ``app.actor(TYPE, ID)``: call any actor on the mesh (hosted here or not)
-``start``              after the state and jobs blocks: opens the host on the ``actors.store``
-                       store and consumes the app's reminder topic (``_mesh.reminder.<app>``)
-``reminders``          each one a job of the jobs block; fired, an actor call runs ``on_reminder``
+``start``              after the state and jobs blocks: opens the host on the ``actors.store`` store
+``reminders``          each one a job of the jobs block aimed at ``_mesh.reminder.<app>``, a local
+                       receiver of the jobs block: the instance that fires it calls the actor
+                       (on its current owner), which runs ``on_reminder``; nothing is published
 ``stop``               before the state block: drains turns, releases leases
 ``router``             ``@app.subscribe(topic, actor=TYPE)``: events to ``on_event`` by subject
 ``heartbeat``          hosted types and active actors, carried in presence heartbeats
@@ -26,10 +27,8 @@ from mesh.actors.config import ActorsConfig
 from mesh.actors.host import REMINDER_METHOD, Host
 from mesh.actors.proxy import ActorCaller, ActorProxy, Directory
 from mesh.actors.reminders import REMINDER_TYPE, Reminders, reminder_topic
-from mesh.brokers.base import Subscription
 from mesh.errors import DeadLetter, FeatureNotSupported, MeshError
 from mesh.event import Event
-from mesh.pipeline import HandlerSpec, Route
 
 if TYPE_CHECKING:
     from mesh.invoke.presence import Presence
@@ -54,7 +53,8 @@ class ActorsBlock:
         self.host: Host | None = None
         self.directory = Directory(presence, runtime.instance_id, self._hosted)
         self.caller = ActorCaller(runtime, presence, self.directory)
-        self._reminder_sub: Subscription | None = None
+        if runtime.jobs is not None:  # whichever instance fires a reminder calls the actor itself
+            runtime.jobs.local(reminder_topic(runtime.id), self._on_reminder)
 
     def _hosted(self) -> list[str]:
         return list(self.types) if self.host is not None and not self.host.stopping else []
@@ -114,25 +114,18 @@ class ActorsBlock:
                     Reminders(jobs, topic))
         await host.start()
         self.host = host
-        route = Route(self.runtime, topic, self.runtime.id)
-        route.add(HandlerSpec(self._on_reminder, topic, self.runtime.id, {}, None))
-        route.build()
-        self._reminder_sub = await self.runtime.broker.subscribe(topic, self.runtime.id, route,
-                                                                 concurrency=route.concurrency)
 
     async def _on_reminder(self, event: Event) -> None:
-        """A fired reminder job: call the actor (on its current owner) to run ``on_reminder``."""
+        """A fired reminder job: call the actor (on its current owner) to run ``on_reminder``; a
+        failed call raises, so the jobs block fires it again (``retries`` with ``backoff``)."""
         body = event.data
-        if event.type != REMINDER_TYPE or not isinstance(body, dict) or body.get("type") not in self.types:
-            raise DeadLetter(f"not a reminder of an actor type this app hosts: {event.type} {body!r}")
+        if event.type != REMINDER_TYPE or not isinstance(body, dict) or not body.get("type") or not body.get("id"):
+            raise MeshError(f"not a reminder of an actor: {event.type} {body!r}")
         await self.proxy(str(body["type"]), str(body["id"])).call(
             REMINDER_METHOD, {"name": body.get("name"), "data": body.get("data")})
 
     async def stop(self, timeout: float) -> None:
         """Drain the host: queued turns finish, actors deactivate, leases are released."""
-        sub, self._reminder_sub = self._reminder_sub, None
-        if sub is not None:
-            await sub.stop(drain=False)
         host, self.host = self.host, None
         if host is not None:
             await host.stop(timeout)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import propagate
@@ -61,6 +62,8 @@ REMINDER_METHOD = "_reminder"
 log = logging.getLogger("mesh.actors")
 SHOWN_IDS = 100
 """Active actor ids listed per type in a heartbeat (the count is always exact)."""
+KEPT_ANSWERS = 4096
+"""Answers kept for calls sent again (a caller resends when it thinks the owner vanished)."""
 
 
 def _text(value: ExtensionValue | None) -> str:
@@ -86,6 +89,10 @@ class Host:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sub: Subscription | None = None
         self.stopping = False
+        self._taken: set[tuple[str, str]] = set()
+        """(source, id) of the requests queued or running here: a copy sent again is dropped."""
+        self._answers: OrderedDict[tuple[str, str], tuple[BaseException | None, Any]] = OrderedDict()
+        """The last ``KEPT_ANSWERS`` answers of turns that ran: a copy sent again gets the answer again."""
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -198,6 +205,13 @@ class Host:
             method = "on_reminder"
         work = Work(kind, method, args, None, deadline, chain, depth, propagate.extract(carrier) if carrier else None,
                     event)
+        taken = (event.source, event.id)
+        if taken in self._taken:
+            return  # a copy of a call queued or running here: its answer goes to the same reply id
+        done = self._answers.get(taken)
+        if done is not None:
+            self.answer_later(event, *done)  # a copy of a call that ran here: the same answer
+            return
         key = (actor_type, actor_id)
         activation = self.activations.get(key)
         if activation is not None and spec.reentrant and chain and activation.running_chain() == chain:
@@ -208,14 +222,23 @@ class Host:
             self.answer_later(event, NotOwner("NotOwner", f"{self.runtime.instance_id} does not own actor "
                                               f"{actor_type}/{actor_id}", NOT_OWNER), None)
             return
+        self._taken.add(taken)
         self.submit(spec, actor_id, work)
 
     def answer_later(self, request: Event, error: BaseException | None, result: Any) -> None:
         """Send the reply to a request (in the background)."""
         self._spawn(self.answer(request, error, result))
 
-    async def answer(self, request: Event, error: BaseException | None, result: Any) -> None:
-        """Send the reply to a request: the result, or the error with its type, message and code."""
+    async def answer(self, request: Event, error: BaseException | None, result: Any, ran: bool = False) -> None:
+        """Send the reply to a request: the result, or the error with its type, message and code.
+        ``ran``: a turn ran it (a copy of the request sent again later gets the same answer)."""
+        taken = (request.source, request.id)
+        if taken in self._taken:
+            self._taken.discard(taken)
+            if ran and not isinstance(error, NotOwner):  # NotOwner: its writes were fenced off
+                self._answers[taken] = (error, result)
+                if len(self._answers) > KEPT_ANSWERS:
+                    self._answers.popitem(last=False)
         if error is None:
             reply = ok_reply(request, self.runtime.source, result)
         else:

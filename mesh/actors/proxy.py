@@ -211,6 +211,7 @@ class ActorCaller:
         expires = now() + timedelta(seconds=timeout)
         await self.ready()
         chain = chain or new_id()
+        call_id = new_id()  # every send of this call carries it: an owner runs it at most once
         backoff = 0.02
         with span(tracer, f"call actor {type}.{method}", kind=trace.SpanKind.CLIENT,
                   attributes={"actor.type": type, "actor.id": id, "actor.method": method}):
@@ -222,7 +223,7 @@ class ActorCaller:
                                            f"{ext.PRESENCE_TOPIC})")
                     await self._pause(0.05, deadline, type, id, method)
                     continue
-                reply = await self._send(target, type, id, method, data, chain, depth, expires, deadline)
+                reply = await self._send(target, call_id, type, id, method, data, chain, depth, expires, deadline)
                 if reply is None:
                     continue  # the owner vanished: ask placement again
                 _, ok, result = parse_reply(reply)
@@ -240,8 +241,8 @@ class ActorCaller:
             raise InvocationTimeout(f"no reply from actor {type}/{id}.{method} before the deadline")
         await asyncio.sleep(min(seconds, remaining))
 
-    async def _send(self, target: str, type: str, id: str, method: str, data: Any, chain: str, depth: int,
-                    expires: Any, deadline: float) -> Event | None:
+    async def _send(self, target: str, call_id: str, type: str, id: str, method: str, data: Any, chain: str,
+                    depth: int, expires: Any, deadline: float) -> Event | None:
         loop = asyncio.get_running_loop()
         extensions: dict[str, ExtensionValue] = {
             ext.ACTOR_TYPE: type, ext.ACTOR_ID: id, ext.CALL_CHAIN: chain, ext.CALL_DEPTH: depth + 1}
@@ -249,7 +250,7 @@ class ActorCaller:
         propagate.inject(carrier)
         extensions.update({k: v for k, v in carrier.items() if k in ("traceparent", "tracestate")})
         event = request_event(self.runtime.source, method, data, reply_to=self.reply_topic, deadline=expires,
-                              key=f"{type}/{id}", extensions=extensions)
+                              key=f"{type}/{id}", extensions=extensions, id=call_id)
         topic = actor_topic(target)
         if self.runtime.attribute_hooks:
             event = self.runtime.with_attributes(topic, event)

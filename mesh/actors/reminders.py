@@ -6,14 +6,17 @@ question                        answer
 where                           a job ``reminder.<hash of type, id, name>`` in the jobs store
                                 (``jobs.store``); setting it again replaces it, cancelling
                                 the reminder cancels the job
-firing                          the job publishes on ``_mesh.reminder.<app>`` (the app's
-                                group shares it); the handler calls the actor, which runs
-                                ``on_reminder(name, data)`` as a turn on its current owner
+firing                          the job is aimed at ``_mesh.reminder.<app>``, a local receiver
+                                of the jobs block: the instance that fires it calls the actor
+                                (nothing is published, no consumer group is involved), which
+                                runs ``on_reminder(name, data)`` as a turn on its current owner
 survives a full restart         yes: the job is in the store; any instance fires it, the
                                 call goes to whichever instance owns the actor then
-fires twice?                    at least once (the jobs block's leases, then the delivery
-                                pipeline): ``on_reminder`` should be idempotent
-a failing ``on_reminder``       the handler raises: retried, then dead-lettered, as any event
+fires twice?                    at least once (the jobs block's leases; a call whose reply was
+                                lost is made again): ``on_reminder`` should be idempotent
+a failing ``on_reminder``       the call fails: fired again ``RETRIES`` times with doubling
+                                ``BACKOFF``, then that fire is dropped with an ERROR line (a
+                                periodic reminder still fires at its next time)
 ==============================  =============================================================
 """
 
@@ -34,6 +37,10 @@ __all__ = ["REMINDER_TYPE", "Reminders", "reminder_topic"]
 
 REMINDER_TYPE = "mesh.actor.reminder"
 """The CloudEvents type of a fired reminder."""
+RETRIES = 5
+"""How many times a fire whose actor call failed is made again."""
+BACKOFF = 0.5
+"""Seconds before the first of those tries (doubling, at most 60 s)."""
 
 
 def reminder_topic(app_id: str) -> str:
@@ -58,7 +65,7 @@ class Reminders:
                   data: Any) -> None:
         """Set (or replace) a reminder of an actor."""
         job = Job(name=self.name(actor_type, actor_id, reminder), at=time.time() + due, every=period or None,
-                  target="topic", topic=self.topic, type=REMINDER_TYPE,
+                  target="topic", topic=self.topic, type=REMINDER_TYPE, retries=RETRIES, backoff=BACKOFF,
                   data={"type": actor_type, "id": actor_id, "name": reminder, "data": data}, created=time.time())
         await self.jobs.add(job, replace=True)
 

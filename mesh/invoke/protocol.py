@@ -115,9 +115,11 @@ def request_event(
     deadline: datetime,
     key: str | None = None,
     extensions: dict[str, ExtensionValue] | None = None,
+    id: str | None = None,
 ) -> Event:
-    """A new request (a fresh id per call: retries get their own)."""
-    event = Event(REQUEST_TYPE, source, data, subject=method)
+    """A new request (a fresh id per call unless ``id`` is given: invoke retries get their own; an
+    actor call sent again keeps its id, so its owner can tell it already has it)."""
+    event = Event(REQUEST_TYPE, source, data, subject=method, id=id)
     ext: dict[str, ExtensionValue] = dict(extensions) if extensions else {}
     ext[REPLY_TO] = reply_to
     ext[DEADLINE] = deadline

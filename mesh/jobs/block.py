@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -89,6 +89,7 @@ class JobsBlock:
         """Where fired jobs for ``@app.job`` handlers travel (consumed by the app's group)."""
         self.store: JobStore | None = None
         self.scheduler: Scheduler | None = None
+        self._local: dict[str, Callable[[Event], Awaitable[None]]] = {}
         self._own: StateStore | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -118,10 +119,23 @@ class JobsBlock:
             store = JobStore(handle)
             await store.prepare()
             self.store = store
-            self.scheduler = Scheduler(store, self.config, self.runtime.instance_id, self.runtime.send,
+            self.scheduler = Scheduler(store, self.config, self.runtime.instance_id, self._send,
                                        self.runtime.source, self.topic)
             self._task = asyncio.get_running_loop().create_task(self.scheduler.run(), name="mesh-jobs")
             return store
+
+    def local(self, topic: str, receive: Callable[[Event], Awaitable[None]]) -> None:
+        """Fire jobs aimed at ``topic`` by awaiting ``receive(event)`` in the firing instance instead
+        of publishing them (the mesh's own receivers: actor reminders). ``receive`` raising counts as
+        a failed fire: retried ``retries`` times with ``backoff``, then dropped with an ERROR line."""
+        self._local[topic] = receive
+
+    async def _send(self, topic: str, event: Event) -> Event:
+        receive = self._local.get(topic)
+        if receive is None:
+            return await self.runtime.send(topic, event)
+        await receive(event)
+        return event
 
     async def stop(self) -> None:
         """Stop firing (claims not yet fired are given back) and close the embedded store."""

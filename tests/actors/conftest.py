@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from tests.conftest import _spec
 from tests.support import DEFAULT_URLS, BrokerSpec, reachable, unavailable
 
-SETUPS = [("nats", "redis"), ("rabbitmq", "redis"), ("nats", "postgres")]
-# ("kafka", "redis") is not run in CI: with reminders as jobs every host joins a group on a
-# one-partition reserved topic, and on Tansu those group rebalances and fetch timeouts made the
-# three-process tests flaky (issue #16 stays open for it). MESH_TEST_ACTORS_KAFKA=1 runs it.
-if os.environ.get("MESH_TEST_ACTORS_KAFKA"):
-    SETUPS.insert(2, ("kafka", "redis"))
+SETUPS = [("nats", "redis"), ("rabbitmq", "redis"), ("kafka", "redis"), ("nats", "postgres")]
 
 
 @pytest.fixture(params=[pytest.param(s, marks=[getattr(pytest.mark, s[0]), getattr(pytest.mark, s[1])],

@@ -242,7 +242,7 @@ async def test_a_reminder_is_a_job_replaced_when_set_again_and_cancelled_by_forg
         await cart.call("drop", "wake")  # forgetting a reminder not set is a no-op
 
 
-async def test_a_failing_on_reminder_is_retried_through_the_pipeline(hub: str) -> None:
+async def test_a_failing_on_reminder_is_fired_again_by_the_jobs_block(hub: str) -> None:
     app = make_app(hub)
     async with app:
         cart = app.actor("Cart", "c-flaky")
@@ -250,6 +250,50 @@ async def test_a_failing_on_reminder_is_retried_through_the_pipeline(hub: str) -
         await wait_for(lambda: FLAKY.get("c-flaky", 0) >= 2, 20, "the reminder's second try")
         assert FLAKY["c-flaky"] == 2  # the turn after the call below sees the committed state
         assert await cart.call("reminded") == ["flaky", None]
+
+
+async def test_a_call_sent_twice_runs_once_and_both_copies_get_its_answer(hub: str) -> None:
+    # a caller sends a call again (same id) when it believes the owner vanished; a live owner must
+    # not run it twice, whether the first copy is still queued or already answered
+    from datetime import timedelta
+
+    from mesh import extensions as ext
+    from mesh.actors.proxy import actor_topic
+    from mesh.event import now
+    from mesh.invoke.protocol import parse_reply, reply_topic, request_event
+
+    app = make_app(hub)
+    async with app:
+        await app.actor("Cart", "c-dup").call("view")  # active here
+        replies: list[Event] = []
+
+        async def on_reply(delivery: Any) -> None:
+            await delivery.ack()
+            replies.append(delivery.event)
+
+        inbox = reply_topic(unique("inbox"))
+        sub = await app.runtime.broker.subscribe_ephemeral(inbox, on_reply, exclusive=True)
+        try:
+            def copy(call_id: str) -> Event:
+                return request_event("/caller", "add", {"sku": "once"}, reply_to=inbox,
+                                     deadline=now() + timedelta(seconds=10), id=call_id,
+                                     extensions={ext.ACTOR_TYPE: "Cart", ext.ACTOR_ID: "c-dup"})
+
+            topic = actor_topic(app.runtime.instance_id)
+            await app.runtime.broker.publish_ephemeral(topic, copy("call-1"))
+            await app.runtime.broker.publish_ephemeral(topic, copy("call-1"))  # while the first is in hand
+            await wait_for(lambda: len(replies) >= 1, 10, "the first answer")
+            await app.runtime.broker.publish_ephemeral(topic, copy("call-1"))  # after it was answered
+            await wait_for(lambda: len(replies) >= 2, 10, "the answer to the late copy")
+            await app.runtime.broker.publish_ephemeral(topic, copy("call-2"))  # another call runs
+            await wait_for(lambda: len(replies) >= 3, 10, "the other call's answer")
+        finally:
+            await sub.stop()
+        results = [parse_reply(r) for r in replies]
+        assert [r[0] for r in results] == ["call-1", "call-1", "call-2"]
+        assert results[0][2] == results[1][2] == {"lines": [{"sku": "once", "qty": 1}]}
+        view = await app.actor("Cart", "c-dup").call("view", result_type=CartView)
+        assert [i.sku for i in view.lines] == ["once", "once"]  # call-1 once, call-2 once
 
 
 async def test_events_routed_by_subject_reach_the_actor(hub: str) -> None:
