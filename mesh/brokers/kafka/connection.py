@@ -112,10 +112,22 @@ def reason(exc: BaseException, timeout: float | None = None) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def quietly(aw: Any) -> None:
-    """Await a close step; log and forget its failure."""
+CLOSE_TIMEOUT = 10.0
+"""Seconds a close step may take (aiokafka's consumer stop waits for fetches in flight)."""
+
+
+async def quietly(aw: Any, timeout: float = CLOSE_TIMEOUT) -> None:
+    """Await a close step for at most ``timeout`` seconds; log and forget its failure (a
+    ``CancelledError`` the client raises from inside, as aiokafka's fetcher can while it closes,
+    included: only a cancellation of the calling task goes on)."""
     try:
-        await aw
+        async with asyncio.timeout(timeout):
+            await aw
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("kafka close step was cancelled inside the client")
     except Exception as exc:  # best effort while closing
         log.debug("kafka close step failed: %s", exc)
 
