@@ -36,6 +36,7 @@ from mesh.event import Event, ExtensionValue
 from mesh.hooks import hookimpl
 from mesh.invoke import Invocation, InvokeHandle, InvokeLayer
 from mesh.invoke.protocol import INVOKE_PREFIX
+from mesh.telemetry import tracing_on
 from mesh.types import Context, Handle, HandlerLayer, Publish, PublishLayer, SubscriptionInfo
 
 if TYPE_CHECKING:
@@ -75,8 +76,7 @@ def sdk_tracer() -> trace.Tracer | None:
     """The mesh tracer once a real tracer provider is set; ``None`` while spans would be no-ops."""
     global _tracer
     if _tracer is None:
-        provider = trace.get_tracer_provider()
-        if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        if not tracing_on():
             return None
         _tracer = trace.get_tracer(TRACER_NAME, __version__)
     return _tracer

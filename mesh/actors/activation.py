@@ -34,12 +34,12 @@ from opentelemetry import metrics, trace
 
 from mesh.actors.actor import ABSENT, HOOKS, Actor, ActorState
 from mesh.actors.errors import NOT_OWNER, NotOwner, TurnTimeout
-from mesh.actors.placement import span as span_of
 from mesh.codecs.data import json_dumps
 from mesh.errors import InvalidHandler
 from mesh.event import Event
 from mesh.pipeline import data_adapter
 from mesh.state.errors import ETagMismatch
+from mesh.telemetry import span as span_of
 
 if TYPE_CHECKING:
     from mesh.actors.host import Host
@@ -258,12 +258,7 @@ class Activation:
                 if self.retiring or self.lost:
                     return
                 self.wake.clear()
-                idle = self.idle_after - (loop.time() - self.last_used)
-                if idle <= 0:
-                    return
-                timer = loop.call_later(idle, self.wake.set)
-                await self.wake.wait()
-                timer.cancel()
+                await self.wake.wait()  # work, retire() (idle: see _keep) or a lost lease
                 continue
             work = self.queue.popleft()
             QUEUED.add(-1, self._attrs)
@@ -415,11 +410,24 @@ class Activation:
         return True
 
     async def _keep(self) -> None:
-        """Renew the lease every lease/3 seconds; hand the actor over when placement moved it."""
+        """Renew the lease every lease/3 seconds; hand the actor over when placement moved it;
+        retire it once idle (no call for ``idle_after``; checked here, not by a timer per wait)."""
+        loop = asyncio.get_running_loop()
+        every = self.host.config.lease / 3
+        step = min(every, max(self.idle_after / 4, 0.05))
+        renewed = loop.time()
         while not self.closing:  # a flag as well as cancel(): a store client may swallow a cancellation
-            await asyncio.sleep(self.host.config.lease / 3)
+            await asyncio.sleep(step)
             if self.closing:
                 return
+            t = loop.time()
+            if (not self.retiring and not self.queue and not self._stack
+                    and t - self.last_used >= self.idle_after):
+                log.debug("actor %s/%s is idle", self.spec.name, self.id)
+                self.retire()
+            if t - renewed < every - step / 2:
+                continue
+            renewed = t
             if not self.retiring and self.host.placed_elsewhere(self.spec.name, self.id):
                 log.info("actor %s/%s moves to another instance", self.spec.name, self.id)
                 self.retire()

@@ -5,21 +5,15 @@ list the actor types each instance hosts): the host with the highest ``hash(host
 When a host joins, only the actors for which it now scores highest move to it (its fair share);
 when one leaves, only its actors move, each to its second-best host. No placement service.
 
-Pure functions: no broker, no clock (and :func:`span`, the blocks' span helper).
+Pure functions: no broker, no clock.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from contextlib import AbstractContextManager, nullcontext
-from typing import Any
 
-from opentelemetry import trace
-
-_NO_SPAN: AbstractContextManager[trace.Span] = nullcontext(trace.INVALID_SPAN)
-
-__all__ = ["owner", "score", "span"]
+__all__ = ["owner", "score"]
 
 
 def score(host: str, actor_type: str, actor_id: str) -> int:
@@ -39,9 +33,3 @@ def owner(hosts: Iterable[str], actor_type: str, actor_id: str) -> str | None:
     return best
 
 
-def span(tracer: trace.Tracer, name: str, **options: Any) -> AbstractContextManager[trace.Span]:
-    """A span made current, or a no-op when no tracer provider is installed (the hot path then
-    skips context attach/detach; incoming ``traceparent`` still propagates)."""
-    if isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider):
-        return _NO_SPAN
-    return tracer.start_as_current_span(name, **options)

@@ -32,13 +32,14 @@ from pydantic import ValidationError
 
 from mesh import extensions as ext
 from mesh.actors.errors import NotOwner, actor_error
-from mesh.actors.placement import owner, span
+from mesh.actors.placement import owner
 from mesh.brokers.base import Delivery, Subscription
 from mesh.errors import InvocationError, InvocationTimeout, MeshError, NoResponders
 from mesh.event import Event, ExtensionValue, new_id, now
 from mesh.invoke.protocol import MalformedMessage, parse_reply, reply_topic, request_event
 from mesh.pipeline import data_adapter
 from mesh.security import open_reply
+from mesh.telemetry import span
 
 if TYPE_CHECKING:
     from mesh.invoke.presence import Presence
@@ -64,6 +65,7 @@ class Directory:
         self.instance_id = instance_id
         self.hosted = hosted
         self._hosts: dict[str, list[str]] = {}
+        self._apps: dict[str, str] = {}  # live instance -> its app
         self._live: set[str] = set()
         self._at = -1.0
 
@@ -73,9 +75,11 @@ class Directory:
             return
         hosts: dict[str, set[str]] = {}
         live: set[str] = set()
-        for instances in self.presence.apps().values():
+        apps: dict[str, str] = {}
+        for app_id, instances in self.presence.apps().items():
             for instance in instances:
                 live.add(instance.instance)
+                apps[instance.instance] = app_id
                 for actor_type in instance.actors:
                     hosts.setdefault(actor_type, set()).add(instance.instance)
         for actor_type in self.hosted():
@@ -83,6 +87,7 @@ class Directory:
             live.add(self.instance_id)
         self._hosts = {k: sorted(v) for k, v in hosts.items()}
         self._live = live
+        self._apps = apps
         self._at = t
 
     def hosts(self, actor_type: str) -> list[str]:
@@ -96,10 +101,8 @@ class Directory:
 
     def app_of(self, instance_id: str) -> str | None:
         """The app an instance belongs to, as presence heard (``None``: not heard of)."""
-        for app_id, instances in self.presence.apps().items():
-            if any(i.instance == instance_id for i in instances):
-                return app_id
-        return None
+        self._refresh()
+        return self._apps.get(instance_id)
 
     def live(self, instance_id: str) -> bool:
         """Whether an instance is still heard of."""

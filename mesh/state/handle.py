@@ -40,6 +40,7 @@ from mesh.state.base import Backend, Op, Page, Row, StateItem, new_etag
 from mesh.state.errors import ETagMismatch, InvalidKey, InvalidValue, unsupported
 from mesh.state.events import CHANGED, DELETED, EXT_ETAG, EXT_STORE, INTERNAL_PREFIX
 from mesh.state.query import MISSING, encode_cursor, lookup, parse_path, parse_query
+from mesh.telemetry import tracing_on
 
 __all__ = ["StateStore", "Transaction"]
 
@@ -56,10 +57,9 @@ def sdk_tracer() -> trace.Tracer | None:
     """The ``mesh.state`` tracer once a real tracer provider is set; ``None`` while spans would be no-ops."""
     global _tracer
     if _tracer is None:
-        provider = trace.get_tracer_provider()
-        if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        if not tracing_on():
             return None
-        _tracer = provider.get_tracer("mesh.state")
+        _tracer = trace.get_tracer_provider().get_tracer("mesh.state")
     return _tracer
 
 
