@@ -1,15 +1,17 @@
-"""Consumers of the Redis Streams adapter: one consumer of a consumer group per subscription.
+"""Subscriptions of the Redis Streams adapter: one stream of one consumer group each.
 
-A :class:`RedisConsumer` takes the broker's :class:`~.connection.RedisConnection` and reads with
-XREADGROUP (``COUNT`` and ``BLOCK``); acks are batched into one XACK before the next read. An
-entry stays pending until acked:
+A :class:`RedisConsumer` takes the broker's :class:`~.connection.RedisConnection` and the
+:mod:`.reader` that reads its stream together with the group's other streams (one XREADGROUP
+for many); its own worker runs the handler, so one busy subscription never holds up another.
+Acks are batched into one XACK when the worker has nothing waiting (and coalesced with other
+subscriptions' into one pipeline). An entry stays pending until acked:
 
 ======================  ======================================================================
 what happens            what the consumer does
 ======================  ======================================================================
 ``ack()``               the id joins the next XACK (sent at once when the consumer stopped)
 ``nack()``              XCLAIM to the same consumer (the delivery count goes up), handled again
-                        before the next read
+                        by the worker before the entries already waiting
 ``nack(delay)``         the id goes into the group's delay set with its due time (Redis server
                         time); any consumer of the group takes due ids atomically and XCLAIMs
                         them, later entries keep flowing
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError, ResponseError
 
@@ -40,8 +42,18 @@ from mesh.codecs.redis import from_fields, lossy
 from mesh.errors import BrokerError, DecodeError
 from mesh.event import Event
 
-if TYPE_CHECKING:
-    from mesh.brokers.redis.reader import GroupReader
+
+class Reader(Protocol):
+    """What a subscription needs of the reader that reads its stream (:mod:`.reader`)."""
+
+    group: str
+    name: str
+
+    def add(self, sub: RedisConsumer) -> None: ...
+
+    async def remove(self, sub: RedisConsumer) -> None: ...
+
+    def detach(self, sub: RedisConsumer) -> None: ...
 
 __all__ = ["FORGET_IDLE_MS", "GIVE_BACK_IDLE_MS", "RedisConsumer", "RedisDelivery"]
 
@@ -115,7 +127,7 @@ class RedisConsumer(Subscription):
     def __init__(
         self,
         conn: RedisConnection,
-        reader: GroupReader,
+        reader: Reader,
         topic: str,
         handler: DeliveryHandler,
         concurrency: int,
