@@ -55,6 +55,7 @@ class Reader(Protocol):
 
     def detach(self, sub: RedisConsumer) -> None: ...
 
+
 __all__ = ["FORGET_IDLE_MS", "GIVE_BACK_IDLE_MS", "RedisConsumer", "RedisDelivery"]
 
 log = logging.getLogger("mesh.broker.redis")
