@@ -18,12 +18,18 @@ import sys
 import time
 from importlib import metadata
 
-from benchmarks import codec, invoke, pubsub
+from benchmarks import codec, invoke, pubsub, subscriptions
 
 PACKAGES = ("aiokafka", "aio-pika", "nats-py", "redis", "faststream", "cloudevents", "orjson", "pydantic")
 SIZES = {
-    "full": {"codec": 200_000, "pubsub": 20_000, "invoke": (2000, 5000), "memory": 1_000_000},
-    "quick": {"codec": 2_000, "pubsub": 300, "invoke": (20, 100), "memory": 5_000},
+    "full": {
+        "codec": 200_000,
+        "pubsub": 20_000,
+        "invoke": (2000, 5000),
+        "memory": 1_000_000,
+        "subscriptions": [100, 1000],
+    },
+    "quick": {"codec": 2_000, "pubsub": 300, "invoke": (20, 100), "memory": 5_000, "subscriptions": [20]},
 }
 
 
@@ -53,7 +59,7 @@ def machine() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="every benchmark: codec, pub/sub, invoke, memory")
+    parser = argparse.ArgumentParser(description="every benchmark: codec, pub/sub, invoke, subscriptions, memory")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, numbers mean nothing)")
     parser.add_argument("--brokers", default=",".join(pubsub.BROKERS), help="comma-separated broker types")
     args = parser.parse_args(argv)
@@ -70,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     n, calls = sizes["invoke"]
     print(f"\n# invoke (--n {n} --calls {calls} --concurrency 50)\n")
     invoke.main(["--brokers", ",".join(b for b in brokers if b in invoke.ALL), "--n", str(n), "--calls", str(calls)])
+    print(f"\n# many subscriptions (--n {','.join(map(str, sizes['subscriptions']))})\n")
+    print(subscriptions.HEADER, flush=True)
+    subscriptions.run(brokers, sizes["subscriptions"])
     print(
         f"\n# memory (--events {sizes['memory']}, a fresh process: the parts above loaded every client)\n", flush=True
     )

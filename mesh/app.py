@@ -447,10 +447,7 @@ class App:
         try:
             await self._state.start()  # before the handlers, which may use it
             await self.jobs.start()  # after the state block: its store may be one of them
-            for route in self._routes.values():
-                route.build()
-                sub = await self.broker.subscribe(route.topic, route.group, route, concurrency=route.concurrency)
-                self._subscriptions.append(sub)
+            await self._subscribe_all()
             await self.callee.start()
             await self.actors.start()  # after the state block, whose store it uses
             await self.presence.start(listen=bool(self.callee.methods) or self.actors.hosting)
@@ -465,6 +462,27 @@ class App:
             raise
         self.started = self._invocable = True
         self.hooks.app_started(self.runtime)
+
+    async def _subscribe_all(self) -> None:
+        """Start every subscription at once: an app of many topics pays round trips, not their sum
+        (the broker coalesces what it can). Those that started are kept even when one fails, so
+        ``broker.close()`` stops them; the first failure is raised."""
+        routes = list(self._routes.values())
+        for route in routes:
+            route.build()
+        broker = self.broker
+        results = await asyncio.gather(
+            *(broker.subscribe(r.topic, r.group, r, concurrency=r.concurrency) for r in routes),
+            return_exceptions=True,
+        )
+        failed: BaseException | None = None
+        for result in results:
+            if isinstance(result, BaseException):
+                failed = failed or result
+            else:
+                self._subscriptions.append(result)
+        if failed is not None:
+            raise failed
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop consuming, let handlers in flight finish, then disconnect.

@@ -37,7 +37,7 @@ def test_the_one_command_prints_the_machine_and_every_part(capsys) -> None:  # t
 
     main(["--quick", "--brokers", "memory"])
     out = capsys.readouterr().out
-    for part in ("# machine", "# codec", "# publish -> subscribe", "# invoke", "# memory"):
+    for part in ("# machine", "# codec", "# publish -> subscribe", "# invoke", "# many subscriptions", "# memory"):
         assert part in out
     assert "| memory |" in out and "nats-py" in out
 
@@ -53,3 +53,12 @@ def test_cpu_benchmark_prints_both_sides_for_each_contender(capsys) -> None:  # 
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("nats ")]
     assert [row[1] for row in rows] == ["raw", "mesh"]
     assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
+
+
+def test_subscriptions_benchmark_runs_a_tiny_memory_row(capsys) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import subscriptions
+
+    rows = subscriptions.run(["memory"], [5])
+    assert rows[0]["broker"] == "memory" and rows[0]["n"] == 5 and "error" not in rows[0]
+    assert rows[0]["start"] >= 0 and rows[0]["deliver"] > 0
+    assert "| memory | 5 |" in subscriptions.table(rows)

@@ -24,7 +24,8 @@ RANKS = {
     "groups": 3,
     "core": 4,
     "jetstream": 4,
-    "broker": 4,
+    "reader": 4,
+    "broker": 5,
 }
 
 

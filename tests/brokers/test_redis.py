@@ -95,12 +95,14 @@ class Got:
 
 def crash(broker: RedisBroker) -> None:
     """Kill every subscription of a broker as a SIGKILL would: no ack, no give-back."""
+    for reader in list(broker._readers):
+        reader.kill()
     for sub in list(broker._subs):
         sub.running = False
-        sub._task.cancel()
-        sub._lease.cancel()
+        sub._worker.cancel()
         sub._stopped = True
     broker._subs.clear()
+    broker._readers.clear()
 
 
 # -- the binding ----------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The Kafka adapter (aiokafka): topics, consumer groups, manual commits, a retry topic per group.
 
 What it creates: a topic per mesh topic (``options.partitions``, ``options.replication_factor``)
-and, per subscription, a retry topic ``_mesh.retry.<group>.<topic>``. A subscription is one
-Kafka consumer in consumer group ``group`` reading both (see :mod:`mesh.brokers.kafka.consumer`
-for commits, nacks and the retry topic). Keyed events are partitioned by murmur2 of
+and, per subscription, a retry topic ``_mesh.retry.<group>.<topic>``. The subscriptions of one group
+share one Kafka consumer, one member of consumer group ``group`` reading all their topics
+(:mod:`mesh.brokers.kafka.reader`; see :mod:`mesh.brokers.kafka.consumer` for commits, nacks
+and the retry topic). Keyed events are partitioned by murmur2 of
 ``partitionkey`` as the Java client does, so order per key holds within a partition.
 
 Delivery: at least once. Offsets are committed by hand, only below the lowest delivery not yet
@@ -25,10 +26,11 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from mesh.brokers.base import Broker, DeliveryHandler, Features, Subscription
 from mesh.brokers.kafka.connection import KafkaConnection, parse_servers, reason, record_of
-from mesh.brokers.kafka.consumer import KafkaDelivery, KafkaSubscription, ensure_topics, wait_for_peers
+from mesh.brokers.kafka.consumer import KafkaDelivery, KafkaSubscription, ensure_topics
 from mesh.brokers.kafka.ephemeral import EphemeralSubscription
 from mesh.brokers.kafka.history import KafkaGroups, KafkaHistory
 from mesh.brokers.kafka.options import KafkaOptions
+from mesh.brokers.kafka.reader import GroupReader, wait_for_peers
 from mesh.codecs.binary import encode
 from mesh.codecs.bindings import KAFKA
 from mesh.errors import BrokerError, ConfigError, PublishError
@@ -96,7 +98,7 @@ class KafkaBroker(Broker):
     )
     settings: KafkaOptions
     # Members of one group in this process, to wait for a rebalance a new member causes.
-    _members: ClassVar[dict[tuple[int, str, str], weakref.WeakSet[KafkaSubscription]]] = {}
+    _members: ClassVar[dict[tuple[int, str, str], weakref.WeakSet[GroupReader]]] = {}
 
     tls_supported = True
     auth_fields = frozenset({"mechanism", "username", "password"})
@@ -118,6 +120,8 @@ class KafkaBroker(Broker):
         self._known = conn.known  # the connection's set: read on every publish
         self._producer: AIOKafkaProducer | None = None  # the connection's, kept here for publish
         self._subs: list[KafkaSubscription] = []
+        self._readers: list[GroupReader] = []
+        self._made: dict[str, int] = {}  # readers made per group (the suffix of static member ids)
         self._ephemeral: list[EphemeralSubscription] = []
 
     def __repr__(self) -> str:
@@ -134,8 +138,9 @@ class KafkaBroker(Broker):
         for eph in ephemeral:
             await eph.stop()
         subs, self._subs = self._subs, []
-        for sub in subs:
-            await sub.stop()
+        await asyncio.gather(*(sub.stop() for sub in subs))  # together: their members leave once
+        for reader in list(self._readers):
+            await reader.close()
         self._producer = None
         await self.connection.close()
 
@@ -175,13 +180,41 @@ class KafkaBroker(Broker):
         self, topic: str, group: str, handler: DeliveryHandler, *, concurrency: int = 1
     ) -> Subscription:
         await ensure_topics(self.connection, topic, group)
-        sub = KafkaSubscription(self.connection, topic, group, handler, concurrency, self._forget)
-        await sub.start()
+        reader = self._reader_for(topic, group)
+        sub = KafkaSubscription(self.connection, reader, topic, group, handler, concurrency, self._forget)
+        await reader.add(sub)
         self._subs.append(sub)
-        members = self._members.setdefault(self._group_key(group), weakref.WeakSet())
-        members.add(sub)
-        await wait_for_peers(sub, members, self.settings.join_timeout)
+        limit = self.settings.join_timeout
+        if not await sub.wait_assigned(limit):
+            if reader.failed:  # the fetch loop itself ended: that is an error
+                await sub.stop(drain=False)
+                raise BrokerError(f"kafka group {group!r} assigned no partitions of {sub.name!r} within {limit:g}s")
+            # more members than partitions: this one idles until a rebalance gives it some
+            log.warning(
+                "kafka group %s has given this member no partition of %s within %gs; it consumes once a "
+                "rebalance assigns it some",
+                group,
+                sub.name,
+                limit,
+            )
+        await wait_for_peers(reader, self._members.get(self._group_key(group), weakref.WeakSet()), limit)
         return sub
+
+    def _reader_for(self, topic: str, group: str) -> GroupReader:
+        """The member of ``group`` that can read ``topic`` too, or a new one."""
+        name = self.name_of(topic)
+        for reader in self._readers:
+            if reader.group == group and reader.has_room(name):
+                return reader
+        made = self._made.get(group, 0)
+        self._made[group] = made + 1
+        instance = self.settings.group_instance_id
+        if instance is not None and made:
+            instance = f"{instance}-{made}"
+        reader = GroupReader(self.connection, group, instance, self._forget_reader)
+        self._readers.append(reader)
+        self._members.setdefault(self._group_key(group), weakref.WeakSet()).add(reader)
+        return reader
 
     def _group_key(self, group: str) -> tuple[int, str, str]:
         return (id(asyncio.get_running_loop()), ",".join(self.connection.servers), group)
@@ -190,10 +223,15 @@ class KafkaBroker(Broker):
         """Drop a stopped subscription from the broker's books."""
         if sub in self._subs:
             self._subs.remove(sub)
-        key = self._group_key(sub.group)
+
+    def _forget_reader(self, reader: GroupReader) -> None:
+        """Drop a member that left its group."""
+        if reader in self._readers:
+            self._readers.remove(reader)
+        key = self._group_key(reader.group)
         members = self._members.get(key)
         if members is not None:
-            members.discard(sub)
+            members.discard(reader)
             if not members:
                 del self._members[key]
 

@@ -1,7 +1,9 @@
-"""The consuming half of the Kafka adapter: one subscription = one consumer in a group.
+"""The subscriptions of the Kafka adapter: a topic and its retry topic, read by the group's member.
 
-A :class:`KafkaSubscription` reads its topic and its retry topic, hands each record to a
-:class:`~mesh.brokers.base.HandlerRunner` as a :class:`KafkaDelivery`, and commits by hand:
+A :class:`KafkaSubscription` gets the records of its topic and its retry topic from the one
+consumer its group shares in this broker (:mod:`.reader`), hands each to a
+:class:`~mesh.brokers.base.HandlerRunner` as a :class:`KafkaDelivery` from its own worker, and
+has them committed by hand:
 per partition, :class:`PartitionOffsets` tracks the offsets handed out and commits only below
 the lowest one not yet acked (handlers running with ``concurrency > 1`` finish out of order),
 every ``commit_interval_ms``, when idle, on stop and when a rebalance revokes partitions.
@@ -14,7 +16,7 @@ at that record until it is, so nothing else waits.
 A record that cannot be turned into a delivery, whatever raises (a null header the codec trips
 on, say), is logged once and handed on as undecodable (``event`` None, a ``DecodeError``): the
 loop never dies on one record. The subscription takes the broker's
-:class:`~mesh.brokers.kafka.connection.KafkaConnection`, never the broker.
+:class:`~mesh.brokers.kafka.connection.KafkaConnection` and its reader, never the broker.
 """
 
 from __future__ import annotations
@@ -23,32 +25,28 @@ import asyncio
 import contextlib
 import logging
 import time
-import weakref
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
-from mesh.brokers.base import RESERVED_PREFIX, Delivery, DeliveryHandler, HandlerRunner, Subscription
+from mesh.brokers.base import RESERVED_PREFIX, Delivery, DeliveryHandler, HandlerRunner, Mailbox, Subscription
 from mesh.brokers.kafka.connection import (
     ATTEMPT_HEADER,
     CONTENT_TYPE,
     DUE_HEADER,
     ORIGIN_HEADER,
     KafkaConnection,
-    quietly,
-    reason,
     salvage,
     unreadable,
 )
 from mesh.codecs.binary import WireMessage, decode
-from mesh.errors import BrokerConnectionError, BrokerError, DecodeError, PublishError
+from mesh.errors import DecodeError, PublishError
 from mesh.event import Event
-from mesh.logs import log_connection_lost, log_reconnected
 
-__all__ = ["KafkaDelivery", "KafkaSubscription", "PartitionOffsets", "ensure_topics", "wait_for_peers"]
+__all__ = ["POLL_MS", "KafkaDelivery", "KafkaSubscription", "PartitionOffsets", "ensure_topics"]
 
 log = logging.getLogger("mesh.broker.kafka")
 
@@ -125,110 +123,83 @@ class PartitionOffsets:
         self.boundary = inflight[0] if inflight else offset + 1
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Tells the subscription when the group takes partitions away and hands them out."""
+class Reader(Protocol):
+    """What a subscription needs of the group member that fetches for it (:mod:`.reader`)."""
 
-    def __init__(self, sub: KafkaSubscription) -> None:
-        self._sub = sub
+    def pause(self, tps: Iterable[TopicPartition]) -> None: ...
 
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self._sub.revoked(revoked)
+    def resume(self, tps: Iterable[TopicPartition]) -> None: ...
 
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        self._sub.assigned(assigned)
+    def seek(self, tp: TopicPartition, offset: int) -> None: ...
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> bool: ...
+
+    async def remove(self, sub: KafkaSubscription) -> None: ...
 
 
 class KafkaSubscription(Subscription):
-    """One consumer in ``group`` reading ``topic`` and its retry topic (see the module docstring).
+    """One subscription: its topic and retry topic, read by a shared group member (see the module docstring).
 
-    Build it once both topics exist (:func:`ensure_topics`): its consumer is made here and must
-    be started and stopped. ``on_stop`` is called with the subscription once it stopped (the broker's bookkeeping).
+    Build it once both topics exist (:func:`ensure_topics`) and hand it to its reader. The
+    reader hands it records (:meth:`take`); its own worker runs the handler, so a busy handler
+    holds up no other subscription of the member. ``on_stop`` is called with the subscription
+    once it stopped (the broker's bookkeeping).
     """
 
     def __init__(
         self,
         conn: KafkaConnection,
+        reader: Reader,
         topic: str,
         group: str,
         handler: DeliveryHandler,
         concurrency: int,
         on_stop: Callable[[KafkaSubscription], None],
     ) -> None:
-        o = conn.settings
         self.topic = topic
         self.group = group
         self.name = conn.name_of(topic)
         """The Kafka topic read."""
         self.retry_topic = conn.retry_topic(topic, group)
+        self.topics = (self.name, self.retry_topic)
+        """Every Kafka topic the subscription reads."""
         self._conn = conn
-        self._consumer = conn.consumer(
-            group_id=group,
-            group_instance_id=f"{o.group_instance_id}-{topic}" if o.group_instance_id else None,
-            enable_auto_commit=False,
-            auto_offset_reset=o.initial_offset,
-            fetch_max_wait_ms=o.fetch_max_wait_ms,
-            max_poll_records=o.max_poll_records,
-            session_timeout_ms=o.session_timeout_ms,
-            heartbeat_interval_ms=o.heartbeat_interval_ms,
-            max_poll_interval_ms=o.max_poll_interval_ms,
-            rebalance_timeout_ms=o.rebalance_timeout_ms,
-        )
+        self._reader = reader
         self._on_stop = on_stop
         self._runner = HandlerRunner(handler, concurrency, topic)
+        self._mailbox: Mailbox[KafkaDelivery | None] = Mailbox()
+        self._high = max(conn.settings.max_poll_records, concurrency)
         self._parts: dict[TopicPartition, PartitionOffsets] = {}
         self._redeliver: deque[KafkaDelivery] = deque()
         self._timers: dict[TopicPartition, asyncio.TimerHandle] = {}
         self._assigned = asyncio.Event()
         self._running = True
-        self._fetching = False
-        self._lost = False  # a fetch failed and none has worked since
-        self._task: asyncio.Task[None] | None = None
-        self._commit_every = o.commit_interval_ms / 1000
-        self._last_commit = 0.0
+        self._idle = False  # the worker waits for records (nothing to finish)
+        self._throttled = False  # its partitions are paused until the worker catches up
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"mesh-kafka:{self.name}:{group}")
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Connect, join the group and return once it assigned this member its partitions, or after
-        ``join_timeout`` without any (more members than partitions: it idles until a rebalance)."""
-        conn, o = self._conn, self._conn.settings
-        consumer = self._consumer
+    async def wait_assigned(self, timeout: float) -> bool:
+        """Wait until the group assigned the member this subscription's topics (False after ``timeout``)."""
         try:
-            async with asyncio.timeout(o.connect_timeout):
-                await consumer.start()  # connects only: it is not subscribed yet
-        except (KafkaError, OSError, TimeoutError) as exc:
-            await quietly(consumer.stop())
-            raise BrokerConnectionError("kafka", conn.address, reason(exc, o.connect_timeout)) from exc
-        consumer.subscribe([self.name, self.retry_topic], listener=_Listener(self))  # joins in the background
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._loop(), name=f"mesh-kafka:{self.name}:{self.group}")
-        try:
-            await asyncio.wait_for(self._assigned.wait(), o.join_timeout)
+            await asyncio.wait_for(self._assigned.wait(), timeout)
         except TimeoutError:
-            if self._task.done():  # the consume loop itself ended: that is an error
-                await self.stop(drain=False)
-                raise BrokerError(
-                    f"kafka group {self.group!r} assigned no partitions of {self.name!r} within {o.join_timeout:g}s"
-                ) from None
-            # more members than partitions: this one idles until a rebalance gives it some
-            log.warning(
-                "kafka group %s has given this member no partition of %s within %gs; it consumes once a "
-                "rebalance assigns it some",
-                self.group,
-                self.name,
-                o.join_timeout,
-            )
+            return False
+        return True
 
     async def stop(self, drain: bool = True) -> None:
         if not self._running:
             return
         self._running = False
-        task = self._task
-        if task is not None:
-            if self._fetching or not drain:
-                task.cancel()  # waiting for records, or told not to wait: nothing to finish
-            with contextlib.suppress(asyncio.CancelledError):
-                await task  # with drain, the loop finishes the handler it is running
+        self._reader.pause(list(self._parts))  # nothing more is fetched for it
+        worker = self._worker
+        if self._idle or not drain:
+            worker.cancel()  # waiting for records, or told not to wait: nothing to finish
+        else:
+            self._mailbox.put_nowait(None)  # with drain, the worker finishes its handler, then exits
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
         if drain:
             await self._runner.drain()
         for timer in self._timers.values():
@@ -236,86 +207,83 @@ class KafkaSubscription(Subscription):
         self._timers.clear()
         self._redeliver.clear()
         await self._commit()
-        await quietly(self._consumer.stop())  # leaves the group: uncommitted records go back
+        await self._reader.remove(self)  # its topics leave the member: uncommitted records go back
         self._on_stop(self)
 
-    # -- the fetch loop --------------------------------------------------------------------------
+    # -- records from the reader -----------------------------------------------------------------
 
-    async def _loop(self) -> None:
-        consumer = self._consumer
-        runner = self._runner
+    def take(self, tp: TopicPartition, records: list[Any]) -> None:
+        """Queue fetched records of one partition for the worker (a retry not yet due holds its
+        partition at that record); a full queue pauses the subscription's partitions."""
+        part = self._parts.get(tp)
+        if part is None or not self._running:
+            return
         binding = self._conn.wire
         topic = self.topic
-        retry_topic = self.retry_topic
-        loop = asyncio.get_running_loop()
-        redeliver = self._redeliver
+        is_retry = tp.topic == self.retry_topic
+        put = self._mailbox.put_nowait
+        for record in records:
+            if not part.live:
+                break
+            attempt = 1
+            origin = None
+            if is_retry:
+                due, attempt, origin = _retry_headers(record.headers)
+                if due > time.time() * 1000:
+                    self._defer(tp, record.offset, due)
+                    break
+            part.inflight.append(record.offset)
+            # inline, not connection.read_record: the hot path (same steps, no tuple per record)
+            try:
+                headers = dict(record.headers)  # values stay bytes: the codec decodes lazily
+                ctype = headers.get(CONTENT_TYPE)
+                if ctype is not None:  # a null content-type is absent
+                    ctype = ctype.decode()
+                key = record.key
+                if key is not None:
+                    key = key.decode("utf-8", "replace")
+                msg = WireMessage(record.value or b"", headers, key, ctype)
+                fallback = origin or f"{record.topic}:{record.partition}:{record.offset}"
+                try:
+                    delivery = KafkaDelivery(
+                        self, part, record, decode(msg, binding, topic, fallback), msg, None, attempt
+                    )
+                except DecodeError as exc:
+                    delivery = KafkaDelivery(self, part, record, None, msg, exc, attempt)
+            except UnicodeDecodeError:
+                raw, error = salvage(record, "content-type header is not UTF-8")
+                delivery = KafkaDelivery(self, part, record, None, raw, error, attempt)
+            except Exception as exc:  # one record never stops the loop: handed on as undecodable
+                raw, error = unreadable(record, exc)
+                delivery = KafkaDelivery(self, part, record, None, raw, error, attempt)
+            put(delivery)
+        if not self._throttled and self._mailbox.qsize() >= self._high:
+            self._throttled = True
+            self._reader.pause(list(self._parts))
+
+    # -- the worker ------------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        mailbox = self._mailbox
+        submit = self._runner.submit
         while self._running:
-            if redeliver:
+            if self._redeliver:
                 await self._redeliver_now()
                 continue
-            self._fetching = True
-            try:
-                batch = await consumer.getmany(timeout_ms=POLL_MS)
-            except KafkaError as exc:
-                if not self._lost:  # one line per outage, then one when fetching works again
-                    self._lost = True
-                    log_connection_lost("kafka", self._conn.address, f"fetch for {topic} failed: {exc}")
-                await asyncio.sleep(0.5)
-                continue
-            except Exception:  # keep consuming whatever the client throws
-                log.exception("kafka fetch for %s failed unexpectedly, retrying", topic)
-                await asyncio.sleep(0.5)
-                continue
-            finally:
-                self._fetching = False
-            if self._lost:
-                self._lost = False
-                log_reconnected("kafka", self._conn.address)
-            parts = self._parts
-            for tp, records in batch.items():
-                part = parts.get(tp)
-                if part is None:
-                    continue
-                is_retry = tp.topic == retry_topic
-                for record in records:
-                    if not part.live or not self._running:
-                        break
-                    attempt = 1
-                    origin = None
-                    if is_retry:
-                        due, attempt, origin = _retry_headers(record.headers)
-                        if due > time.time() * 1000:
-                            self._defer(tp, record.offset, due)
-                            break
-                    part.inflight.append(record.offset)
-                    # inline, not connection.read_record: the hot path (same steps, no tuple per record)
-                    try:
-                        headers = dict(record.headers)  # values stay bytes: the codec decodes lazily
-                        ctype = headers.get(CONTENT_TYPE)
-                        if ctype is not None:  # a null content-type is absent
-                            ctype = ctype.decode()
-                        key = record.key
-                        if key is not None:
-                            key = key.decode("utf-8", "replace")
-                        msg = WireMessage(record.value or b"", headers, key, ctype)
-                        fallback = origin or f"{record.topic}:{record.partition}:{record.offset}"
-                        try:
-                            delivery = KafkaDelivery(
-                                self, part, record, decode(msg, binding, topic, fallback), msg, None, attempt
-                            )
-                        except DecodeError as exc:
-                            delivery = KafkaDelivery(self, part, record, None, msg, exc, attempt)
-                    except UnicodeDecodeError:
-                        raw, error = salvage(record, "content-type header is not UTF-8")
-                        delivery = KafkaDelivery(self, part, record, None, raw, error, attempt)
-                    except Exception as exc:  # one record never stops the loop: handed on as undecodable
-                        raw, error = unreadable(record, exc)
-                        delivery = KafkaDelivery(self, part, record, None, raw, error, attempt)
-                    await runner.submit(delivery)
-                    if redeliver:
-                        await self._redeliver_now()
-            if not batch or loop.time() - self._last_commit >= self._commit_every:
-                await self._commit()
+            if mailbox.empty():
+                if self._throttled:
+                    self._throttled = False
+                    self._reader.resume([tp for tp in self._parts if tp not in self._timers])
+                self._idle = True
+                try:
+                    delivery = await mailbox.get()
+                finally:
+                    self._idle = False
+            else:
+                delivery = mailbox.get_nowait()
+            if delivery is None or not self._running or not delivery.part.live:
+                continue  # a wake-up; stopping; or its partition went to another member
+            await submit(delivery)
 
     async def _redeliver_now(self) -> None:
         redeliver = self._redeliver
@@ -327,10 +295,10 @@ class KafkaSubscription(Subscription):
     def _defer(self, tp: TopicPartition, offset: int, due: float) -> None:
         """Hold a retry partition at a record that is not due yet; resume it when it is."""
         try:
-            self._consumer.seek(tp, offset)
-            self._consumer.pause(tp)
-        except KafkaError:  # revoked meanwhile: the next owner defers it
+            self._reader.seek(tp, offset)
+        except (KafkaError, AssertionError):  # revoked meanwhile: the next owner defers it
             return
+        self._reader.pause([tp])
         old = self._timers.pop(tp, None)
         if old is not None:
             old.cancel()
@@ -339,15 +307,15 @@ class KafkaSubscription(Subscription):
 
     def _resume(self, tp: TopicPartition) -> None:
         self._timers.pop(tp, None)
-        if self._running and tp in self._parts:
-            with contextlib.suppress(KafkaError):
-                self._consumer.resume(tp)
+        if self._running and tp in self._parts and not self._throttled:
+            self._reader.resume([tp])
 
     # -- acks, nacks and commits -------------------------------------------------------------------
 
     def requeue(self, delivery: KafkaDelivery) -> None:
         """Hand a delivery to the handler again, in process, before later records."""
         self._redeliver.append(delivery)
+        self._mailbox.put_nowait(None)  # wakes the worker
 
     async def retry_later(self, delivery: KafkaDelivery, delay: float) -> None:
         """Write a copy to the retry topic, due in ``delay`` seconds, then ack the original."""
@@ -361,28 +329,29 @@ class KafkaSubscription(Subscription):
             await self._conn.send(self.retry_topic, record.value, record.key, headers)
         except PublishError as exc:  # keep it unacked and retry in process instead
             log.warning("cannot write a retry for %s, redelivering in process: %s", self.topic, exc)
-            loop = asyncio.get_running_loop()
-            loop.call_later(delay, self._redeliver.append, delivery)
+            asyncio.get_running_loop().call_later(delay, self.requeue, delivery)
             return
         delivery.part.ack(record.offset)
 
-    async def _commit(self, only: Any = None) -> None:
-        self._last_commit = asyncio.get_running_loop().time()
-        offsets = {}
-        for tp, part in self._parts.items():
-            if part.boundary > part.committed and (only is None or tp in only):
-                offsets[tp] = part.boundary
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-        except KafkaError as exc:
-            log.info("kafka commit for group %s failed (redelivered later): %s", self.group, exc)
-            return
+    def committable(self, only: Any = None) -> dict[TopicPartition, int]:
+        """The offsets to commit: every partition acked past its last commit (``only`` these)."""
+        return {
+            tp: part.boundary
+            for tp, part in self._parts.items()
+            if part.boundary > part.committed and (only is None or tp in only)
+        }
+
+    def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Kafka took ``offsets``: remember them."""
         for tp, offset in offsets.items():
             current = self._parts.get(tp)
             if current is not None:
                 current.committed = max(current.committed, offset)
+
+    async def _commit(self, only: Any = None) -> None:
+        offsets = self.committable(only)
+        if offsets and await self._reader.commit(offsets):
+            self.committed(offsets)
 
     async def revoked(self, revoked: Any) -> None:
         """A rebalance takes partitions away: commit what was acked in them, then forget them."""
@@ -397,16 +366,13 @@ class KafkaSubscription(Subscription):
                 timer.cancel()
 
     def assigned(self, assigned: Any) -> None:
-        """The group handed out partitions: track offsets in each from scratch."""
+        """The group handed out partitions (maybe none of this topic's): track offsets in each from scratch."""
         for tp in assigned:
             if tp not in self._parts:
                 self._parts[tp] = PartitionOffsets(tp)
+        if self._throttled:
+            self._reader.pause(assigned)
         self._assigned.set()
-
-    @property
-    def is_assigned(self) -> asyncio.Event:
-        """Set while the group has given this member its partitions (cleared during a rebalance)."""
-        return self._assigned
 
     @property
     def running(self) -> bool:
@@ -420,18 +386,6 @@ async def ensure_topics(conn: KafkaConnection, topic: str, group: str) -> None:
     await conn.ensure(conn.name_of(topic), o.partitions)
     retry_config = {} if o.retry_retention_ms is None else {"retention.ms": str(o.retry_retention_ms)}
     await conn.ensure(conn.retry_topic(topic, group), o.retry_partitions or o.partitions, retry_config)
-
-
-async def wait_for_peers(sub: KafkaSubscription, members: weakref.WeakSet[KafkaSubscription], limit: float) -> None:
-    """A new member makes the group rebalance: wait until this process's other members of the
-    group have their partitions back, so a group is ready when ``subscribe`` returns. (Every
-    member revoked before this one got its assignment, so none is missed.)"""
-    peers = [m.is_assigned.wait() for m in members if m is not sub and m.running]
-    if peers:
-        try:
-            await asyncio.wait_for(asyncio.gather(*peers), limit)
-        except TimeoutError:
-            log.warning("kafka group %s: other members got no partitions within %gs", sub.group, limit)
 
 
 def _header(headers: Any, name: str) -> bytes | None:

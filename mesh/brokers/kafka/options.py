@@ -81,8 +81,9 @@ class KafkaOptions(BrokerOptions):
     """How long the group waits for members to rejoin (default: ``max_poll_interval_ms``)."""
     group_instance_id: str | None = None
     """Static membership: a stable id per process (e.g. the pod name) so a restart within
-    ``session_timeout_ms`` keeps its partitions without a rebalance. The mesh appends the topic,
-    since each subscription is its own member."""
+    ``session_timeout_ms`` keeps its partitions without a rebalance. The subscriptions of a group
+    share one member, which takes this id (a second member of the group in the same broker, for a
+    second subscription to one topic, takes ``<id>-1``, and so on)."""
     commit_interval_ms: int = Field(1_000, ge=0)
     """Acked offsets are committed at most this often while busy, at once when idle, and always
     on stop and on a rebalance (0: after every fetch round)."""

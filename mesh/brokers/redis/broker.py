@@ -1,8 +1,10 @@
 """Redis Streams adapter (redis.asyncio): a stream per topic, a consumer group per mesh group.
 
 Names: the stream key is the topic (namespace applied); a mesh group is a Redis
-consumer group; every subscription is one consumer in it, named ``<client_id>-<random>`` (or
-the ``consumer_name`` option). Delayed redeliveries of a group live in the sorted set
+consumer group; the subscriptions of one group share a reader (:mod:`.reader`: one XREADGROUP
+for up to a thousand streams), which is one consumer in each of their groups, named
+``<client_id>-<random>`` (or the ``consumer_name`` option, ``-1``, ``-2`` ... for further
+readers). Delayed redeliveries of a group live in the sorted set
 ``<namespace>_mesh.delay:{<stream>}:<group>`` (the hash tag keeps it in the stream's slot).
 
 Binding (``schemas/redis-binding.md``): binary mode writes fields ``ce_<attr>``,
@@ -15,7 +17,8 @@ The broker composes the parts around one :class:`~.connection.RedisConnection`:
 part                     module
 =======================  =====================================================================
 client, publish          :mod:`.connection` (concurrent XADDs coalesced into pipelines)
-subscriptions            :mod:`.consumer` (XREADGROUP, acks, nacks, delays, take-overs)
+subscriptions            :mod:`.consumer` (acks, nacks, delays, give-back), read by
+                         :mod:`.reader` (XREADGROUP over many streams, batched take-overs)
 ephemeral subscriptions  :mod:`.ephemeral` (XREAD without a group; XADD NOMKSTREAM)
 ``broker.history``       :mod:`.history` (XRANGE by id or time)
 ``broker.groups``        :mod:`.groups` (an entry marked ``_mesh.group``)
@@ -24,6 +27,7 @@ ephemeral subscriptions  :mod:`.ephemeral` (XREAD without a group; XADD NOMKSTRE
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any, ClassVar
 
@@ -37,6 +41,7 @@ from mesh.brokers.redis.ephemeral import EphemeralSubscription, ephemeral_args
 from mesh.brokers.redis.groups import RedisGroups
 from mesh.brokers.redis.history import RedisHistory
 from mesh.brokers.redis.options import RedisOptions
+from mesh.brokers.redis.reader import GroupReader
 from mesh.codecs.binary import encode
 from mesh.codecs.bindings import REDIS
 from mesh.codecs.redis import to_fields
@@ -89,6 +94,8 @@ class RedisBroker(Broker):
         self._xadd = conn.xadd
         self._trim = conn.trim
         self._subs: list[RedisConsumer] = []
+        self._readers: list[GroupReader] = []
+        self._made: dict[str, int] = {}  # readers made per group (the suffix of stable names)
         self._ephemeral: list[EphemeralSubscription] = []
 
     @property
@@ -112,8 +119,7 @@ class RedisBroker(Broker):
         for eph in ephemeral:
             await eph.stop()
         subs, self._subs = self._subs, []
-        for sub in subs:
-            await sub.stop()
+        await asyncio.gather(*(sub.stop() for sub in subs))  # together: they share their readers' reads
         await self.connection.close()  # publishes riding a pipeline finish first
 
     def _forget(self, sub: RedisConsumer) -> None:
@@ -136,21 +142,36 @@ class RedisBroker(Broker):
             raise conn.not_connected()
         stream = self.name_of(topic)
         start = "0" if self.settings.initial_offset == "earliest" else "$"
-        try:
-            await conn.execute("XGROUP", "CREATE", stream, group, start, "MKSTREAM")
+        try:  # coalesced: many subscriptions starting together create their groups in one pipeline
+            await conn.call("XGROUP", "CREATE", stream, group, start, "MKSTREAM")
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise BrokerError(f"cannot create group {group!r} on stream {stream!r}: {exc}") from exc
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, BrokerError) as exc:
             raise BrokerError(f"cannot subscribe to {stream!r} on redis at {self.address}: {exc}") from exc
+        sub = RedisConsumer(conn, self._reader_for(stream, group), topic, handler, concurrency, self._forget)
+        self._subs.append(sub)
+        return sub
+
+    def _reader_for(self, stream: str, group: str) -> GroupReader:
+        """The reader of ``group`` with room for ``stream``, or a new one (a consumer name of its own)."""
+        mine = [r for r in self._readers if r.group == group]
+        for reader in mine:
+            if reader.has_room(stream):
+                return reader
         name = self.settings.consumer_name
         if name is None:
             name = f"{self.client_id}-{uuid.uuid4().hex[:12]}"
-        elif any(s.stream == stream and s.group == group and s.name == name for s in self._subs):
-            name = f"{name}-{len(self._subs)}"
-        sub = RedisConsumer(conn, topic, group, name, handler, concurrency, self._forget)
-        self._subs.append(sub)
-        return sub
+        elif mine:
+            name = f"{name}-{self._made[group]}"  # a stable name per reader, in the order they are made
+        self._made[group] = self._made.get(group, 0) + 1
+        reader = GroupReader(self.connection, group, name, self._forget_reader)
+        self._readers.append(reader)
+        return reader
+
+    def _forget_reader(self, reader: GroupReader) -> None:
+        if reader in self._readers:
+            self._readers.remove(reader)
 
     # -- ephemeral destinations (invocation replies and requests, presence) --------------------
 

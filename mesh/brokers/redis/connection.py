@@ -16,7 +16,9 @@ member              what
                     raises :class:`BrokerError` "not connected" before ``open()``
 ``script``          the group script (:mod:`.script`, EVALSHA, loaded again on NOSCRIPT)
 ``trim``            the ``MAXLEN`` arguments of every XADD to a topic's stream
-``xadd``            send one XADD, coalesced into a pipeline with concurrent ones
+``xadd``            send one XADD, coalesced into a pipeline with concurrent commands
+``call``            send any non-blocking command the same way (acks, claims, group creation)
+``run_script``      EVALSHA the group script through ``call`` (one pipeline for many streams)
 ``ensure_stream``   create an empty stream (no entry, no group) unless one exists
 ``error``,          the one place the adapter's error texts are made
 ``publish_error``
@@ -26,15 +28,17 @@ Security: ``broker.tls`` makes every connection TLS (whatever the URL's scheme) 
 built by :func:`mesh.brokers.tls.ssl_context`; ``broker.auth`` username/password override the
 ``username``/``password`` options, which override the URL's.
 
-Publishes are coalesced: while one XADD is on the wire, the next ones queue and go together
-as one pipeline (one round trip) when it returns; each caller still gets its own outcome.
+Commands are coalesced: while one (an XADD, an XACK, a script call) is on the wire, the next
+ones queue and go together as one pipeline (one round trip) when it returns; each caller still
+gets its own outcome. So a thousand subscriptions acking or claiming at once cost a few round
+trips on one connection, not a thousand connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from redis.asyncio import ConnectionPool, Redis
@@ -42,7 +46,7 @@ from redis.asyncio.connection import SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from mesh.brokers.redis.options import RedisOptions
 from mesh.brokers.redis.script import SCRIPT
@@ -56,7 +60,7 @@ __all__ = ["DEFAULT_URL", "GROUP_FIELD", "PIPELINE_MAX", "RedisConnection", "tex
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 PIPELINE_MAX = 1000
-"""Most publishes sent in one pipeline when concurrent publishes are coalesced."""
+"""Most commands sent in one pipeline when concurrent commands are coalesced."""
 GROUP_FIELD = GROUP_MARK.encode()
 """The entry field naming the one group a replayed entry is for (see :mod:`.groups`)."""
 
@@ -99,13 +103,15 @@ class RedisConnection:
         self.address = mask_url(self.url)
         self.client: Redis | None = None
         self.script: Any = None
+        self.sha = ""
+        """The SHA1 of the group script (loaded at ``open()``, again after a NOSCRIPT)."""
         self.execute: Callable[..., Awaitable[Any]] = self._not_connected
         """``execute_command`` of the connected client (one attribute lookup on the hot path)."""
         self.trim: tuple[Any, ...] = ()
         if settings.maxlen is not None:
             self.trim = ("MAXLEN", "~", settings.maxlen) if settings.approximate_trim else ("MAXLEN", settings.maxlen)
         self._sending = False  # a publish (or a pipeline of them) is on the wire
-        self._queue: list[tuple[list[Any], asyncio.Future[None]]] = []
+        self._queue: list[tuple[Sequence[Any], asyncio.Future[Any]]] = []
         self._flushers: set[asyncio.Task[None]] = set()
 
     def name_of(self, topic: str) -> str:
@@ -176,6 +182,11 @@ class RedisConnection:
             )
             reason += tls_hint(self.tls, reason)
             raise BrokerConnectionError("redis", self.address, reason) from exc
+        try:
+            self.sha = text(await client.script_load(SCRIPT))
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            raise BrokerConnectionError("redis", self.address, f"cannot load the group script: {exc}") from exc
         self.client = client
         self.script = client.register_script(SCRIPT)
         self.execute = cast(Callable[..., Awaitable[Any]], client.execute_command)
@@ -215,26 +226,44 @@ class RedisConnection:
     # -- publishing -----------------------------------------------------------------------------
 
     async def xadd(self, stream: str, args: list[Any]) -> None:
-        """Send one XADD, or ride the next pipeline when another publish is on the wire."""
+        """Send one XADD, or ride the next pipeline when another command is on the wire."""
+        try:
+            await self.call(*args)
+        except (RedisError, OSError, BrokerError) as exc:
+            raise self.publish_error(stream, exc) from exc
+
+    async def call(self, *args: Any) -> Any:
+        """Send one (non-blocking) command and return its reply; while another is on the wire, it
+        rides the next pipeline with every command queued meanwhile (one round trip for all).
+
+        Errors come back as the client raised them (``RedisError``, ``OSError``), or
+        :class:`BrokerError` when not connected.
+        """
         if self._sending or self._queue:
-            await self._enqueue(args)  # another publish is on the wire: ride the next pipeline
-            return
+            return await self._enqueue(args)  # another command is on the wire: ride the next pipeline
         self._sending = True
         try:
-            await self.execute(*args)
-        except (RedisError, OSError) as exc:
-            raise self.publish_error(stream, exc) from exc
+            return await self.execute(*args)
         finally:
             self._sending = False
             if self._queue:
                 self._start_flusher()
 
-    async def _enqueue(self, args: list[Any]) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def run_script(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """EVALSHA the group script (:mod:`.script`) through :meth:`call`; loaded again after a
+        NOSCRIPT (a restarted or flushed server)."""
+        try:
+            return await self.call("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.sha = text(await self.call("SCRIPT", "LOAD", SCRIPT))
+            return await self.call("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    async def _enqueue(self, args: Sequence[Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((args, future))
         if not self._sending:
             self._start_flusher()
-        await future
+        return await future
 
     def _start_flusher(self) -> None:
         self._sending = True
@@ -243,7 +272,7 @@ class RedisConnection:
         task.add_done_callback(self._flushers.discard)
 
     async def _flush_queue(self) -> None:
-        """Send queued publishes as pipelines (one round trip each) until the queue is empty."""
+        """Send queued commands as pipelines (one round trip each) until the queue is empty."""
         try:
             while self._queue:
                 batch = self._queue[:PIPELINE_MAX]
@@ -255,14 +284,12 @@ class RedisConnection:
                     results = await pipe.execute(raise_on_error=False)
                 except (RedisError, OSError, BrokerError) as exc:
                     results = [exc] * len(batch)
-                for (args, future), result in zip(batch, results, strict=False):
+                for (_, future), result in zip(batch, results, strict=False):
                     if future.done():
                         continue
                     if isinstance(result, BaseException):
-                        error = self.publish_error(args[1], result)
-                        error.__cause__ = result
-                        future.set_exception(error)
+                        future.set_exception(result)
                     else:
-                        future.set_result(None)
+                        future.set_result(result)
         finally:
             self._sending = False

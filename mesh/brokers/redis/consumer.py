@@ -1,15 +1,17 @@
-"""Consumers of the Redis Streams adapter: one consumer of a consumer group per subscription.
+"""Subscriptions of the Redis Streams adapter: one stream of one consumer group each.
 
-A :class:`RedisConsumer` takes the broker's :class:`~.connection.RedisConnection` and reads with
-XREADGROUP (``COUNT`` and ``BLOCK``); acks are batched into one XACK before the next read. An
-entry stays pending until acked:
+A :class:`RedisConsumer` takes the broker's :class:`~.connection.RedisConnection` and the
+:mod:`.reader` that reads its stream together with the group's other streams (one XREADGROUP
+for many); its own worker runs the handler, so one busy subscription never holds up another.
+Acks are batched into one XACK when the worker has nothing waiting (and coalesced with other
+subscriptions' into one pipeline). An entry stays pending until acked:
 
 ======================  ======================================================================
 what happens            what the consumer does
 ======================  ======================================================================
 ``ack()``               the id joins the next XACK (sent at once when the consumer stopped)
 ``nack()``              XCLAIM to the same consumer (the delivery count goes up), handled again
-                        before the next read
+                        by the worker before the entries already waiting
 ``nack(delay)``         the id goes into the group's delay set with its due time (Redis server
                         time); any consumer of the group takes due ids atomically and XCLAIMs
                         them, later entries keep flowing
@@ -28,19 +30,31 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import suppress
-from typing import Any
+from typing import Any, Protocol
 
 from redis.exceptions import RedisError, ResponseError
 
-from mesh.brokers.base import RESERVED_PREFIX, Delivery, DeliveryHandler, HandlerRunner, Subscription
+from mesh.brokers.base import RESERVED_PREFIX, Delivery, DeliveryHandler, HandlerRunner, Mailbox, Subscription
 from mesh.brokers.redis.connection import GROUP_FIELD, RedisConnection
 from mesh.codecs.binary import WireMessage, decode
 from mesh.codecs.bindings import REDIS
 from mesh.codecs.redis import from_fields, lossy
-from mesh.errors import DecodeError
+from mesh.errors import BrokerError, DecodeError
 from mesh.event import Event
-from mesh.logs import log_connection_lost, log_reconnected
+
+
+class Reader(Protocol):
+    """What a subscription needs of the reader that reads its stream (:mod:`.reader`)."""
+
+    group: str
+    name: str
+
+    def add(self, sub: RedisConsumer) -> None: ...
+
+    async def remove(self, sub: RedisConsumer) -> None: ...
+
+    def detach(self, sub: RedisConsumer) -> None: ...
+
 
 __all__ = ["FORGET_IDLE_MS", "GIVE_BACK_IDLE_MS", "RedisConsumer", "RedisDelivery"]
 
@@ -50,7 +64,6 @@ GIVE_BACK_IDLE_MS = 100_000_000_000
 """Idle time (~3 years) set on entries a stopping consumer gives back: any claim takes them."""
 FORGET_IDLE_MS = 300_000
 """A consumer with nothing pending and idle this long is removed from its group."""
-FORGET_INTERVAL = 60.0
 RENEW_CHUNK = 500
 
 
@@ -92,7 +105,7 @@ class RedisDelivery(Delivery):
     async def _requeue(self) -> None:
         consumer = self._consumer
         if consumer.running:
-            consumer.retries.append(self._id)
+            consumer.retry(self._id)
         else:
             await consumer.release()
 
@@ -105,127 +118,140 @@ class RedisDelivery(Delivery):
 
 
 class RedisConsumer(Subscription):
-    """One consumer of a group: the read loop, the lease renewer and the give-back on stop.
+    """One subscription: a consumer of a group on one stream, read by a shared :class:`GroupReader`.
 
-    ``on_stop`` is called with the consumer once it stopped (the broker forgets it).
+    The reader hands it entries (:meth:`take`); its own worker task runs them through the
+    handler (at most ``concurrency`` at once), flushes its acks and claims its immediate
+    redeliveries. ``on_stop`` is called with the consumer once it stopped (the broker forgets it).
     """
 
     def __init__(
         self,
         conn: RedisConnection,
+        reader: Reader,
         topic: str,
-        group: str,
-        name: str,
         handler: DeliveryHandler,
         concurrency: int,
         on_stop: Callable[[RedisConsumer], None],
     ) -> None:
         self.topic = topic
-        self.group = group
-        self.name = name
+        self.group = reader.group
+        self.name = reader.name
+        """The Redis consumer name (the reader's: one per group and reader, shared by its streams)."""
         self.stream = conn.name_of(topic)
-        self._group_mark = group.encode()
-        self.delays = f"{conn.namespace}{RESERVED_PREFIX}delay:{{{self.stream}}}:{group}"
-        self._execute = conn.execute
-        self._script = conn.script
-        self._address = conn.address
-        self._lost = False  # the connection failed and no read has worked since
+        self.key = self.stream.encode()
+        """The stream key as XREADGROUP replies name it."""
+        self._group_mark = self.group.encode()
+        self.delays = f"{conn.namespace}{RESERVED_PREFIX}delay:{{{self.stream}}}:{self.group}"
+        self.keys = (self.stream, self.delays)
+        """The script's keys for this subscription: the stream and its group's delay set."""
+        self._conn = conn
+        self._call_script = conn.run_script
+        self._reader = reader
         self._opts = conn.settings
-        self._keys = (self.stream, self.delays)
         self._runner = HandlerRunner(handler, concurrency, topic)
+        self._mailbox: Mailbox[RedisDelivery | None] = Mailbox()
         self.acks: list[bytes] = []
-        """Acked ids not yet sent: one XACK for all of them before the next read."""
+        """Acked ids not yet sent: one XACK for all of them (coalesced with other subscriptions')."""
         self.retries: list[bytes] = []
-        """Ids nacked without delay: claimed again (delivery count + 1) before the next read."""
+        """Ids nacked without delay: claimed again (delivery count + 1) and handled again."""
         self.held: set[bytes] = set()
         """Ids handed to this subscription and not yet acked or delayed: the lease renews these.
         An entry claimed for us whose reply was lost is not here, so it is taken over later."""
+        self.cursor: bytes | str = "0-0"
+        """Where XAUTOCLAIM's scan of this stream goes on (kept by the reader)."""
         self.running = True
         self._stopped = False
-        self._reclaimed = False
-        self._next_due = self._next_claim = self._next_forget = 0.0
-        self._cursor: bytes | str = "0-0"  # of XAUTOCLAIM's scan
+        self._idle = False  # the worker waits for entries (nothing to finish)
         self._on_stop = on_stop
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._loop(), name=f"mesh-redis:{self.stream}:{group}")
-        self._lease = loop.create_task(self._renew_loop(), name=f"mesh-redis-lease:{self.stream}:{group}")
+        self._worker = asyncio.get_running_loop().create_task(
+            self._work(), name=f"mesh-redis:{self.stream}:{self.group}"
+        )
+        reader.add(self)
 
-    # -- the read loop ------------------------------------------------------------------------
+    # -- what the reader calls ---------------------------------------------------------------
 
-    async def _loop(self) -> None:
-        opts = self._opts
-        read: tuple[Any, ...] = ("XREADGROUP", "GROUP", self.group, self.name)
-        read += ("COUNT", opts.batch, "BLOCK", opts.block_ms, "STREAMS", self.stream, ">")
-        execute = self._execute
-        held = self.held
+    def wants_more(self) -> bool:
+        """Whether the next read should include this stream (back-pressure: a busy handler
+        leaves its entries in the stream, not in memory)."""
+        return self.running and self._mailbox.qsize() < self._opts.batch
+
+    def take(self, entries: Sequence[Any]) -> None:
+        """Entries read with XREADGROUP (``(id, fields)``, first delivery) for the worker."""
+        if not self.running:
+            return  # still pending for this consumer: stop() gives them back
+        self.held.update(entry[0] for entry in entries)
+        put = self._mailbox.put_nowait
+        for entry_id, fields in entries:
+            delivery = self._delivery(entry_id, fields, 1)
+            if delivery is not None:
+                put(delivery)
+
+    def take_claimed(self, entries: Sequence[Any], counts: Sequence[Any]) -> None:
+        """Entries claimed by the script (``[id, [field, value, ...]]`` and delivery counts)."""
+        if not entries or not self.running:
+            return
+        self.held.update(entry[0] for entry in entries)
+        put = self._mailbox.put_nowait
+        for (entry_id, flat), count in zip(entries, counts, strict=False):
+            delivery = self._delivery(entry_id, _pairs(flat), int(count))
+            if delivery is not None:
+                put(delivery)
+
+    async def joined(self) -> None:
+        """Once, when the reader takes this subscription: a stable consumer name gets its own
+        pending entries back; idle consumers of the group that own nothing are forgotten."""
+        await self._walk("own", deliver=True)
+        await self.forget()
+
+    async def forget(self) -> None:
+        """Delete other consumers of the group that own nothing and idled ``FORGET_IDLE_MS``."""
+        await self._call("forget", FORGET_IDLE_MS)
+
+    async def renew(self) -> None:
+        """Reset the idle time of the held entries (the lease; see the module docstring)."""
+        held = list(self.held)
+        for i in range(0, len(held), RENEW_CHUNK):
+            await self._call("renew", *held[i : i + RENEW_CHUNK])
+
+    # -- the worker ----------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        mailbox = self._mailbox
+        submit = self._runner.submit
         backoff = 0.1
         while self.running:
             try:
-                await self._housekeeping()
-                if not self.running:
-                    break
-                reply = await execute(*read)
-                if reply:
-                    submit = self._runner.submit
-                    entries = reply[0][1]
-                    held.update(entry[0] for entry in entries)
-                    for entry_id, fields in entries:
-                        if not self.running:
-                            break  # the rest stays pending and is given back by stop()
-                        delivery = self._delivery(entry_id, fields, 1)
-                        if delivery is not None:
-                            await submit(delivery)
+                if self.retries:
+                    await self._claim_retries()
+                if mailbox.empty():
+                    if self.acks:
+                        await self.flush_acks()
+                    self._idle = True
+                    try:
+                        delivery = await mailbox.get()
+                    finally:
+                        self._idle = False
+                else:
+                    delivery = mailbox.get_nowait()
                 backoff = 0.1
-                if self._lost:
-                    self._lost = False
-                    log_reconnected("redis", self._address)
-            except asyncio.CancelledError:
-                raise
-            except (RedisError, OSError) as exc:
-                if not self.running:
-                    break
-                if isinstance(exc, ResponseError) and str(exc).startswith(("NOGROUP", "UNBLOCKED")):
-                    # the stream (or the group) was deleted under us: the topology comes back
-                    log.warning("redis group %s of %s is gone; creating it again", self.group, self.stream)
-                    with suppress(ResponseError):
-                        await execute("XGROUP", "CREATE", self.stream, self.group, "0", "MKSTREAM")
-                    continue
-                if not isinstance(exc, ResponseError) and not self._lost:  # the connection, not a command
-                    self._lost = True
-                    log_connection_lost("redis", self._address, str(exc))
-                elif not self._lost:
-                    log.warning("redis consumer %s of %s/%s: %s", self.name, self.stream, self.group, exc)
+            except (RedisError, OSError) as exc:  # the reader reports the connection; retry later
+                log.debug("redis consumer %s of %s/%s: %s", self.name, self.stream, self.group, exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+                continue
+            if delivery is None or not self.running:
+                continue  # a wake-up; or stopping: the entry stays pending and is given back
+            await submit(delivery)
 
-    async def _housekeeping(self) -> None:
-        """Between reads: flush acks, redeliver nacked, due and abandoned entries, tidy the group."""
-        opts = self._opts
-        if not self._reclaimed:  # a stable consumer name gets its own pending entries back
-            await self._walk("own", deliver=True)
-            self._reclaimed = True
-        if self.acks:
-            await self.flush_acks()
-        if self.retries:
-            ids, self.retries = self.retries, []
-            try:
-                claimed = await self._call("ids", *ids)
-            except BaseException:
-                self.retries[:0] = ids
-                raise
-            await self._deliver(claimed)
-        now = asyncio.get_running_loop().time()
-        if now >= self._next_due:
-            entries, counts = await self._call("due", opts.batch)
-            self._next_due = now + opts.delay_poll_ms / 1000 if len(entries) < opts.batch else now
-            await self._deliver((entries, counts))
-        if now >= self._next_claim:
-            self._cursor, entries, counts = await self._call("auto", opts.claim_idle_ms, self._cursor, opts.batch)
-            self._next_claim = now + opts.claim_interval_ms / 1000 if len(entries) < opts.batch else now
-            await self._deliver((entries, counts))
-        if now >= self._next_forget:
-            self._next_forget = now + FORGET_INTERVAL
-            await self._call("forget", FORGET_IDLE_MS)
+    async def _claim_retries(self) -> None:
+        ids, self.retries = self.retries, []
+        try:
+            entries, counts = await self._call("ids", *ids)
+        except BaseException:
+            self.retries[:0] = ids
+            raise
+        self.take_claimed(entries, counts)
 
     def _delivery(self, entry_id: bytes, fields: dict[bytes, bytes], attempt: int) -> RedisDelivery | None:
         mark = fields.pop(GROUP_FIELD, None)
@@ -244,22 +270,8 @@ class RedisConsumer(Subscription):
             return RedisDelivery(self, entry_id, None, msg, exc, attempt)
         return RedisDelivery(self, entry_id, event, msg, None, attempt)
 
-    async def _deliver(self, claimed: Sequence[Any]) -> None:
-        """Hand claimed entries (``[entries, counts]`` from the script) to the handler."""
-        entries, counts = claimed
-        if not entries:
-            return
-        self.held.update(entry[0] for entry in entries)
-        submit = self._runner.submit
-        for (entry_id, flat), count in zip(entries, counts, strict=False):
-            if not self.running:
-                return  # still pending for this consumer: stop() gives it back
-            delivery = self._delivery(entry_id, _pairs(flat), int(count))
-            if delivery is not None:
-                await submit(delivery)
-
     async def _call(self, mode: str, *args: Any) -> Any:
-        return await self._script(keys=self._keys, args=(self.group, self.name, mode, *args))
+        return await self._call_script(self.keys, (self.group, self.name, mode, *args))
 
     async def _walk(self, mode: str, *extra: Any, deliver: bool = False) -> None:
         """Page through this consumer's pending entries with one script mode."""
@@ -268,23 +280,11 @@ class RedisConsumer(Subscription):
             reply = await self._call(mode, start, self._opts.batch, *extra)
             if deliver:
                 start = reply[0]
-                await self._deliver(reply[1:])
+                self.take_claimed(reply[1], reply[2])
             else:
                 start = reply
             if not start:
                 return
-
-    async def _renew_loop(self) -> None:
-        """Keep held entries from being taken over while this consumer lives (a lease)."""
-        every = self._opts.claim_idle_ms / 3000
-        while True:
-            await asyncio.sleep(every)
-            held = list(self.held)
-            try:
-                for i in range(0, len(held), RENEW_CHUNK):
-                    await self._call("renew", *held[i : i + RENEW_CHUNK])
-            except (RedisError, OSError) as exc:
-                log.warning("lease renewal of redis consumer %s failed: %s", self.name, exc)
 
     # -- what deliveries call ---------------------------------------------------------------
 
@@ -293,10 +293,15 @@ class RedisConsumer(Subscription):
         if self.acks:
             ids, self.acks = self.acks, []
             try:
-                await self._execute("XACK", self.stream, self.group, *ids)
+                await self._conn.call("XACK", self.stream, self.group, *ids)
             except BaseException:
                 self.acks[:0] = ids
                 raise
+
+    def retry(self, entry_id: bytes) -> None:
+        """Claim the entry again (delivery count + 1) and hand it to the handler again, soon."""
+        self.retries.append(entry_id)
+        self._mailbox.put_nowait(None)  # wakes the worker
 
     async def delay(self, entry_id: bytes, delay: float) -> None:
         """Keep the entry pending and due in ``delay`` seconds (in the group's delay set)."""
@@ -314,26 +319,28 @@ class RedisConsumer(Subscription):
             return
         self._stopped = True
         self.running = False
-        if not drain:
-            self._task.cancel()
+        await self._reader.remove(self)  # no read in flight hands it entries any more
+        worker = self._worker
+        if not drain or self._idle:
+            worker.cancel()
+        else:
+            self._mailbox.put_nowait(None)  # with drain, the worker finishes its handler, then exits
         try:
-            await self._task  # with drain, the loop finishes the handler it is running, then exits
+            await worker
         except asyncio.CancelledError:
             pass
-        except Exception:  # pragma: no cover - the loop only ends by design
-            log.exception("redis consumer loop of %s ended with an error", self.name)
+        except Exception:  # pragma: no cover - the worker only ends by design
+            log.exception("redis consumer worker of %s ended with an error", self.name)
         if drain:
             await self._runner.drain()
-        self._lease.cancel()
-        with suppress(asyncio.CancelledError):
-            await self._lease
+        self._reader.detach(self)  # held entries are no longer renewed: they are given back now
         try:
             await self.flush_acks()
             await self.release()
         except ResponseError as exc:
             if not str(exc).startswith("NOGROUP"):  # no group, nothing to give back
                 log.warning("could not give back the entries of %s: %s", self.name, exc)
-        except (RedisError, OSError) as exc:
+        except (RedisError, OSError, BrokerError) as exc:
             log.warning(
                 "could not give back the entries of %s: %s (they are taken over after claim_idle_ms)",
                 self.name,

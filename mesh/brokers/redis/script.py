@@ -1,6 +1,8 @@
 """The Lua script behind the Redis Streams adapter: every multi-step group operation, atomic.
 
-Called as ``EVALSHA sha 2 <stream> <delay set> <group> <consumer> <mode> <args...>``. Entries
+Called as ``EVALSHA sha 2 <stream> <delay set> <group> <consumer> <mode> <args...>``; the
+``*_all`` modes take any number of ``<stream> <delay set>`` pairs as keys (one call for every
+stream a reader consumes: the housekeeping of a thousand subscriptions is one script). Entries
 come back as ``[id, [field, value, ...]]`` with their delivery counts (XPENDING
 ``times_delivered``), which become ``Delivery.attempt``. Ids in the delay set are never claimed
 for delivery except by ``due``, which takes them out of it first.
@@ -17,6 +19,10 @@ renew      reset the idle time of the given ids still owned by the consumer (JUS
 release    push this consumer's non-delayed pending entries' idle time far into the past so any
            consumer's next ``auto`` takes them; delete the consumer once it owns nothing
 forget     delete other consumers that own nothing and were idle longer than ARGV ms
+due_all    ``due`` for every pair: ``[pair index, entries, counts, ...]`` for pairs with due ids
+auto_all   ``auto`` for every pair, ARGV: min-idle, count, one cursor per pair; returns
+           ``[pair index, next cursor, entries, counts, ...]`` for pairs whose cursor moved or
+           that gave entries (a pair whose group is gone is skipped)
 ensure     create an empty stream (a throw-away group with MKSTREAM, destroyed at once)
 =========  ===================================================================================
 """
@@ -118,6 +124,38 @@ elseif mode == 'forget' then
     end
   end
   return gone
+elseif mode == 'due_all' then
+  local out, now = {}, now_ms()
+  for k = 1, #KEYS, 2 do
+    stream, delays = KEYS[k], KEYS[k + 1]
+    local ids = redis.call('ZRANGEBYSCORE', delays, '-inf', now, 'LIMIT', 0, ARGV[4])
+    if #ids > 0 then
+      redis.call('ZREM', delays, unpack(ids))
+      local got = take(ids)
+      out[#out + 1] = (k + 1) / 2
+      out[#out + 1] = got[1]
+      out[#out + 1] = got[2]
+    end
+  end
+  return out
+elseif mode == 'auto_all' then
+  local out = {}
+  for k = 1, #KEYS, 2 do
+    stream, delays = KEYS[k], KEYS[k + 1]
+    local i = (k + 1) / 2
+    local r = redis.pcall('XAUTOCLAIM', stream, group, consumer, ARGV[4], ARGV[5 + i], 'COUNT', ARGV[5], 'JUSTID')
+    if type(r) == 'table' and r['err'] == nil then
+      local ids = not_delayed(r[2])
+      if r[1] ~= ARGV[5 + i] or #ids > 0 then
+        local got = take(ids)
+        out[#out + 1] = i
+        out[#out + 1] = r[1]
+        out[#out + 1] = got[1]
+        out[#out + 1] = got[2]
+      end
+    end
+  end
+  return out
 elseif mode == 'ensure' then
   local t = redis.call('TYPE', stream)['ok']
   if t == 'none' then
