@@ -442,6 +442,7 @@ class App:
         if self.started:
             return
         self.runtime.build()
+        self.runtime.publish = self.caller.resiliency.wrap_publish(self.runtime.publish)  # outbound topic policies
         self.caller.build()
         await self.broker.connect()
         try:

@@ -16,16 +16,19 @@ from pydantic import ValidationError
 
 from mesh.errors import DeadLetter
 from mesh.event import Event
+from mesh.extensions import RESERVED_PREFIX
 from mesh.names import check_handler_signature
 from mesh.pipeline.injection import injection_plan, matcher
 from mesh.pipeline.settle import dead_letter, outcome, settling
+from mesh.resiliency.breaker import CircuitBreaker
+from mesh.resiliency.policies import Resiliency
 from mesh.types import Context, Handle, HandlerLayer, SubscriptionInfo
 
 if TYPE_CHECKING:
     from mesh.brokers.base import Delivery
     from mesh.runtime import Runtime
 
-__all__ = ["HandlerSpec", "Route"]
+__all__ = ["HandlerSpec", "Route", "breaking"]
 
 
 class HandlerSpec:
@@ -108,6 +111,9 @@ class Route:
         self.handlers: list[tuple[HandlerSpec, SubscriptionInfo, Handle]] = []
         self.config = runtime.config.for_topic(topic)
         self.undecodable_info = SubscriptionInfo(topic, group, "<undecodable>", self.config)
+        self.breaker: CircuitBreaker | None = None
+        """The inbound circuit breaker (``resiliency.targets.topics.<topic>.inbound``): while it is
+        open, deliveries wait before their handler instead of failing into retries."""
 
     def add(self, spec: HandlerSpec) -> None:
         """Add a handler (layers are built at :meth:`build`)."""
@@ -119,8 +125,12 @@ class Route:
         handling plus settlement, handler layers around the handler call."""
         built = []
         runtime, hooks = self.runtime, self.runtime.hooks
+        if self.breaker is None and not self.topic.startswith(RESERVED_PREFIX):
+            self.breaker = Resiliency(runtime.config).inbound(self.topic)
         for spec, info, _ in self.handlers:
             handle = _compose(hooks.handler_layers(runtime, info), spec.call)
+            if self.breaker is not None:
+                handle = breaking(self.breaker, handle)
             built.append(
                 (
                     spec,
@@ -150,4 +160,24 @@ class Route:
             if self.runtime.outcome_hooks:
                 outcome(Context(self.runtime, delivery, event, self.undecodable_info), "skipped", None)
             return
+        if self.breaker is not None:
+            await self.breaker.admit()  # open: consumption pauses here, the delivery waits in hand
         await handle(Context(self.runtime, delivery, event, info))
+
+
+def breaking(breaker: CircuitBreaker, handle: Handle) -> Handle:
+    """``handle`` telling ``breaker`` how each call went (its exception still goes on to settling)."""
+
+    async def call(ctx: Context) -> Any:
+        try:
+            result = await handle(ctx)
+        except DeadLetter:  # the event is bad, the handler is fine
+            breaker.record(True)
+            raise
+        except Exception:
+            breaker.record(False)
+            raise
+        breaker.record(True)
+        return result
+
+    return call
