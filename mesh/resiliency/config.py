@@ -40,6 +40,7 @@ __all__ = [
     "TopicTarget",
     "resiliency_problems",
     "resiliency_warnings",
+    "unknown_topics",
 ]
 
 log = logging.getLogger("mesh.resiliency")
@@ -233,4 +234,17 @@ def resiliency_warnings(config: ResiliencyConfig) -> list[tuple[str, str]]:
         if timeout is not None and retry is not None and retry.max_retries != 0 and timeout <= retry.initial:
             out.append((path, f"timeout {target.timeout!r} ({timeout:g}s) is not longer than the first interval of "
                               f"retry {target.retry!r} ({retry.initial:g}s): no retry can ever start in time"))
+    return out
+
+
+def unknown_topics(config: ResiliencyConfig, known: set[str]) -> list[tuple[str, str]]:
+    """Inbound topic targets naming a topic that is in ``known`` (what the app subscribes to, and the
+    ``subscriptions:`` of the config) neither: checked when the app starts."""
+    out = []
+    for topic, target in config.targets.topics.items():
+        if target.inbound.circuit_breaker and topic not in known:
+            shown = ", ".join(sorted(known)) or "none"
+            out.append((f"resiliency.targets.topics.{topic}.inbound",
+                        f"the app subscribes to no topic {topic!r} and subscriptions: does not name it "
+                        f"(known: {shown})"))
     return out
