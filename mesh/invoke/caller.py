@@ -14,12 +14,22 @@ What a call can end with:
 - :class:`~mesh.errors.InvocationTimeout` when no reply came within the timeout. The request
   carries the same deadline (``expirytime``), so the callee does not start work nobody waits for.
 
-Retries: the caller sends a request again only for a method its callee declares idempotent
-(presence carries the flag), only when presence sees an instance of the callee vanish (its
-heartbeats stopped: it crashed, perhaps with the request in hand) while the call is pending, at
-most ``invoke.retries`` times and within the same deadline. Every attempt has its own request id
-mapped to the same future, so whichever reply comes first answers the call. A reply that comes
-after its call ended is dropped and counted (``late_replies``, and ``mesh_invocation_outcome``).
+Where a request goes: to one live instance of the callee chosen by
+:class:`~mesh.resiliency.Balancer` (power of two choices on in-flight, ejected instances skipped),
+on its own destination; to the app's shared group when no such instance is known.
+
+Retries (see docs/resiliency.md): the caller sends a request again only for a method its callee
+declares idempotent (presence carries the flag), and within the same deadline: when an attempt
+got no reply within its attempt timeout (the app's timeout policy, else
+``instances.attempt_share`` of the call's timeout), to another instance, as the app's retry
+policy and the retry budget allow (``invoke.retries`` times by default); and when presence sees
+an instance of the callee vanish while the call is pending. Any call is sent again when the
+broker says nobody took it on the chosen instance's destination. Every attempt has its own
+request id mapped to the same future, so whichever reply comes first answers the call (earlier
+attempts stay pending). A reply that comes after its call ended is dropped and counted
+(``late_replies``, and ``mesh_invocation_outcome``). At the end of a call each attempt's
+instance is told how it went: answered, silent for a whole attempt timeout (counts towards its
+ejection), or overtaken (no verdict).
 """
 
 from __future__ import annotations
@@ -36,6 +46,9 @@ from mesh.errors import InvocationTimeout, MeshError, NoResponders, PluginError
 from mesh.event import Event, now
 from mesh.invoke.protocol import (
     CORRELATION,
+    INVALID_ARGUMENT,
+    METHOD_NOT_FOUND,
+    PERMISSION_DENIED,
     PING,
     MalformedMessage,
     instance_topic,
@@ -304,7 +317,7 @@ class Caller:
             if status is not None:
                 status.cancel()
             if policy.breaker is not None:
-                policy.breaker.record(trip.future.done() and not trip.future.cancelled())
+                policy.breaker.record(_healthy(trip.future))
 
     def _attempt_timeout(self, call: Invocation, configured: float | None) -> float | None:
         """Seconds an attempt gets before an idempotent call goes to another instance."""
@@ -428,6 +441,17 @@ class Caller:
         if call.request_id is None:
             call.request_id = event.id
         return await app.broker.publish_request(topic, event)
+
+
+_CALLER_FAULTS = frozenset({METHOD_NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT})
+
+
+def _healthy(future: asyncio.Future[Event]) -> bool:
+    """Whether a call's outcome speaks for the callee's health (for its app's circuit breaker)."""
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return False
+    _, ok, data = parse_reply(future.result())
+    return ok or (isinstance(data, dict) and data.get("code") in _CALLER_FAULTS)
 
 
 class _Trip:
