@@ -17,8 +17,6 @@ STALL = 8.0
 
 
 async def test_a_stalled_instance_is_ejected(broker_spec: BrokerSpec) -> None:
-    if broker_spec.type in ("kafka", "jetstream"):
-        pytest.skip("the issue's set is NATS, RabbitMQ and Redis (and memory); see docs/resiliency.md")
     namespace, callee_id = unique("stall") + ".", unique("svc")
     cfg = {"broker": {**broker_spec.config(), "namespace": namespace}, "drain_timeout": 1}
     stalled = asyncio.Event()
