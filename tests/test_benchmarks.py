@@ -53,3 +53,11 @@ def test_cpu_benchmark_prints_both_sides_for_each_contender(capsys) -> None:  # 
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("nats ")]
     assert [row[1] for row in rows] == ["raw", "mesh"]
     assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
+
+
+def test_resiliency_benchmark_runs_a_tiny_memory_row(capsys) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import resiliency
+
+    resiliency.main(["--brokers", "memory", "--n", "20", "--calls", "50"])
+    out = capsys.readouterr().out
+    assert "memory     group" in out and "memory     chosen" in out
