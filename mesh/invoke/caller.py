@@ -283,9 +283,10 @@ class Caller:
                         if trip.instance is None:
                             raise NoResponders(f"no instance of app {call.target!r} is listening ({error})") from None
                         # nobody took the request: sending it elsewhere is safe even if it is not idempotent
-                        self.balancer.finished(call.target, trip.instance, False, "no_responders")
+                        live = self._live(call.target)
+                        self.balancer.finished(call.target, trip.instance, None)
                         trip.settled.add(trip.ids[-1])
-                        self.balancer.eject(call.target, trip.instance, "no_responders", self._live(call.target))
+                        self.balancer.eject(call.target, trip.instance, "no_responders", live)
                         status = await self._again(trip, expires, "no_responders", status)
                 elif departure is not None and departure.done():
                     if call.idempotent is None:

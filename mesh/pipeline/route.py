@@ -8,6 +8,8 @@ handling plus settlement (:mod:`mesh.pipeline.settle`), their handler layers aro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -125,12 +127,14 @@ class Route:
         handling plus settlement, handler layers around the handler call."""
         built = []
         runtime, hooks = self.runtime, self.runtime.hooks
+        timeout = None
         if self.breaker is None and not self.topic.startswith(RESERVED_PREFIX):
-            self.breaker = Resiliency(runtime.config).inbound(self.topic)
+            resiliency = Resiliency(runtime.config)
+            self.breaker, timeout = resiliency.inbound(self.topic), resiliency.inbound_timeout(self.topic)
         for spec, info, _ in self.handlers:
             handle = _compose(hooks.handler_layers(runtime, info), spec.call)
-            if self.breaker is not None:
-                handle = breaking(self.breaker, handle)
+            if self.breaker is not None or timeout is not None:
+                handle = breaking(self.breaker, handle, timeout)
             built.append(
                 (
                     spec,
@@ -161,23 +165,34 @@ class Route:
                 outcome(Context(self.runtime, delivery, event, self.undecodable_info), "skipped", None)
             return
         if self.breaker is not None:
-            await self.breaker.admit()  # open: consumption pauses here, the delivery waits in hand
+            try:
+                await self.breaker.admit()  # open: consumption pauses here, the delivery waits in hand
+            except asyncio.CancelledError:  # the app stops while paused: give the delivery back untouched
+                if not delivery.done:
+                    with contextlib.suppress(Exception):
+                        await delivery.nack()
+                raise
         await handle(Context(self.runtime, delivery, event, info))
 
 
-def breaking(breaker: CircuitBreaker, handle: Handle) -> Handle:
-    """``handle`` telling ``breaker`` how each call went (its exception still goes on to settling)."""
+def breaking(breaker: CircuitBreaker | None, handle: Handle, timeout: float | None = None) -> Handle:
+    """``handle`` within ``timeout`` (a ``TimeoutError`` past it), telling ``breaker`` how each call
+    went; its exception still goes on to settling (retry or dead letter)."""
 
     async def call(ctx: Context) -> Any:
         try:
-            result = await handle(ctx)
+            async with asyncio.timeout(timeout):
+                result = await handle(ctx)
         except DeadLetter:  # the event is bad, the handler is fine
-            breaker.record(True)
+            if breaker is not None:
+                breaker.record(True)
             raise
         except Exception:
-            breaker.record(False)
+            if breaker is not None:
+                breaker.record(False)
             raise
-        breaker.record(True)
+        if breaker is not None:
+            breaker.record(True)
         return result
 
     return call

@@ -214,6 +214,10 @@ def resiliency_problems(section: Any) -> list[tuple[str, str]]:
             problems.append((f"resiliency.targets.topics.{topic}", str(exc)))
         for side in ("outbound", "inbound"):
             refs.append((f"resiliency.targets.topics.{topic}.{side}", _mapping(_mapping(target).get(side))))
+    for topic, target in _mapping(targets.get("topics")).items():
+        if _mapping(_mapping(target).get("inbound")).get("retry") is not None:
+            problems.append((f"resiliency.targets.topics.{topic}.inbound.retry",
+                             f"a subscription retries by its own policy: use subscriptions.{topic}.retry"))
     for path, target in refs:
         for attr, kind, what in _KINDS:
             ref = target.get(attr)

@@ -11,8 +11,9 @@ app call            ``timeout``: each attempt's (the call's own timeout bounds t
 topic outbound      ``timeout`` of one publish, ``retry`` of a publish that failed,
                     ``circuit_breaker``: open, publishes fail at once. Default: none (one attempt)
 topic inbound       ``circuit_breaker``: open, the subscription stops handing deliveries to handlers
-                    until a half-open probe succeeds (``timeout``/``retry`` of handlers are the
-                    subscription's ``retry`` policy). Default: none
+                    until a half-open probe succeeds; ``timeout``: of one handler call (a
+                    ``TimeoutError`` past it). Retries of handlers are the subscription's ``retry``
+                    policy (``subscriptions.<topic>.retry``). Default: none
 ==================  ==================================================================================
 """
 
@@ -106,6 +107,11 @@ class Resiliency:
         """The breaker of this app's subscription to ``topic``, if configured."""
         target = self.config.targets.topics.get(topic)
         return self.breaker(f"topic:{topic}:inbound", target.inbound.circuit_breaker) if target else None
+
+    def inbound_timeout(self, topic: str) -> float | None:
+        """Seconds one handler call of this app's subscription to ``topic`` may take, if configured."""
+        target = self.config.targets.topics.get(topic)
+        return self._timeout(target.inbound) if target else None
 
     def wrap_publish(self, publish: Publish) -> Publish:
         """``publish`` with each topic's outbound policy (unchanged when no topic has one)."""

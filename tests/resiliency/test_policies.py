@@ -233,3 +233,36 @@ resiliency:
     with pytest.raises(ConfigError, match=r"resiliency.targets.topics.ordres.inbound \(line 7\): the app subscribes "
                                           r"to no topic 'ordres'.*known: orders"):
         await app.start()
+
+
+def test_an_inbound_retry_policy_points_to_the_subscription_s_own() -> None:
+    cfg = {"resiliency": {"policies": {"retries": {"r": {}}}, "targets": {"topics": {"orders": {"inbound": {
+        "retry": "r"}}}}}}
+    with pytest.raises(ConfigError, match=r"resiliency.targets.topics.orders.inbound.retry: a subscription retries "
+                                          r"by its own policy: use subscriptions.orders.retry"):
+        load_config(cfg)
+
+
+async def test_an_inbound_timeout_bounds_a_handler_call() -> None:
+    topic, hub = unique("orders"), unique("hub")
+    cfg = {"broker": {"type": "memory", "options": {"name": hub}},
+           "subscriptions": {topic: {"retry": {"attempts": 2, "immediate": 1, "initial": 0.01}}},
+           "resiliency": {"policies": {"timeouts": {"quick": "50ms"}},
+                          "targets": {"topics": {topic: {"inbound": {"timeout": "quick"}}}}}}
+    app = App(unique("shop"), config=cfg)
+    calls: list[int] = []
+    dead: list[str] = []
+
+    @app.subscribe(topic)
+    async def on_order(event: Event) -> None:
+        calls.append(1)
+        await asyncio.sleep(10)
+
+    @app.subscribe(f"{topic}.dlq")
+    async def on_dead(event: Event) -> None:
+        dead.append(str(event.extensions.get("mesherrortype")))
+
+    async with app:
+        await app.publish(topic, {}, type="order")
+        await wait_for(lambda: bool(dead), what="the dead letter")
+    assert len(calls) == 2 and "TimeoutError" in dead[0]
