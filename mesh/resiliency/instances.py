@@ -15,7 +15,8 @@ attempts in a row           ejected again, up to ``max_ejection``); at most ``ma
 nobody listens)
 ejection time over          probe: a ping on its request destination; a reply readmits it (its
                             next ejection is short again), silence ejects it again
-heartbeats stop             presence drops it after its expiry: it is not chosen any more
+heartbeats stop             presence drops it after its expiry: it is not chosen any more; if
+                            it was ejected and comes back, it is probed first
 ==========================  ==================================================================
 """
 
@@ -165,10 +166,15 @@ class Balancer:
             log.info("instance %s of %s did not answer its probe: ejected for %gs more", instance, app, seconds)
 
     def _prune(self, app: str, live: list[str]) -> None:
-        """Forget instances of ``app`` presence no longer lists (idle ones only)."""
+        """Forget instances of ``app`` presence no longer lists (idle ones only). An ejected one is
+        kept until ``max_ejection`` after its ejection ends, so that if it comes back (a healed
+        partition) it is probed before it gets traffic, as any ejected instance is."""
         known = set(live)
+        t = asyncio.get_running_loop().time()
         for instance, stats in list(self.stats.items()):
             if stats.app == app and instance not in known and stats.in_flight == 0 and not stats.probing:
                 if stats.ejected_until is not None:
+                    if t < stats.ejected_until + self.config.max_ejection:
+                        continue
                     telemetry().readmitted(app)
                 del self.stats[instance]

@@ -266,3 +266,27 @@ async def test_an_inbound_timeout_bounds_a_handler_call() -> None:
         await app.publish(topic, {}, type="order")
         await wait_for(lambda: bool(dead), what="the dead letter")
     assert len(calls) == 2 and "TimeoutError" in dead[0]
+
+
+async def test_an_ejected_instance_that_vanishes_and_comes_back_is_probed_first() -> None:
+    probed: list[str] = []
+    gate = asyncio.Event()
+
+    async def probe(app: str, instance: str) -> bool:
+        probed.append(instance)
+        await gate.wait()
+        return True
+
+    tasks: list[asyncio.Task[Any]] = []
+    balancer = Balancer(InstancesConfig(eject_after=1, ejection=0.01), probe, lambda c: tasks.append(
+        asyncio.ensure_future(c)))
+    balancer.started("app", "a")
+    balancer.finished("app", "a", False, live=["a", "b"])
+    assert balancer.ejected("a")
+    await asyncio.sleep(0.02)
+    assert balancer.choose("app", ["b"]) == "b"  # presence dropped it: its ejection is remembered
+    assert {balancer.choose("app", ["a", "b"]) for _ in range(20)} == {"b"}, "back, but not before its probe"
+    assert probed == ["a"]
+    gate.set()
+    await asyncio.gather(*tasks)
+    assert "a" in {balancer.choose("app", ["a", "b"]) for _ in range(50)}
