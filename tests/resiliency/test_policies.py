@@ -286,6 +286,7 @@ async def test_an_ejected_instance_that_vanishes_and_comes_back_is_probed_first(
     await asyncio.sleep(0.02)
     assert balancer.choose("app", ["b"]) == "b"  # presence dropped it: its ejection is remembered
     assert {balancer.choose("app", ["a", "b"]) for _ in range(20)} == {"b"}, "back, but not before its probe"
+    await asyncio.sleep(0)  # the probe task starts
     assert probed == ["a"]
     gate.set()
     await asyncio.gather(*tasks)
