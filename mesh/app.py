@@ -43,6 +43,7 @@ from mesh.invoke.presence import Presence
 from mesh.jobs.block import JobsBlock
 from mesh.names import InvalidName, check_app_id, check_subscription, check_topic
 from mesh.pipeline import HandlerSpec, Route, data_adapter
+from mesh.resiliency.config import unknown_topics
 from mesh.runtime import Runtime
 from mesh.security.secrets import Secrets
 from mesh.state import StateStore
@@ -441,7 +442,12 @@ class App:
         """Connect to the broker and start every subscription."""
         if self.started:
             return
+        problems = unknown_topics(self.config.resiliency, {r.topic for r in self._routes.values()} |
+                                  set(self.config.subscriptions))
+        if problems:
+            raise ConfigError([(self.config.where(p), m) for p, m in problems], self.config.source)
         self.runtime.build()
+        self.runtime.publish = self.caller.resiliency.wrap_publish(self.runtime.publish)  # outbound topic policies
         self.caller.build()
         await self.broker.connect()
         try:

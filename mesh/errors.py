@@ -26,6 +26,7 @@
     │   ├── StoreNotFound (KeyError)        no store of that name is configured
     │   └── StoreUnavailable (ConnectionError)
     ├── BindingError (mesh.bindings.base)   an input or output binding failed (names the binding)
+    ├── CircuitOpen (mesh.resiliency)       a call or publish refused at once: the target's breaker is open
     └── InvocationError
         ├── InvocationTimeout (TimeoutError)
         ├── NoResponders                    no live instance of the app

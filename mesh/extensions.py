@@ -41,6 +41,7 @@ mesh's own traffic never clashes with them.
 destination                     what travels there
 ==============================  =============================================================
 ``_mesh.invoke.<app>``          invocation requests to an app (its instances share them)
+``_mesh.invoke.<app>.<inst>``   invocation requests (and probes) to one chosen instance of the app
 ``_mesh.reply.<instance>``      replies to one caller instance
 ``_mesh.presence``              heartbeats, leaves and probes of every instance
 ``_mesh.actor.<instance>``      actor calls to the instance that owns the actor

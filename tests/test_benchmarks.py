@@ -62,3 +62,11 @@ def test_subscriptions_benchmark_runs_a_tiny_memory_row(capsys) -> None:  # type
     assert rows[0]["broker"] == "memory" and rows[0]["n"] == 5 and "error" not in rows[0]
     assert rows[0]["start"] >= 0 and rows[0]["deliver"] > 0
     assert "| memory | 5 |" in subscriptions.table(rows)
+
+
+def test_resiliency_benchmark_runs_a_tiny_memory_row(capsys) -> None:  # type: ignore[no-untyped-def]
+    from benchmarks import resiliency
+
+    resiliency.main(["--brokers", "memory", "--n", "20", "--calls", "50"])
+    out = capsys.readouterr().out
+    assert "memory     group" in out and "memory     chosen" in out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 import os
 import typing
 from collections.abc import Callable, Mapping
@@ -38,6 +39,7 @@ from mesh.config.models import (
 )
 from mesh.config.secrets import builtin_stores
 from mesh.errors import ConfigError
+from mesh.resiliency.config import resiliency_problems, resiliency_warnings
 
 __all__ = [
     "BrokerConfig",
@@ -56,6 +58,8 @@ __all__ = [
 ]
 
 DEFAULT_FILE = "mesh.yaml"
+
+log = logging.getLogger("mesh.config")
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -130,6 +134,7 @@ def load_config(
         raise ConfigError([("<root>", "the config must be a mapping")], name)
     problems: Problems = []
     data = substitute(data, problems, env)
+    problems.extend(resiliency_problems(data.get("resiliency")))
     extra_stores = {**(registry.secret_stores if registry else {}), **(stores or {})}
     data = resolve_secrets(data, problems, {**builtin_stores(), **extra_stores})
     try:
@@ -154,6 +159,10 @@ def load_config(
     if problems:
         raise ConfigError([(_with_line(p, lines), m) for p, m in problems], name)
     assert config is not None
+    for where, message in resiliency_warnings(config.resiliency):
+        log.warning("%s%s: %s", f"{name}: " if name else "", _with_line(where, lines), message)
+    config._lines.update(lines)
+    config._source = name
     return config
 
 

@@ -9,6 +9,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -20,6 +21,7 @@ from mesh.actors.config import ActorsConfig
 from mesh.brokers.tls import AuthOptions, TlsOptions
 from mesh.components import Registry
 from mesh.jobs.config import JobsConfig
+from mesh.resiliency.config import ResiliencyConfig
 
 __all__ = [
     "BrokerConfig",
@@ -341,6 +343,8 @@ class MeshConfig(_Frozen):
     """The actors block: its state store, lease, idle time, turn timeout (see docs/actors.md)."""
     bindings: dict[str, ComponentConfig] = Field(default_factory=dict)
     """Input and output bindings by name: ``{github: {type: http-in, ...}}`` (types from the registry)."""
+    resiliency: ResiliencyConfig = Field(default_factory=lambda: ResiliencyConfig())
+    """Timeouts, retries and circuit breakers per app and topic, instance ejection (docs/resiliency.md)."""
     max_event_bytes: int = Field(1024 * 1024, ge=1024)
     """Largest encoded event the mesh publishes."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -350,6 +354,22 @@ class MeshConfig(_Frozen):
     their deliveries given back to the broker (``'30s'``, ``'2m'`` also work)."""
 
     _durations = field_validator("drain_timeout", mode="before")(lambda v: parse_duration(v))
+    _lines: dict[str, int] = PrivateAttr(default_factory=dict)
+    _source: str | None = PrivateAttr(default=None)
+
+    def where(self, path: str) -> str:
+        """``path`` with its line in the file this config came from, when known (for errors found at start)."""
+        probe = path
+        while probe:
+            if probe in self._lines:
+                return f"{path} (line {self._lines[probe]})"
+            probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+        return path
+
+    @property
+    def source(self) -> str | None:
+        """The file this config was read from, if any."""
+        return self._source
 
     def for_topic(self, topic: str) -> SubscriptionConfig:
         """The defaults overlaid with ``subscriptions.<topic>``."""

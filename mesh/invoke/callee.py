@@ -1,14 +1,16 @@
 """The serving side of invocation: an app's methods behind its invocation destination.
 
 The app consumes ``_mesh.invoke.<app id>`` with its app id as the group, so its instances share
-the requests, through the ordinary delivery pipeline (tracing's process span, metrics, the
-dead-letter destination for requests nobody can answer). Every request gets exactly one reply
-unless it is dropped on purpose:
+the requests, and each instance also its own ``_mesh.invoke.<app id>.<instance id>`` (where callers that
+chose it send, see :mod:`mesh.resiliency.instances`), both through the ordinary delivery pipeline
+(tracing's process span, metrics, the dead-letter destination for requests nobody can answer).
+Every request gets exactly one reply unless it is dropped on purpose:
 
 ==================  =======================================================================
 request             what happens
 ==================  =======================================================================
 deadline passed     dropped, not run (the caller gave up); counted as ``expired``
+probe (``_mesh.ping``)  ok reply at once, no method runs (a caller readmitting an ejected instance)
 caller not allowed  error reply ``PermissionDenied`` (code ``permission_denied``); with signing
                     on, the caller is the verified signer, and a request that fails
                     verification is answered so too, with the reason
@@ -26,6 +28,7 @@ twice for one request: a retry is the caller's decision (idempotent methods only
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import Callable
@@ -39,9 +42,11 @@ from mesh.invoke.protocol import (
     MALFORMED,
     METHOD_NOT_FOUND,
     PERMISSION_DENIED,
+    PING,
     MalformedMessage,
     error_data,
     error_reply,
+    instance_topic,
     invoke_topic,
     ok_reply,
     parse_request,
@@ -78,6 +83,9 @@ class Callee:
         self.topic = invoke_topic(runtime.id)
         self.methods: dict[str, MethodSpec] = {}
         self._sub: Subscription | None = None
+        self._direct: Subscription | None = None
+        self.direct = runtime.config.resiliency.instances.enabled
+        """Whether this instance also serves its own request destination (announced in presence)."""
         conf = runtime.config.invoke
         self._allow = conf.allow
         self._traceback = conf.include_traceback
@@ -101,12 +109,20 @@ class Callee:
         self._sub = await self.runtime.broker.subscribe_ephemeral(
             self.topic, route, group=self.runtime.id, concurrency=route.concurrency
         )
+        if self.direct:
+            topic = instance_topic(self.runtime.id, self.runtime.instance_id)
+            own = Route(self.runtime, topic, self.runtime.id)
+            own.add(HandlerSpec(self.serve, topic, self.runtime.id, {}, self._concurrency))
+            own.build()
+            self._direct = await self.runtime.broker.subscribe_ephemeral(
+                topic, own, exclusive=True, concurrency=own.concurrency
+            )
 
     async def stop(self) -> None:
         """Stop taking requests; those in hand are answered first."""
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            await sub.stop(drain=True)
+        subs = [s for s in (self._sub, self._direct) if s is not None]
+        self._sub = self._direct = None
+        await asyncio.gather(*(sub.stop(drain=True) for sub in subs))
 
     @property
     def subscription(self) -> Subscription | None:
@@ -139,6 +155,9 @@ class Callee:
         if request.deadline is not None and request.deadline <= now():
             log.debug("dropped request %s for %s: its deadline passed", request.id, request.method)
             self._outcome(event, "expired", None)
+            return
+        if request.method == PING and request.reply_to is not None:  # a probe: alive and taking requests
+            await self._reply(event, ok_reply(event, self.runtime.source, None))
             return
         caller, rejected = caller_identity(ctx, request.caller)
         if rejected is not None or not self.allowed(request.method, caller):

@@ -14,12 +14,22 @@ What a call can end with:
 - :class:`~mesh.errors.InvocationTimeout` when no reply came within the timeout. The request
   carries the same deadline (``expirytime``), so the callee does not start work nobody waits for.
 
-Retries: the caller sends a request again only for a method its callee declares idempotent
-(presence carries the flag), only when presence sees an instance of the callee vanish (its
-heartbeats stopped: it crashed, perhaps with the request in hand) while the call is pending, at
-most ``invoke.retries`` times and within the same deadline. Every attempt has its own request id
-mapped to the same future, so whichever reply comes first answers the call. A reply that comes
-after its call ended is dropped and counted (``late_replies``, and ``mesh_invocation_outcome``).
+Where a request goes: to one live instance of the callee chosen by
+:class:`~mesh.resiliency.Balancer` (power of two choices on in-flight, ejected instances skipped),
+on its own destination; to the app's shared group when no such instance is known.
+
+Retries (see docs/resiliency.md): the caller sends a request again only for a method its callee
+declares idempotent (presence carries the flag), and within the same deadline: when an attempt
+got no reply within its attempt timeout (the app's timeout policy, else
+``instances.attempt_share`` of the call's timeout), to another instance, as the app's retry
+policy and the retry budget allow (``invoke.retries`` times by default); and when presence sees
+an instance of the callee vanish while the call is pending. Any call is sent again when the
+broker says nobody took it on the chosen instance's destination. Every attempt has its own
+request id mapped to the same future, so whichever reply comes first answers the call (earlier
+attempts stay pending). A reply that comes after its call ended is dropped and counted
+(``late_replies``, and ``mesh_invocation_outcome``). At the end of a call each attempt's
+instance is told how it went: answered, silent for a whole attempt timeout (counts towards its
+ejection), or overtaken (no verdict).
 """
 
 from __future__ import annotations
@@ -29,17 +39,30 @@ import logging
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import trace
+
 from mesh.brokers.base import Delivery, Subscription
 from mesh.errors import InvocationTimeout, MeshError, NoResponders, PluginError
 from mesh.event import Event, now
 from mesh.invoke.protocol import (
+    CORRELATION,
+    INVALID_ARGUMENT,
+    METHOD_NOT_FOUND,
+    PERMISSION_DENIED,
+    PING,
     MalformedMessage,
+    instance_topic,
     invoke_topic,
     parse_reply,
     remote_error,
     reply_topic,
     request_event,
 )
+from mesh.resiliency.breaker import CircuitOpen
+from mesh.resiliency.instances import Balancer
+from mesh.resiliency.policies import Resiliency
+from mesh.resiliency.retry import interval
+from mesh.resiliency.telemetry import telemetry
 from mesh.security import open_reply, seal
 from mesh.types import Invocation, InvokeHandle, InvokeLayer
 
@@ -77,6 +100,10 @@ class Caller:
         self._handle: InvokeHandle = self._call
         self._hooks = False
         self._attributes = False
+        self.resiliency = Resiliency(runtime.config)
+        """The policies of calls to each app (``resiliency.targets.apps``)."""
+        self.balancer = Balancer(runtime.config.resiliency.instances, self.probe, runtime.spawn)
+        """Which instance each request goes to, and which are ejected."""
 
     def build(self) -> None:
         """Compose the invoke layers (at app start)."""
@@ -197,6 +224,9 @@ class Caller:
         except InvocationTimeout as exc:
             call.outcome, call.error = "timeout", exc
             raise
+        except CircuitOpen as exc:
+            call.outcome, call.error = "circuit_open", exc
+            raise
         except BaseException as exc:
             call.outcome, call.error = "failed", exc
             raise
@@ -210,7 +240,8 @@ class Caller:
 
     async def _round_trip(self, call: Invocation) -> Event:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + call.timeout
+        begun = loop.time()
+        deadline = begun + call.timeout
         expires = now() + timedelta(seconds=call.timeout)
         await self.ready()
         presence = self.presence
@@ -219,71 +250,174 @@ class Caller:
             if not native:  # NATS says "no responders" itself, at once
                 await presence.wait_live(call.target, deadline)
             call.idempotent = presence.idempotent(call.target, call.method)
-        topic = invoke_topic(call.target)
-        future: asyncio.Future[Event] = loop.create_future()
-        ids: list[str] = []
+        policy = self.resiliency.for_app(call.target)
+        if policy.breaker is not None:
+            policy.breaker.check()
+        policy.budget.call(begun)
+        retries = self.resiliency.retries_of(policy)
+        trip = _Trip(call, loop.create_future())
         status: asyncio.Future[None] | None = None
         try:
-            status = await self._send(call, topic, future, ids, expires)
+            status = await self._attempt(trip, expires)
             while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                t = loop.time()
+                if t >= deadline:
                     break
-                retry = presence.enabled and call.idempotent is not False and call.attempts <= self.retries
-                if status is None and not retry:
-                    try:
-                        async with asyncio.timeout(remaining):
-                            return await future
-                    except TimeoutError:
-                        break
-                waiters: list[asyncio.Future[Any]] = [future]
+                retry = (presence.enabled and call.idempotent is not False and not trip.exhausted
+                         and (retries < 0 or call.attempts <= retries))
+                attempt = self._attempt_timeout(call, policy.timeout)
+                next_at = min(deadline, trip.last + attempt) if retry and call.idempotent and attempt else deadline
+                waiters: list[asyncio.Future[Any]] = [trip.future]
                 if status is not None:
                     waiters.append(status)
                 departure = presence.departure(call.target) if retry else None
                 if departure is not None:
                     waiters.append(departure)
-                await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-                if future.done():
-                    return future.result()
+                await asyncio.wait(waiters, timeout=max(0.0, next_at - t), return_when=asyncio.FIRST_COMPLETED)
+                if trip.future.done():
+                    return trip.future.result()
                 if status is not None and status.done():
                     error = None if status.cancelled() else status.exception()
-                    if isinstance(error, NoResponders):
-                        raise NoResponders(f"no instance of app {call.target!r} is listening ({error})") from None
                     status = None
+                    if isinstance(error, NoResponders):
+                        if trip.instance is None:
+                            raise NoResponders(f"no instance of app {call.target!r} is listening ({error})") from None
+                        # nobody took the request: sending it elsewhere is safe even if it is not idempotent
+                        live = self._live(call.target)
+                        self.balancer.finished(call.target, trip.instance, None)
+                        trip.settled.add(trip.ids[-1])
+                        self.balancer.eject(call.target, trip.instance, "no_responders", live)
+                        status = await self._again(trip, expires, "no_responders", status)
                 elif departure is not None and departure.done():
-                    status = await self._retry(call, topic, future, ids, expires, status)
+                    if call.idempotent is None:
+                        call.idempotent = presence.idempotent(call.target, call.method)
+                    if call.idempotent:
+                        if not presence.has_live(call.target) and not native:
+                            raise NoResponders(
+                                f"every instance of app {call.target!r} vanished while {call.method} was pending"
+                            )
+                        log.info("an instance of %s vanished: sending %s again (idempotent)", call.target, call.method)
+                        status = await self._again(trip, expires, "departure", status)
+                elif retry and loop.time() >= next_at and next_at < deadline:
+                    if not policy.budget.take(loop.time()):
+                        trip.exhausted = True
+                        telemetry().retried(f"app:{call.target}", "budget_exhausted")
+                        continue
+                    if policy.retry is not None:  # the policy's interval; the first attempt may still answer
+                        pause = min(interval(policy.retry, call.attempts), deadline - loop.time())
+                        await asyncio.wait([trip.future], timeout=max(0.0, pause))
+                        if trip.future.done():
+                            return trip.future.result()
+                    status = await self._again(trip, expires, "timeout", status)
             raise InvocationTimeout(
                 f"no reply from {call.target}.{call.method} within {call.timeout:g}s "
                 f"({call.attempts} attempt{'s' if call.attempts > 1 else ''})"
             )
         finally:
-            for request_id in ids:
-                self._pending.pop(request_id, None)
-                self._expected.pop(request_id, None)
+            self._settle(trip, policy.timeout)
             if status is not None:
                 status.cancel()
+            if policy.breaker is not None:
+                policy.breaker.record(_healthy(trip.future))
 
-    async def _retry(
-        self,
-        call: Invocation,
-        topic: str,
-        future: asyncio.Future[Event],
-        ids: list[str],
-        expires: datetime,
-        status: asyncio.Future[None] | None,
+    def _attempt_timeout(self, call: Invocation, configured: float | None) -> float | None:
+        """Seconds an attempt gets before an idempotent call goes to another instance."""
+        if configured is not None:
+            return configured
+        return call.timeout * self.resiliency.config.instances.attempt_share
+
+    def _live(self, app_id: str) -> list[str]:
+        """The live instances of an app that serve their own request destination."""
+        if not self.presence.enabled:
+            return []
+        return [i.instance for i in self.presence.live(app_id) if i.direct]
+
+    def _settle(self, trip: _Trip, configured: float | None) -> None:
+        """Tell the balancer how each attempt went, and forget the pending ids."""
+        loop_time = asyncio.get_running_loop().time()
+        answered = None
+        if trip.future.done() and not trip.future.cancelled() and trip.future.exception() is None:
+            answered = trip.future.result().extensions.get(CORRELATION)
+        limit = self._attempt_timeout(trip.call, configured) or trip.call.timeout
+        live = self._live(trip.call.target)
+        for request_id, (instance, sent) in trip.sent.items():
+            self._pending.pop(request_id, None)
+            self._expected.pop(request_id, None)
+            if instance is None or request_id in trip.settled:
+                continue
+            if request_id == answered:
+                ok: bool | None = True
+            elif loop_time - sent >= limit * 0.99:
+                ok = False  # silent for a whole attempt timeout: it counts against the instance
+            else:
+                ok = None  # overtaken by another attempt's reply: no verdict
+            self.balancer.finished(trip.call.target, instance, ok, "timeout", live)
+
+    async def _again(
+        self, trip: _Trip, expires: datetime, reason: str, status: asyncio.Future[None] | None
     ) -> asyncio.Future[None] | None:
-        """An instance of the callee vanished while the call waited: send again if that is safe."""
-        presence = self.presence
-        if call.idempotent is None:
-            call.idempotent = presence.idempotent(call.target, call.method)
-        if not call.idempotent:
-            return status
-        if not presence.has_live(call.target) and not self.runtime.broker.features.native_request_reply:
-            raise NoResponders(f"every instance of app {call.target!r} vanished while {call.method} was pending")
-        log.info("an instance of %s vanished: sending %s again (idempotent)", call.target, call.method)
+        """Send the call again, to another instance if there is one (a span event says so)."""
+        previous = trip.instance
         if status is not None:
             status.cancel()
-        return await self._send(call, topic, future, ids, expires)
+        telemetry().retried(f"app:{trip.call.target}", reason)
+        new = await self._attempt(trip, expires)
+        trace.get_current_span().add_event(
+            "mesh.invoke.retry",
+            {"mesh.retry.reason": reason, "mesh.instance.previous": previous or "<group>",
+             "mesh.instance": trip.instance or "<group>", "mesh.attempt": trip.call.attempts},
+        )
+        log.debug("%s.%s: attempt %d to %s after %s on %s", trip.call.target, trip.call.method, trip.call.attempts,
+                  trip.instance or "the group", reason, previous or "the group")
+        return new
+
+    async def _attempt(self, trip: _Trip, expires: datetime) -> asyncio.Future[None] | None:
+        """Send one attempt: to a chosen instance's own destination, else the app's shared group."""
+        call = trip.call
+        instance: str | None = None
+        if self.resiliency.config.instances.enabled:
+            live = self._live(call.target)
+            if live:
+                instance = self.balancer.choose(call.target, live, trip.tried)
+                if instance is None and trip.tried:
+                    instance = self.balancer.choose(call.target, live)
+        topic = instance_topic(call.target, instance) if instance is not None else invoke_topic(call.target)
+        trip.instance = instance
+        if instance is not None:
+            trip.tried.add(instance)
+            self.balancer.started(call.target, instance)
+        trip.last = asyncio.get_running_loop().time()
+        ids: list[str] = []
+        try:
+            return await self._send(call, topic, trip.future, ids, expires)
+        finally:
+            if ids:
+                trip.ids.append(ids[0])
+                trip.sent[ids[0]] = (instance, trip.last)
+            elif instance is not None:
+                self.balancer.finished(call.target, instance, None)
+
+    async def probe(self, app_id: str, instance: str) -> bool:
+        """Whether ``instance`` of ``app_id`` answers a ping on its own destination in time."""
+        loop = asyncio.get_running_loop()
+        wait = min(2.0, self.resiliency.config.instances.ejection)
+        event = request_event(self.runtime.source, PING, None, reply_to=self.reply_topic,
+                              deadline=now() + timedelta(seconds=wait))
+        topic = instance_topic(app_id, instance)
+        event = seal(self.runtime, topic, event)
+        future: asyncio.Future[Event] = loop.create_future()
+        self._pending[event.id] = future
+        self._expected[event.id] = f"/{app_id}"
+        try:
+            await self.runtime.broker.publish_ephemeral(topic, event)
+            async with asyncio.timeout(wait):
+                await future
+            return True
+        except (TimeoutError, MeshError, OSError):
+            return False
+        finally:
+            self._pending.pop(event.id, None)
+            self._expected.pop(event.id, None)
 
     async def _send(
         self, call: Invocation, topic: str, future: asyncio.Future[Event], ids: list[str], expires: datetime
@@ -308,3 +442,35 @@ class Caller:
         if call.request_id is None:
             call.request_id = event.id
         return await app.broker.publish_request(topic, event)
+
+
+_CALLER_FAULTS = frozenset({METHOD_NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT})
+
+
+def _healthy(future: asyncio.Future[Event]) -> bool:
+    """Whether a call's outcome speaks for the callee's health (for its app's circuit breaker)."""
+    if not future.done() or future.cancelled() or future.exception() is not None:
+        return False
+    _, ok, data = parse_reply(future.result())
+    return ok or (isinstance(data, dict) and data.get("code") in _CALLER_FAULTS)
+
+
+class _Trip:
+    """The attempts of one call: where each went and when."""
+
+    __slots__ = ("call", "exhausted", "future", "ids", "instance", "last", "sent", "settled", "tried")
+
+    def __init__(self, call: Invocation, future: asyncio.Future[Event]) -> None:
+        self.call = call
+        self.future = future
+        self.ids: list[str] = []
+        self.sent: dict[str, tuple[str | None, float]] = {}
+        """Request id -> (the instance it went to, ``None`` for the shared group; loop time sent)."""
+        self.settled: set[str] = set()
+        """Attempts the balancer was already told about."""
+        self.tried: set[str] = set()
+        self.instance: str | None = None
+        """Where the last attempt went."""
+        self.last = 0.0
+        self.exhausted = False
+        """The retry budget refused a retry: no more for this call."""

@@ -64,6 +64,8 @@ class Instance:
     actors: dict[str, list[str]] = field(default_factory=dict)
     """Hosted actor type -> its active actor ids (at most 100 shown)."""
     started: str = ""
+    direct: bool = False
+    """Whether it serves its own request destination (``_mesh.invoke.<app>.<id>``), so callers may choose it."""
     expiry: float = 6.0
     seen: float = 0.0
     """Event-loop time of the last heartbeat."""
@@ -115,6 +117,7 @@ def _instance(data: Any, default_expiry: float) -> Instance | None:
             if isinstance(p, dict) and "topic" in p
         ],
         expiry=float(expiry) if isinstance(expiry, int | float) and expiry > 0 else default_expiry,
+        direct=data.get("direct") is True,
     )
 
 
@@ -143,6 +146,8 @@ class Presence:
         self._started = now().isoformat()
         self.publishes: list[dict[str, str]] = []
         """What the app declares it publishes (filled by ``App.publishes``), sent in heartbeats."""
+        self.direct = runtime.config.resiliency.instances.enabled
+        """Whether this instance serves its own request destination (as the callee does, from the config)."""
         self.hosted: Callable[[], list[dict[str, Any]]] = list
         """The actor types this instance hosts, with their active ids (set by the actors block)."""
 
@@ -286,6 +291,8 @@ class Presence:
             "started": self._started,
             "publishes": self.publishes,
         }
+        if methods and self.direct:
+            data["direct"] = True
         actors = self.hosted()
         if actors:
             data["actors"] = actors

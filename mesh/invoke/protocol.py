@@ -38,6 +38,7 @@ __all__ = [
     "CORRELATION",
     "DEADLINE",
     "INVOKE_PREFIX",
+    "PING",
     "REPLY_PREFIX",
     "REPLY_TO",
     "REPLY_TYPE",
@@ -48,6 +49,7 @@ __all__ = [
     "caller_of",
     "error_data",
     "error_reply",
+    "instance_topic",
     "invoke_topic",
     "ok_reply",
     "parse_reply",
@@ -67,6 +69,8 @@ CORRELATION = ext.CORRELATION
 STATUS = ext.STATUS
 INVOKE_PREFIX = ext.INVOKE_PREFIX
 REPLY_PREFIX = ext.REPLY_PREFIX
+PING = "_mesh.ping"
+"""The method of a probe: any instance answers it at once with an ok reply (outlier ejection)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -94,6 +98,11 @@ class MalformedMessage(EventError):
 def invoke_topic(app_id: str) -> str:
     """The invocation destination of an app: its instances share it as one group."""
     return INVOKE_PREFIX + app_id
+
+
+def instance_topic(app_id: str, instance_id: str) -> str:
+    """The request destination of one instance of an app (callers that chose it send there)."""
+    return f"{INVOKE_PREFIX}{app_id}.{_UNSAFE.sub('_', instance_id)}"
 
 
 def reply_topic(instance_id: str) -> str:

@@ -8,6 +8,8 @@ handling plus settlement (:mod:`mesh.pipeline.settle`), their handler layers aro
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -16,16 +18,19 @@ from pydantic import ValidationError
 
 from mesh.errors import DeadLetter
 from mesh.event import Event
+from mesh.extensions import RESERVED_PREFIX
 from mesh.names import check_handler_signature
 from mesh.pipeline.injection import injection_plan, matcher
 from mesh.pipeline.settle import dead_letter, outcome, settling
+from mesh.resiliency.breaker import CircuitBreaker
+from mesh.resiliency.policies import Resiliency
 from mesh.types import Context, Handle, HandlerLayer, SubscriptionInfo
 
 if TYPE_CHECKING:
     from mesh.brokers.base import Delivery
     from mesh.runtime import Runtime
 
-__all__ = ["HandlerSpec", "Route"]
+__all__ = ["HandlerSpec", "Route", "breaking"]
 
 
 class HandlerSpec:
@@ -108,6 +113,9 @@ class Route:
         self.handlers: list[tuple[HandlerSpec, SubscriptionInfo, Handle]] = []
         self.config = runtime.config.for_topic(topic)
         self.undecodable_info = SubscriptionInfo(topic, group, "<undecodable>", self.config)
+        self.breaker: CircuitBreaker | None = None
+        """The inbound circuit breaker (``resiliency.targets.topics.<topic>.inbound``): while it is
+        open, deliveries wait before their handler instead of failing into retries."""
 
     def add(self, spec: HandlerSpec) -> None:
         """Add a handler (layers are built at :meth:`build`)."""
@@ -119,8 +127,14 @@ class Route:
         handling plus settlement, handler layers around the handler call."""
         built = []
         runtime, hooks = self.runtime, self.runtime.hooks
+        timeout = None
+        if self.breaker is None and not self.topic.startswith(RESERVED_PREFIX):
+            resiliency = Resiliency(runtime.config)
+            self.breaker, timeout = resiliency.inbound(self.topic), resiliency.inbound_timeout(self.topic)
         for spec, info, _ in self.handlers:
             handle = _compose(hooks.handler_layers(runtime, info), spec.call)
+            if self.breaker is not None or timeout is not None:
+                handle = breaking(self.breaker, handle, timeout)
             built.append(
                 (
                     spec,
@@ -150,4 +164,35 @@ class Route:
             if self.runtime.outcome_hooks:
                 outcome(Context(self.runtime, delivery, event, self.undecodable_info), "skipped", None)
             return
+        if self.breaker is not None:
+            try:
+                await self.breaker.admit()  # open: consumption pauses here, the delivery waits in hand
+            except asyncio.CancelledError:  # the app stops while paused: give the delivery back untouched
+                if not delivery.done:
+                    with contextlib.suppress(Exception):
+                        await delivery.nack()
+                raise
         await handle(Context(self.runtime, delivery, event, info))
+
+
+def breaking(breaker: CircuitBreaker | None, handle: Handle, timeout: float | None = None) -> Handle:
+    """``handle`` within ``timeout`` (a ``TimeoutError`` past it), telling ``breaker`` how each call
+    went; its exception still goes on to settling (retry or dead letter)."""
+
+    async def call(ctx: Context) -> Any:
+        try:
+            async with asyncio.timeout(timeout):
+                result = await handle(ctx)
+        except DeadLetter:  # the event is bad, the handler is fine
+            if breaker is not None:
+                breaker.record(True)
+            raise
+        except Exception:
+            if breaker is not None:
+                breaker.record(False)
+            raise
+        if breaker is not None:
+            breaker.record(True)
+        return result
+
+    return call
