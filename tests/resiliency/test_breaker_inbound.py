@@ -16,8 +16,6 @@ OPEN_FOR = 2.0
 
 
 async def test_an_open_breaker_pauses_consumption_and_a_half_open_success_resumes_it(broker_spec: BrokerSpec) -> None:
-    if broker_spec.type == "kafka":
-        pytest.skip("Kafka: see docs/resiliency.md (a paused partition is held past max_poll_interval otherwise)")
     namespace, topic = unique("brk") + ".", unique("orders")
     cfg = {
         "broker": {**broker_spec.config(), "namespace": namespace},

@@ -4,8 +4,9 @@ Two instances of one app serve an idempotent method; one runs in a network names
 the broker through a forwarder on its veth. A caller invokes the method 10 times a second with a
 1 s timeout; the namespace's link then drops every packet (no reset) for 30 s and comes back. At
 most 3 calls may fail for the whole partition event, and at least 95% of the calls started during
-the partition must succeed. NATS, RabbitMQ and Redis (the issue's set; see docs/resiliency.md for
-Kafka).
+the partition must succeed. NATS, RabbitMQ and Redis (the issue's set), and Kafka: a Tansu of the
+test's own listens on the host end of the veth and advertises it, so every client (in the
+namespace or not) reaches it there without a forwarder.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,15 +25,16 @@ import pytest
 
 from mesh import App
 from mesh.resiliency import telemetry
+from mesh.testing import Tansu
 from tests.conftest import _spec
 from tests.resiliency.load import Load
 from tests.resiliency.netns import Forwarder, Netns, netns, netns_available
-from tests.support import BrokerSpec, unique, wait_for
+from tests.support import BrokerSpec, unavailable, unique, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 PARTITION = 30.0
-BROKERS = [pytest.param(k, marks=getattr(pytest.mark, k)) for k in ("nats", "rabbitmq", "redis")]
+BROKERS = [pytest.param(k, marks=getattr(pytest.mark, k)) for k in ("nats", "rabbitmq", "redis", "kafka")]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -43,12 +45,28 @@ def _through(url: str, host: str, port: int) -> str:
     return urlunsplit(parts._replace(netloc=f"{auth}{host}:{port}"))
 
 
+@contextlib.contextmanager
+def tansu_on(host: str) -> Iterator[Tansu]:
+    """A Tansu of this test's own, listening on (and advertising) ``host``."""
+    try:
+        server = Tansu(host=host)
+    except (FileNotFoundError, RuntimeError) as exc:
+        unavailable(f"kafka (tansu on {host}: {exc})")
+        raise AssertionError from exc  # unreachable: unavailable() skips or fails
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @contextlib.asynccontextmanager
 async def instance_in(ns: Netns, spec: BrokerSpec, cfg: dict[str, Any], app_id: str) -> AsyncIterator[str]:
     """A callee process inside ``ns``, its broker reached through a forwarder; yields its instance id."""
     assert spec.url is not None
-    async with Forwarder(ns.host, urlsplit(spec.url).port or 0) as forwarder:
-        inner = {**cfg, "broker": {**cfg["broker"], "url": _through(spec.url, ns.host, forwarder.port)}}
+    direct = spec.type == "kafka"  # the test's Tansu listens on the veth: no forwarder
+    async with Forwarder(ns.host, urlsplit(spec.url).port or 0) if not direct else contextlib.nullcontext() as fwd:
+        url = spec.url if fwd is None else _through(spec.url, ns.host, fwd.port)
+        inner = {**cfg, "broker": {**cfg["broker"], "url": url}}
         env = {**os.environ, "MESH_TEST_CONFIG": json.dumps(inner), "PYTHONPATH": ROOT}
         proc = await asyncio.create_subprocess_exec(
             *ns.command(sys.executable, "-m", "tests.resiliency.callee_proc", app_id),
@@ -77,11 +95,11 @@ async def test_a_partitioned_instance_does_not_fail_the_calls(kind: str, request
     why = netns_available()
     if why:
         pytest.skip(why)
-    spec = _spec(kind, request)
     namespace, callee_id = unique("part") + ".", unique("svc")
-    cfg = {"broker": {**spec.config(), "namespace": namespace}}
     app_id_prefix = callee_id
-    with netns() as ns:
+    with netns() as ns, (tansu_on(ns.host) if kind == "kafka" else contextlib.nullcontext()) as own:
+        spec = BrokerSpec("kafka", own.url) if own is not None else _spec(kind, request)
+        cfg = {"broker": {**spec.config(), "namespace": namespace}}
         async with instance_in(ns, spec, cfg, app_id_prefix) as far:
             near = App(callee_id, config=cfg)
 
