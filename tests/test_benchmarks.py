@@ -53,3 +53,24 @@ def test_cpu_benchmark_prints_both_sides_for_each_contender(capsys) -> None:  # 
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("nats ")]
     assert [row[1] for row in rows] == ["raw", "mesh"]
     assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
+
+
+@pytest.mark.nats
+def test_pubsub_under_uvloop_measures_mesh_and_raw_on_the_same_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("uvloop", reason="the 'fast' extra (uvloop) is not installed")
+    from benchmarks import loops, pubsub
+    from tests.support import DEFAULT_URLS, reachable, unavailable
+
+    if not reachable(DEFAULT_URLS["nats"], 4222):
+        unavailable("nats")
+    monkeypatch.delenv(loops.ENV, raising=False)
+    pubsub.main(["--brokers", "nats", "--contenders", "mesh,raw", "--n", "300", "--loop", "uvloop"])
+    assert loops.current() == "uvloop"  # and the spawned row processes inherited it
+    monkeypatch.delenv(loops.ENV)
+
+
+def test_an_unknown_loop_is_refused_by_the_benchmarks() -> None:
+    from benchmarks import pubsub
+
+    with pytest.raises(SystemExit):
+        pubsub.main(["--brokers", "memory", "--loop", "tokio"])
