@@ -447,10 +447,7 @@ class App:
         try:
             await self._state.start()  # before the handlers, which may use it
             await self.jobs.start()  # after the state block: its store may be one of them
-            for route in self._routes.values():
-                route.build()
-                sub = await self.broker.subscribe(route.topic, route.group, route, concurrency=route.concurrency)
-                self._subscriptions.append(sub)
+            await self._subscribe_routes()
             await self.callee.start()
             await self.actors.start()  # after the state block, whose store it uses
             await self.presence.start(listen=bool(self.callee.methods) or self.actors.hosting)
@@ -465,6 +462,37 @@ class App:
             raise
         self.started = self._invocable = True
         self.hooks.app_started(self.runtime)
+
+    async def _subscribe_routes(self) -> None:
+        """Subscribe every route, up to the broker's ``subscribe_concurrency`` at once (in order
+        when 1); the first failure is raised once every call in flight has ended."""
+        broker = self.broker
+        routes = list(self._routes.values())
+        for route in routes:
+            route.build()
+        width = max(1, broker.subscribe_concurrency)
+        if width == 1 or len(routes) < 2:
+            for route in routes:
+                sub = await broker.subscribe(route.topic, route.group, route, concurrency=route.concurrency)
+                self._subscriptions.append(sub)
+            return
+        gate = asyncio.Semaphore(width)
+        failed: list[BaseException] = []
+
+        async def one(route: Route) -> Subscription | None:
+            async with gate:
+                if failed:
+                    return None  # an earlier one failed: start no more
+                try:
+                    return await broker.subscribe(route.topic, route.group, route, concurrency=route.concurrency)
+                except BaseException as exc:
+                    failed.append(exc)
+                    raise
+
+        results = await asyncio.gather(*(one(r) for r in routes), return_exceptions=True)
+        self._subscriptions.extend(r for r in results if isinstance(r, Subscription))
+        if failed:
+            raise failed[0]
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop consuming, let handlers in flight finish, then disconnect.

@@ -20,6 +20,8 @@ member                    required  what
 ``history``, ``groups``   no        composed parts for replay (:mod:`mesh.brokers.capabilities`)
 ``tls_supported``,        no        which parts of ``broker.tls`` / ``broker.auth`` the adapter
 ``auth_fields``                     wires (:mod:`mesh.brokers.tls`); the rest is refused here
+``subscribe_concurrency``  no        how many ``subscribe`` calls an app's start may run at once
+                                    (1: one after another)
 ========================  ========  ===========================================================
 
 So a minimal adapter is four methods and a delivery with two; everything clever (retries, dead
@@ -227,6 +229,10 @@ class Broker(ABC):
     """The adapter wires ``broker.tls`` (otherwise a ``tls`` setting is a ConfigError)."""
     auth_fields: ClassVar[frozenset[str]] = frozenset()
     """The ``broker.auth`` fields the adapter wires (any other one set is a ConfigError)."""
+    subscribe_concurrency: ClassVar[int] = 1
+    """How many :meth:`subscribe` calls ``App.start`` may have in flight at once. Above 1 where
+    a subscription costs the broker round trips it can serve side by side (RabbitMQ declares a
+    queue, a binding and a consumer on a channel of its own); 1 keeps them in order."""
 
     history: Any = None
     """A :class:`~mesh.brokers.capabilities.HistoryReader` part when the broker keeps a log."""
