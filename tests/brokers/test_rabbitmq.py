@@ -299,6 +299,21 @@ async def test_quorum_queue_counts_a_return_after_a_consumer_died(make: Make) ->
     assert got.deliveries[0].attempt == 2
 
 
+async def test_a_consumer_the_broker_cancelled_comes_back_with_its_queue(make: Make, raw: Any) -> None:
+    broker = await make()
+    topic, group, got = unique(), unique("g"), Got()
+    sub = await broker.subscribe(topic, group, got)
+    await broker.publish(topic, ev(1))
+    await wait_for(lambda: len(got.events) == 1, what="the first event")
+    first = sub._consumer.tag  # type: ignore[attr-defined]
+    await raw.queue_delete(sub.queue)  # type: ignore[attr-defined]  # the broker cancels our consumer
+    await wait_for(lambda: sub._consumer.tag not in (None, first), what="consuming again")  # type: ignore[attr-defined]
+    await raw.declare_queue(sub.queue, passive=True)  # type: ignore[attr-defined]  # declared again
+    await broker.publish(topic, ev(2))
+    await wait_for(lambda: len(got.events) == 2, what="the event after the queue came back")
+    assert [e.data["i"] for e in got.events] == [1, 2]
+
+
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 async def test_attempts_count_immediate_and_delayed_nacks(make: Make, queue_type: str) -> None:
     broker = await make(queue_type=queue_type)
