@@ -20,9 +20,10 @@ member                    required  what
 ``history``, ``groups``   no        composed parts for replay (:mod:`mesh.brokers.capabilities`)
 ``tls_supported``,        no        which parts of ``broker.tls`` / ``broker.auth`` the adapter
 ``auth_fields``                     wires (:mod:`mesh.brokers.tls`); the rest is refused here
-``subscribe_concurrency``  no        how many ``subscribe`` calls an app's start may run at once
-                                    (1: one after another)
 ========================  ========  ===========================================================
+
+Optional too: ``subscribe_concurrency``, how many ``subscribe`` calls an app's start may have in
+flight at once (1, the default: one after another).
 
 So a minimal adapter is four methods and a delivery with two; everything clever (retries, dead
 letters, request/reply, tracing, replay) sits above it and is written once.
