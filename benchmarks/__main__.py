@@ -3,6 +3,7 @@
     python -m benchmarks                 # the sizes docs/benchmarks.md reports (about 10 minutes)
     python -m benchmarks --quick         # tiny sizes: checks that every row still runs
     python -m benchmarks --brokers nats,rabbitmq
+    python -m benchmarks --loop uvloop   # every process (mesh, raw client, FastStream) on uvloop
 
 Each part can also run alone (``python -m benchmarks.pubsub --help`` and so on); every ratio is
 computed from one run of one part, the contenders side by side.
@@ -18,9 +19,20 @@ import sys
 import time
 from importlib import metadata
 
-from benchmarks import codec, invoke, pubsub, subscriptions
+from benchmarks import codec, invoke, loops, pubsub, subscriptions
 
-PACKAGES = ("aiokafka", "aio-pika", "nats-py", "redis", "faststream", "cloudevents", "orjson", "pydantic")
+PACKAGES = (
+    "aiokafka",
+    "aio-pika",
+    "aiormq",
+    "nats-py",
+    "redis",
+    "faststream",
+    "cloudevents",
+    "orjson",
+    "pydantic",
+    "uvloop",
+)
 SIZES = {
     "full": {
         "codec": 200_000,
@@ -62,12 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="every benchmark: codec, pub/sub, invoke, subscriptions, memory")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run, numbers mean nothing)")
     parser.add_argument("--brokers", default=",".join(pubsub.BROKERS), help="comma-separated broker types")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default=None, help="event loop of every process")
     args = parser.parse_args(argv)
+    loop = loops.choose(args.loop)
     sizes = SIZES["quick" if args.quick else "full"]
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     started = time.monotonic()
 
-    print(f"# machine\n\n{machine()}\n", flush=True)
+    print(f"# machine\n\n{machine()}; event loop {loop}\n", flush=True)
     print(f"# codec (--n {sizes['codec']})\n")
     codec.main(["--n", str(sizes["codec"])])
     names = ["mesh", "raw", "faststream"]

@@ -17,7 +17,6 @@ seconds each side spends per message do not. For each contender this measures, i
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import cProfile
 import multiprocessing as mp
@@ -27,7 +26,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from benchmarks import contenders, pubsub
+from benchmarks import contenders, loops, pubsub
 
 
 @contextlib.contextmanager
@@ -61,16 +60,16 @@ async def _prepare(kind: str, url: str, topic: str) -> None:
 def producer_cpu(name: str, kind: str, url: str, n: int, top: int = 0) -> float:
     """Microseconds of CPU per message for ``name``'s producer alone."""
     topic = f"bench-cpu-{uuid.uuid4().hex[:8]}"
-    asyncio.run(_prepare(kind, url, topic))
+    loops.run(_prepare(kind, url, topic))
     marks: list[float] = []
     contenders.on_first_publish = lambda: marks.append(time.process_time())
     try:
         with _profiled(top):
-            asyncio.run(contenders.PRODUCERS[name](kind, url, topic, n))
+            loops.run(contenders.PRODUCERS[name](kind, url, topic, n))
         return (time.process_time() - marks[0]) / n * 1e6
     finally:
         contenders.on_first_publish = None
-        asyncio.run(pubsub._cleanup(kind, url, topic, "g"))
+        loops.run(pubsub._cleanup(kind, url, topic, "g"))
 
 
 class _Ready:
@@ -97,19 +96,19 @@ def consumer_cpu(name: str, kind: str, url: str, n: int, top: int = 0, feeder: s
     ctx = mp.get_context("spawn")
     topic, group = f"bench-cpu-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:6]}"
     if kind == "kafka":
-        asyncio.run(pubsub._kafka_topic(url, topic))
+        loops.run(pubsub._kafka_topic(url, topic))
     started: Any = ctx.Queue()
     producer = ctx.Process(target=pubsub._producer, args=(feeder, kind, url, topic, n, started))
     ready, done = _Ready(producer.start), _Done()
     try:
         with _profiled(top):
-            asyncio.run(contenders.CONSUMERS[name](kind, url, topic, group, n, ready, done))
+            loops.run(contenders.CONSUMERS[name](kind, url, topic, group, n, ready, done))
         return (done.cpu - ready.cpu) / n * 1e6
     finally:
         producer.join(60)
         if producer.is_alive():
             producer.kill()
-        asyncio.run(pubsub._cleanup(kind, url, topic, group))
+        loops.run(pubsub._cleanup(kind, url, topic, group))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,8 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--broker", default="nats", choices=[b for b in pubsub.BROKERS if b != "memory"])
     parser.add_argument("--n", type=int, default=50_000, help="messages per measurement")
     parser.add_argument("--contenders", default="raw,mesh")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default=None, help="event loop of every process")
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's N costliest functions")
     args = parser.parse_args(argv)
+    loops.choose(args.loop)
     tansu = None
     url = pubsub.URLS.get(args.broker, "")
     if args.broker == "kafka":

@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from benchmarks import loops
+
 PAYLOAD = {"sku": "espresso", "qty": 2, "order_id": "A01"}
 URLS = {
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
@@ -456,7 +458,7 @@ def run(brokers: list[str], n: int, calls: int, concurrency: int) -> list[Row]:
             if not reachable(broker, url):
                 print(f"{broker}: not reachable, skipped")
                 continue
-            rows += asyncio.run(bench(broker, url, n, calls, concurrency))
+            rows += loops.run(bench(broker, url, n, calls, concurrency))
     return rows
 
 
@@ -485,7 +487,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--n", type=int, default=2000, help="sequential calls for the latency percentiles")
     parser.add_argument("--calls", type=int, default=5000, help="calls for the throughput")
     parser.add_argument("--concurrency", type=int, default=50, help="calls in flight for the throughput")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default=None, help="event loop of every process")
     args = parser.parse_args(argv)
+    loops.choose(args.loop)
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     unknown = set(brokers) - set(ALL)
     if unknown:

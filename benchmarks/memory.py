@@ -13,6 +13,7 @@ import asyncio
 import gc
 from typing import Any
 
+from benchmarks import loops
 from mesh import App, Event
 
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="RSS of an idle app and across many events (memory broker)")
     parser.add_argument("--events", type=int, default=1_000_000)
     args = parser.parse_args(argv)
-    r = asyncio.run(run(args.events))
+    r = loops.run(run(args.events))
     print(f"idle app, 10 subscriptions: {r['idle_mb']:.1f} MB RSS (target < 80 MB)")
     print(
         f"{r['events']:,} events: RSS {r['early_mb']:.1f} MB at 10%, {r['final_mb']:.1f} MB at the end "

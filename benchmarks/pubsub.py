@@ -23,7 +23,7 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks import contenders
+from benchmarks import contenders, loops
 
 URLS = {
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
@@ -43,7 +43,7 @@ def _logging() -> None:
 
 def _consumer(name: str, kind: str, url: str, topic: str, group: str, n: int, ready: Any, done: Any) -> None:
     _logging()
-    asyncio.run(contenders.CONSUMERS[name](kind, url, topic, group, n, ready, done))
+    loops.run(contenders.CONSUMERS[name](kind, url, topic, group, n, ready, done))
 
 
 def _producer(name: str, kind: str, url: str, topic: str, n: int, started: Any) -> None:
@@ -53,7 +53,7 @@ def _producer(name: str, kind: str, url: str, topic: str, n: int, started: Any) 
         contenders.on_first_publish = lambda: started.put(time.monotonic())
         await contenders.PRODUCERS[name](kind, url, topic, n)
 
-    asyncio.run(go())
+    loops.run(go())
 
 
 async def _kafka_topic(url: str, topic: str, partitions: int = 3) -> None:
@@ -70,12 +70,12 @@ async def _kafka_topic(url: str, topic: str, partitions: int = 3) -> None:
 def run_row(contender: str, kind: str, url: str, n: int, timeout: float = 300.0) -> float:
     """Messages per second for one contender on one broker (two processes)."""
     if kind == "memory":
-        return asyncio.run(_memory(n))
+        return loops.run(_memory(n))
     ctx = mp.get_context("spawn")
     topic = f"bench-{contender}-{uuid.uuid4().hex[:8]}"
     group = f"g-{uuid.uuid4().hex[:6]}"
     if kind == "kafka":
-        asyncio.run(_kafka_topic(url, topic))
+        loops.run(_kafka_topic(url, topic))
     ready, done, started = ctx.Event(), ctx.Queue(), ctx.Queue()
     consumer = ctx.Process(target=_consumer, args=(contender, kind, url, topic, group, n, ready, done))
     consumer.start()
@@ -93,7 +93,7 @@ def run_row(contender: str, kind: str, url: str, n: int, timeout: float = 300.0)
             proc.join(10)
             if proc.is_alive():
                 proc.kill()
-        asyncio.run(_cleanup(kind, url, topic, group))
+        loops.run(_cleanup(kind, url, topic, group))
 
 
 async def _cleanup(kind: str, url: str, topic: str, group: str) -> None:
@@ -276,10 +276,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--brokers", default=None, help=f"default {','.join(BROKERS)} (--signed: nats,kafka)")
     parser.add_argument("--contenders", default="mesh,raw,faststream")
     parser.add_argument("--n", type=int, default=20_000, help="messages per row")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default=None, help="event loop of every process")
     parser.add_argument(
         "--signed", action="store_true", help="the mesh signed against unsigned (default brokers nats,kafka)"
     )
     args = parser.parse_args(argv)
+    loops.choose(args.loop)
     if args.signed:
         _make_signing_keys()
         print(signed_table(run((args.brokers or "nats,kafka").split(","), args.n, ["mesh", "mesh-signed"])))

@@ -453,7 +453,7 @@ class App:
         try:
             await self._state.start()  # before the handlers, which may use it
             await self.jobs.start()  # after the state block: its store may be one of them
-            await self._subscribe_all()
+            await self._subscribe_routes()
             await self.callee.start()
             await self.actors.start()  # after the state block, whose store it uses
             await self.presence.start(listen=bool(self.callee.methods) or self.actors.hosting)
@@ -469,26 +469,36 @@ class App:
         self.started = self._invocable = True
         self.hooks.app_started(self.runtime)
 
-    async def _subscribe_all(self) -> None:
-        """Start every subscription at once: an app of many topics pays round trips, not their sum
-        (the broker coalesces what it can). Those that started are kept even when one fails, so
-        ``broker.close()`` stops them; the first failure is raised."""
+    async def _subscribe_routes(self) -> None:
+        """Subscribe every route, up to the broker's ``subscribe_concurrency`` at once (in order
+        when 1); the first failure is raised once every call in flight has ended."""
+        broker = self.broker
         routes = list(self._routes.values())
         for route in routes:
             route.build()
-        broker = self.broker
-        results = await asyncio.gather(
-            *(broker.subscribe(r.topic, r.group, r, concurrency=r.concurrency) for r in routes),
-            return_exceptions=True,
-        )
-        failed: BaseException | None = None
-        for result in results:
-            if isinstance(result, BaseException):
-                failed = failed or result
-            else:
-                self._subscriptions.append(result)
-        if failed is not None:
-            raise failed
+        width = max(1, broker.subscribe_concurrency)
+        if width == 1 or len(routes) < 2:
+            for route in routes:
+                sub = await broker.subscribe(route.topic, route.group, route, concurrency=route.concurrency)
+                self._subscriptions.append(sub)
+            return
+        gate = asyncio.Semaphore(width)
+        failed: list[BaseException] = []
+
+        async def one(route: Route) -> Subscription | None:
+            async with gate:
+                if failed:
+                    return None  # an earlier one failed: start no more
+                try:
+                    return await broker.subscribe(route.topic, route.group, route, concurrency=route.concurrency)
+                except BaseException as exc:
+                    failed.append(exc)
+                    raise
+
+        results = await asyncio.gather(*(one(r) for r in routes), return_exceptions=True)
+        self._subscriptions.extend(r for r in results if isinstance(r, Subscription))
+        if failed:
+            raise failed[0]
 
     async def stop(self, timeout: float | None = None) -> None:
         """Stop consuming, let handlers in flight finish, then disconnect.

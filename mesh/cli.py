@@ -29,6 +29,7 @@ from mesh.errors import MeshError, RemoteError
 from mesh.health import HealthServer, Ready, all_ready
 from mesh.hooks import PluginManager
 from mesh.jobs.cli import jobs as jobs_cli
+from mesh.loop import LOOPS, loop_factory
 from mesh.replay.cli import dlq, replay
 from mesh.state.cli import state as state_cli
 
@@ -151,7 +152,8 @@ async def _serve(
             health = HealthServer(lambda: (False, "draining") if draining else apps_ready(), health_port, health_host)
             await health.start()
         names = ", ".join(f"{a.id} ({a.config.broker.type})" for a in apps)
-        click.echo(f"mesh: serving {names}; Ctrl-C drains and stops", err=True)
+        on = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+        click.echo(f"mesh: serving {names} on {on}; Ctrl-C drains and stops", err=True)
         if where:
             click.echo(f"mesh: {where}", err=True)
         if health is not None:
@@ -199,6 +201,13 @@ def cli() -> None:
 @click.option(
     "--log-format", type=click.Choice(["console", "json"]), default="console", show_default=True, help="Log lines."
 )
+@click.option(
+    "--loop",
+    "loop",
+    type=click.Choice(LOOPS),
+    default=None,
+    help="Event loop (default: event_loop from the config, else asyncio); uvloop needs the 'fast' extra.",
+)
 @click.option("--debug", is_flag=True, help="DEBUG logs, tracebacks, and where an import failed.")
 def run(
     targets: tuple[str, ...],
@@ -208,6 +217,7 @@ def run(
     health_host: str,
     drain_timeout: float | None,
     log_format: str,
+    loop: str | None,
     debug: bool,
 ) -> None:
     """Run apps given as MODULE:APP (or file.py:APP) until Ctrl-C, then drain and exit 0."""
@@ -228,10 +238,13 @@ def run(
         where = describe(path, first.broker.type, first.broker.url)
         if path is None and first.broker.type == "memory":
             where += " (in-process memory broker: other processes cannot reach these apps)"
+        loop_name = loop or first.event_loop
+        factory = loop_factory(loop_name)  # a missing uvloop is one clear line, before anything starts
         try:
-            asyncio.run(
-                _serve(apps, drain_timeout=timeout, health_port=health_port, health_host=health_host, where=where)
-            )
+            with asyncio.Runner(loop_factory=factory) as runner:
+                runner.run(
+                    _serve(apps, drain_timeout=timeout, health_port=health_port, health_host=health_host, where=where)
+                )
         except KeyboardInterrupt:  # Ctrl-C before the signal handlers were in place
             raise SystemExit(130) from None
 

@@ -26,10 +26,9 @@ class _Tap(EphemeralSubscription):
         await conn.declare_topic(self._key)  # what publish would declare: harmless if it exists
         channel = self._channel = await conn.channel()
         exchange = await channel.get_exchange(self._key, ensure=False)
-        queue = self._queue = await channel.declare_queue("", durable=False, exclusive=True, auto_delete=True)
+        queue = await channel.declare_queue("", durable=False, exclusive=True, auto_delete=True)
         await queue.bind(exchange, routing_key="#")
-        self._running = True
-        self._tag = await queue.consume(self._on_message, no_ack=True)
+        await self._listen(channel, queue)  # not shared: consumed without acks
 
 
 async def subscribe_rabbitmq_tap(broker: Broker, topic: str, handler: DeliveryHandler) -> Subscription:

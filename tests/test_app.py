@@ -444,3 +444,42 @@ async def test_oversize_events_are_refused_before_they_reach_the_broker(cfg: dic
             await app.publish("t", b"x" * 4096, type="big")
         await app.publish("t", b"x" * 1024, type="small")
         assert [e.type for e in app.broker.messages("t")] == ["small"]  # type: ignore[attr-defined]
+
+
+async def test_routes_subscribe_side_by_side_where_the_broker_allows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(MemoryBroker, "subscribe_concurrency", 4)
+    original = MemoryBroker.subscribe
+    in_flight = most = 0
+
+    async def slow_subscribe(self: MemoryBroker, topic: str, group: str, handler: Any, **kw: Any) -> Any:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.01)
+        in_flight -= 1
+        if topic == "t7":
+            raise MeshError("refused t7")
+        return await original(self, topic, group, handler, **kw)
+
+    monkeypatch.setattr(MemoryBroker, "subscribe", slow_subscribe)
+    app = App("side", config={"broker": {"type": "memory", "options": {"name": "side-by-side"}}})
+    got: list[int] = []
+
+    def handler_for(i: int) -> Any:
+        async def handle(event: Event) -> None:
+            got.append(i)
+
+        return handle
+
+    for i in range(7):
+        app.subscribe(f"t{i}")(handler_for(i))
+    async with app:
+        assert most == 4 and len(app._subscriptions) == 7
+        for i in range(7):
+            await app.publish(f"t{i}", {}, type="x")
+        await app.join()
+    assert sorted(got) == list(range(7))
+    app.subscribe("t7")(handler_for(7))
+    with pytest.raises(MeshError, match="refused t7"):
+        await app.start()
+    assert not app.started

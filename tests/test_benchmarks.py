@@ -70,3 +70,24 @@ def test_resiliency_benchmark_runs_a_tiny_memory_row(capsys) -> None:  # type: i
     resiliency.main(["--brokers", "memory", "--n", "20", "--calls", "50"])
     out = capsys.readouterr().out
     assert "memory     group" in out and "memory     chosen" in out
+
+
+@pytest.mark.nats
+def test_pubsub_under_uvloop_measures_mesh_and_raw_on_the_same_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("uvloop", reason="the 'fast' extra (uvloop) is not installed")
+    from benchmarks import loops, pubsub
+    from tests.support import DEFAULT_URLS, reachable, unavailable
+
+    if not reachable(DEFAULT_URLS["nats"], 4222):
+        unavailable("nats")
+    monkeypatch.delenv(loops.ENV, raising=False)
+    pubsub.main(["--brokers", "nats", "--contenders", "mesh,raw", "--n", "300", "--loop", "uvloop"])
+    assert loops.current() == "uvloop"  # and the spawned row processes inherited it
+    monkeypatch.delenv(loops.ENV)
+
+
+def test_an_unknown_loop_is_refused_by_the_benchmarks() -> None:
+    from benchmarks import pubsub
+
+    with pytest.raises(SystemExit):
+        pubsub.main(["--brokers", "memory", "--loop", "tokio"])

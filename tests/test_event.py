@@ -76,3 +76,35 @@ def test_equality_compares_attributes_and_data() -> None:
 def test_get_reads_attributes_and_extensions() -> None:
     e = Event(type="t", source="/s", subject="sub", extensions={"tenant": "a"})
     assert (e.get("type"), e.get("subject"), e.get("tenant"), e.get("missing", 0)) == ("t", "sub", "a", 0)
+
+
+def test_ids_are_unique_and_not_repeated_by_seeding_the_global_random() -> None:
+    import random
+
+    from mesh.event import new_id
+
+    ids = {new_id() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    random.seed(7)
+    first = new_id()
+    random.seed(7)
+    assert new_id() != first
+
+
+def test_a_forked_child_draws_other_ids_than_its_parent() -> None:
+    import os
+
+    from mesh.event import new_id
+
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork here")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == 32 and child != new_id()

@@ -17,6 +17,7 @@ RANKS = {
     "script": 0,
     "fastclient": 1,
     "connection": 2,
+    "consume": 2,
     "common": 2,
     "consumer": 3,
     "ephemeral": 3,

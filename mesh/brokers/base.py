@@ -22,6 +22,9 @@ member                    required  what
 ``auth_fields``                     wires (:mod:`mesh.brokers.tls`); the rest is refused here
 ========================  ========  ===========================================================
 
+Optional too: ``subscribe_concurrency``, how many ``subscribe`` calls an app's start may have in
+flight at once (64 by default; 1: one after another).
+
 So a minimal adapter is four methods and a delivery with two; everything clever (retries, dead
 letters, request/reply, tracing, replay) sits above it and is written once.
 
@@ -227,6 +230,11 @@ class Broker(ABC):
     """The adapter wires ``broker.tls`` (otherwise a ``tls`` setting is a ConfigError)."""
     auth_fields: ClassVar[frozenset[str]] = frozenset()
     """The ``broker.auth`` fields the adapter wires (any other one set is a ConfigError)."""
+    subscribe_concurrency: ClassVar[int] = 64
+    """How many :meth:`subscribe` calls ``App.start`` may have in flight at once: an app of many
+    topics pays round trips, not their sum (RabbitMQ declares a queue, a binding and a consumer
+    on a channel of its own; Redis and Kafka coalesce subscriptions that start together into
+    one reader). An adapter that must subscribe in order sets 1."""
 
     history: Any = None
     """A :class:`~mesh.brokers.capabilities.HistoryReader` part when the broker keeps a log."""

@@ -349,6 +349,9 @@ class MeshConfig(_Frozen):
     """Largest encoded event the mesh publishes."""
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Level of the mesh's own log lines under ``mesh run``."""
+    event_loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
+    """The event loop ``mesh run`` serves on: ``uvloop`` needs the ``fast`` extra, ``auto`` takes it
+    when installed (``mesh run --loop`` overrides this)."""
     drain_timeout: float = Field(30.0, ge=0)
     """Seconds handlers in flight get to finish when the app stops; then they are cancelled and
     their deliveries given back to the broker (``'30s'``, ``'2m'`` also work)."""

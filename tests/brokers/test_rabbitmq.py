@@ -197,6 +197,51 @@ async def test_publish_before_any_subscriber_declares_the_exchange(make: Make, r
     await (await raw.get_exchange(topic)).delete()
 
 
+async def test_publish_to_an_exchange_of_another_kind_fails_clearly_and_the_broker_goes_on(
+    make: Make, raw: Any
+) -> None:
+    broker = await make()
+    topic, fine = unique(), unique()
+    exchange = await raw.declare_exchange(topic, aio_pika.ExchangeType.FANOUT, durable=True)
+    try:
+        with pytest.raises(PublishError, match=f"{topic}.*inequivalent|inequivalent.*{topic}"):
+            await broker.publish(topic, Event(type="t", source="/s"))
+        assert topic not in broker._topics  # declared again on the next publish
+        await broker.publish(fine, Event(type="t", source="/s"))  # the publish channel came back
+        with pytest.raises(PublishError, match="inequivalent"):
+            await broker.publish(topic, Event(type="t", source="/s"))
+    finally:
+        await exchange.delete()
+
+
+async def test_many_subscriptions_start_side_by_side_and_each_gets_its_event(rabbit_url: str) -> None:
+    from mesh import App
+
+    ns = unique("ns") + "."
+    config = {"broker": {"type": "rabbitmq", "url": rabbit_url, "namespace": ns}}
+    app, seen, done = App("many", config=config), set(), asyncio.Event()
+    topics = [f"t{i}" for i in range(40)]
+
+    def handler_for(topic: str) -> Any:
+        async def handle(event: Event) -> None:
+            seen.add(topic)
+            if len(seen) == len(topics):
+                done.set()
+
+        return handle
+
+    for topic in topics:
+        app.subscribe(topic)(handler_for(topic))
+    assert type(app.broker).subscribe_concurrency > 1
+    try:
+        async with app:
+            assert len(app._subscriptions) == len(topics)
+            await asyncio.gather(*(app.publish(t, {}, type="x") for t in topics))
+            await asyncio.wait_for(done.wait(), 30)
+    finally:
+        await _delete(rabbit_url, {f"{ns}{t}.many" for t in topics}, {f"{ns}{t}" for t in topics})
+
+
 async def test_routing_key_is_the_partitionkey(make: Make, raw: Any) -> None:
     broker = await make()
     topic = unique()
@@ -252,6 +297,21 @@ async def test_quorum_queue_counts_a_return_after_a_consumer_died(make: Make) ->
     await wait_for(lambda: len(got.deliveries) == 1, what="redelivery")
     assert held[0].attempt == 1
     assert got.deliveries[0].attempt == 2
+
+
+async def test_a_consumer_the_broker_cancelled_comes_back_with_its_queue(make: Make, raw: Any) -> None:
+    broker = await make()
+    topic, group, got = unique(), unique("g"), Got()
+    sub = await broker.subscribe(topic, group, got)
+    await broker.publish(topic, ev(1))
+    await wait_for(lambda: len(got.events) == 1, what="the first event")
+    first = sub._consumer.tag  # type: ignore[attr-defined]
+    await raw.queue_delete(sub.queue)  # type: ignore[attr-defined]  # the broker cancels our consumer
+    await wait_for(lambda: sub._consumer.tag not in (None, first), what="consuming again")  # type: ignore[attr-defined]
+    await raw.declare_queue(sub.queue, passive=True)  # type: ignore[attr-defined]  # declared again
+    await broker.publish(topic, ev(2))
+    await wait_for(lambda: len(got.events) == 2, what="the event after the queue came back")
+    assert [e.data["i"] for e in got.events] == [1, 2]
 
 
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])

@@ -52,7 +52,7 @@ from typing import Any, ClassVar
 
 from aio_pika.exceptions import ChannelPreconditionFailed
 from aiormq.abc import AbstractChannel
-from aiormq.exceptions import ChannelAccessRefused
+from aiormq.exceptions import ChannelAccessRefused, ChannelClosed, ChannelInvalidStateError
 from pamqp.commands import Basic
 
 from mesh.brokers.base import Broker, DeliveryHandler, Features, Subscription
@@ -96,6 +96,7 @@ class RabbitMQBroker(Broker):
 
     settings: RabbitMQOptions
     tls_supported = True
+    subscribe_concurrency = 64  # six round trips per subscription: 1,000 start ~3-4x faster side by side
     auth_fields = frozenset({"mechanism", "username", "password"})
 
     def __init__(self, url: str | None = None, **kwargs: Any) -> None:
@@ -126,6 +127,7 @@ class RabbitMQBroker(Broker):
         # The live channels under the connection's publish and ephemeral channels, cached here
         # for the hot paths (re-fetched when closed, e.g. after a reconnection).
         self._pub_raw: AbstractChannel | None = None
+        self._dead: AbstractChannel | None = None  # the publish channel a failed publish used
         self._eph_raw: AbstractChannel | None = None
         self._eph_exchange = conn.ephemeral_exchange
         self._mode = conn.delivery_mode
@@ -162,11 +164,11 @@ class RabbitMQBroker(Broker):
 
     async def ensure_topic(self, topic: str) -> None:
         if topic not in self._topics:
-            await self._declare_topic(topic)
+            await self._declare_topic(topic, wait=True)
 
-    async def _declare_topic(self, topic: str) -> str:
+    async def _declare_topic(self, topic: str, wait: bool = False) -> str:
         """Declare a topic's exchange once, and its stream queue if it is logged (concurrent first
-        publishes share one declaration)."""
+        publishes share one declaration); ``wait``: until the broker has it."""
         pending = self._declaring.get(topic)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -175,11 +177,20 @@ class RabbitMQBroker(Broker):
         name = self.name_of(topic)
         what, hint = f"the exchange {name!r}", ""
         try:
-            await self.connection.declare_topic(name)
-            if self.history.logs(topic):
-                what = f"the stream queue {self.connection.stream_of(topic)!r} logging {name!r}"
-                hint = " (the topic matches stream_topics; set stream_topics: [] to log no topic)"
-                await self._declare_stream(topic, name)
+            if wait or self.history.logs(topic):
+                await self.connection.declare_topic(name)
+                if self.history.logs(topic):
+                    what = f"the stream queue {self.connection.stream_of(topic)!r} logging {name!r}"
+                    hint = " (the topic matches stream_topics; set stream_topics: [] to log no topic)"
+                    await self._declare_stream(topic, name)
+            else:
+                # No round trip: the channel handles frames in order, so the publish that follows
+                # on it finds the exchange; a refusal closes the channel and fails that publish,
+                # which forgets the topic (declared again next time).
+                channel = self._pub_raw
+                if channel is None or channel.is_closed:
+                    channel = await self._publish_channel()
+                await channel.exchange_declare(name, exchange_type="topic", durable=True, nowait=True)
         except Exception as exc:
             error = PublishError(f"cannot declare {what} on rabbitmq: {reason(exc, self._timeout)}{hint}")
             error.__cause__ = exc
@@ -229,16 +240,42 @@ class RabbitMQBroker(Broker):
         channel = self._pub_raw
         try:
             if channel is None or channel.is_closed:
-                channel = self._pub_raw = await self.connection.publish_channel()
+                channel = await self._publish_channel()
             await channel.basic_publish(
                 msg.body, exchange=exchange, routing_key=key, properties=props, timeout=self._timeout
             )
-        except PublishError:
+        except PublishError as exc:
+            self._forget(topic, exc.__cause__)
             raise
         except Exception as exc:  # translated at the seam, cause kept
+            self._forget(topic, exc)
             raise PublishError(
                 f"rabbitmq did not take event {event.id} for {topic!r}: {reason(exc, self._timeout)}"
             ) from exc
+
+    def _forget(self, topic: str, cause: BaseException | None) -> None:
+        """After a failed publish: declare the topic again next time (a refused declaration shows
+        up here); when the broker closed the publish channel, never use that one again."""
+        self._topics.pop(topic, None)
+        if isinstance(cause, ChannelClosed | ChannelInvalidStateError) and self._pub_raw is not None:
+            self._dead, self._pub_raw = self._pub_raw, None
+
+    async def _publish_channel(self) -> AbstractChannel:
+        """The live publish channel, never the one a failed publish left behind: the broker may
+        have closed it, and the robust channel notices that (and opens another) a moment later."""
+        channel = await self.connection.publish_channel()
+        dead = self._dead
+        if channel is dead and dead is not None:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    while channel is dead:
+                        await asyncio.sleep(0.005)
+                        channel = await self.connection.publish_channel()
+            except TimeoutError:
+                pass  # still the same one: use it, and let its error say what is wrong
+        self._dead = None
+        self._pub_raw = channel
+        return channel
 
     # -- consuming -------------------------------------------------------------------------------
 

@@ -18,6 +18,10 @@ channel gone        nothing: the broker gives unacked messages back to the group
 
 Attempts are our header (copies) plus the broker's ``x-delivery-count`` (quorum queues count
 returns, e.g. after a consumer died).
+
+The queue, its binding and the prefetch are declared through aio-pika's robust channel, which
+declares them again after a reconnection; the consumer is aiormq's (:mod:`.consume`), without
+aio-pika's ``IncomingMessage`` and extra task per message.
 """
 
 from __future__ import annotations
@@ -30,18 +34,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
-from aio_pika.exceptions import ChannelInvalidStateError
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
+from aiormq.abc import DeliveredMessage
 
 from mesh.brokers.base import Delivery, DeliveryHandler, HandlerRunner, Mailbox, Subscription
 from mesh.brokers.rabbitmq.connection import (
     GONE,
     STOP_TIMEOUT,
     RabbitMQConnection,
-    ack_queued,
     as_text,
     unreadable,
 )
+from mesh.brokers.rabbitmq.consume import RawConsumer
 from mesh.codecs.binary import WireMessage, decode
 from mesh.errors import DecodeError
 from mesh.event import Event
@@ -66,7 +70,7 @@ class RabbitMQDelivery(Delivery):
     def __init__(
         self,
         consumer: RabbitMQConsumer,
-        message: AbstractIncomingMessage,
+        message: DeliveredMessage,
         event: Event | None,
         raw: WireMessage,
         error: DecodeError | None,
@@ -77,9 +81,13 @@ class RabbitMQDelivery(Delivery):
         self._message = message
 
     async def _ack(self) -> None:
-        # A gone channel is fine: the broker gives the message back to the group.
-        with contextlib.suppress(*GONE):
-            await ack_queued(self._message)
+        # A gone channel is fine: the broker gives the message back to the group. Not waited
+        # for: the frame is queued for the connection's writer, which sends a burst's acks together.
+        message = self._message
+        tag = message.delivery_tag
+        if tag is not None:
+            with contextlib.suppress(*GONE):
+                await message.channel.basic_ack(delivery_tag=tag, wait=False)
 
     async def _requeue(self) -> None:
         await self._nack(None)
@@ -108,10 +116,10 @@ class RabbitMQConsumer(Subscription):
         self._conn = conn
         self._binding = conn.wire
         self._runner = HandlerRunner(handler, concurrency, topic)
-        self._buffer: Mailbox[AbstractIncomingMessage | None] = Mailbox()
+        self._buffer: Mailbox[DeliveredMessage | None] = Mailbox()
         self._channel: AbstractRobustChannel | None = None
         self._amqp_queue: AbstractRobustQueue | None = None
-        self._tag: str | None = None
+        self._consumer: RawConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._running = False
 
@@ -130,9 +138,12 @@ class RabbitMQConsumer(Subscription):
         self._task = asyncio.get_running_loop().create_task(
             self._loop(), name=f"mesh-rabbitmq:{self.topic}:{self.group}"
         )
-        self._tag = await queue.consume(self._on_message)
+        consumer = self._consumer = RawConsumer(
+            channel, queue, self._on_message, timeout=self._conn.timeout, stop_timeout=STOP_TIMEOUT
+        )
+        await consumer.start()
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+    async def _on_message(self, message: DeliveredMessage) -> None:
         self._buffer.put_nowait(message)
 
     async def _loop(self) -> None:
@@ -143,14 +154,13 @@ class RabbitMQConsumer(Subscription):
             message = await get()
             if message is None or not self._running:
                 return
-            try:
-                message.channel  # noqa: B018 - raises once the channel that delivered it is gone
-            except ChannelInvalidStateError:
+            if message.channel.is_closed:
                 continue  # delivered before a reconnection: the broker sends it again
             await submit(make(message))
 
-    def _delivery(self, message: AbstractIncomingMessage) -> RabbitMQDelivery:
-        headers: Any = message.headers
+    def _delivery(self, message: DeliveredMessage) -> RabbitMQDelivery:
+        props = message.header.properties
+        headers: Any = props.headers or {}
         attempt = 1
         wire = WireMessage(message.body, {}, None, None)
         try:
@@ -163,7 +173,7 @@ class RabbitMQConsumer(Subscription):
                         break
             rk = message.routing_key
             key = rk if message.exchange and rk != self.exchange else None
-            wire = WireMessage(message.body, headers, key, message.content_type)
+            wire = WireMessage(message.body, headers, key, props.content_type)
             fallback = None if "ce-specversion" in headers else self._fallback_id(message)
             event = decode(wire, self._binding, self.topic, fallback)
         except DecodeError as exc:
@@ -172,31 +182,32 @@ class RabbitMQConsumer(Subscription):
             return RabbitMQDelivery(self, message, None, wire, unreadable(exc, message.body), attempt)
         return RabbitMQDelivery(self, message, event, wire, None, attempt)
 
-    def _fallback_id(self, message: AbstractIncomingMessage) -> str:
+    def _fallback_id(self, message: DeliveredMessage) -> str:
         """A stable id for a message that is not a CloudEvent: its message_id, else its content."""
-        if message.message_id:
-            return message.message_id
+        props = message.header.properties
+        if props.message_id:
+            return props.message_id
         digest = hashlib.blake2b(message.body, digest_size=16)
-        if message.timestamp is not None:
-            digest.update(str(message.timestamp).encode())
+        if props.timestamp is not None:
+            digest.update(str(props.timestamp).encode())
         return f"{self.exchange}:{digest.hexdigest()}"
 
     async def republish(
-        self, message: AbstractIncomingMessage, attempt: int, event: Event | None, delay: float | None
+        self, message: DeliveredMessage, attempt: int, event: Event | None, delay: float | None
     ) -> bool:
         """Give ``message`` back to this group only, as a copy that is ``attempt``, now or after ``delay``.
 
         True once the broker confirmed the copy (the caller then acks the original); False when
         it could not be published and the original was requeued instead (nothing is lost).
         """
+        props = message.header.properties
         headers: dict[str, Any] = {
             # pamqp encodes no ``bytes`` (a non-UTF-8 string arrives as bytes): send a byte array
             k: bytearray(v) if type(v) is bytes else v
-            for k, v in (message.headers or {}).items()
+            for k, v in (props.headers or {}).items()
             if not k.startswith(_BROKER_HEADERS)
         }
         headers[ATTEMPT_HEADER] = attempt
-        props = message.properties
         props.headers = headers
         props.expiration = None
         props.user_id = None  # RabbitMQ refuses a user_id that is not the connection's user
@@ -206,8 +217,10 @@ class RabbitMQConsumer(Subscription):
             await self._conn.publish_copy(message.body, props, self.queue, delay)
         except Exception:  # fall back to a plain requeue rather than lose it
             log.warning("could not re-publish a nacked message on %s; requeued it", self.queue, exc_info=True)
-            with contextlib.suppress(*GONE):
-                await message.nack(requeue=True)
+            tag = message.delivery_tag
+            if tag is not None:
+                with contextlib.suppress(*GONE):
+                    await message.channel.basic_nack(delivery_tag=tag, requeue=True)
             return False
         return True
 
@@ -215,12 +228,8 @@ class RabbitMQConsumer(Subscription):
         if not self._running:
             return
         self._running = False
-        queue, tag, channel = self._amqp_queue, self._tag, self._channel
-        if queue is not None and tag is not None and channel is not None and not channel.is_closed:
-            # Bounded: while the connection is down the client would wait for it to come back.
-            with contextlib.suppress(TimeoutError, *GONE):
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await queue.cancel(tag)
+        if self._consumer is not None:
+            await self._consumer.stop(GONE)
         self._buffer.put_nowait(None)
         task = self._task
         if task is not None:

@@ -30,10 +30,12 @@ from collections.abc import Callable
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustQueue
+from aiormq.abc import DeliveredMessage
 
 from mesh.brokers.base import AtMostOnceDelivery, Delivery, DeliveryHandler, HandlerRunner, Subscription
-from mesh.brokers.rabbitmq.connection import GONE, STOP_TIMEOUT, RabbitMQConnection, ack_queued, as_text, unreadable
+from mesh.brokers.rabbitmq.connection import GONE, STOP_TIMEOUT, RabbitMQConnection, as_text, unreadable
+from mesh.brokers.rabbitmq.consume import RawConsumer
 from mesh.codecs.binary import WireMessage, decode
 from mesh.errors import DecodeError
 from mesh.event import Event
@@ -51,7 +53,7 @@ class EphemeralDelivery(Delivery):
 
     def __init__(
         self,
-        message: AbstractIncomingMessage,
+        message: DeliveredMessage,
         topic: str,
         group: str,
         event: Event | None,
@@ -62,12 +64,18 @@ class EphemeralDelivery(Delivery):
         self._message = message
 
     async def _ack(self) -> None:
-        with contextlib.suppress(*_SETTLE_GONE):
-            await ack_queued(self._message)
+        message = self._message
+        tag = message.delivery_tag
+        if tag is not None:
+            with contextlib.suppress(*_SETTLE_GONE):  # queued for the writer, not waited for
+                await message.channel.basic_ack(delivery_tag=tag, wait=False)
 
     async def _requeue(self) -> None:
-        with contextlib.suppress(*_SETTLE_GONE):
-            await self._message.nack(requeue=True)
+        message = self._message
+        tag = message.delivery_tag
+        if tag is not None:
+            with contextlib.suppress(*_SETTLE_GONE):
+                await message.channel.basic_nack(delivery_tag=tag, requeue=True)
 
 
 class EphemeralSubscription(Subscription):
@@ -92,7 +100,7 @@ class EphemeralSubscription(Subscription):
         self._runner = HandlerRunner(handler, concurrency, topic)
         self._channel: AbstractRobustChannel | None = None
         self._queue: AbstractRobustQueue | None = None
-        self._tag: str | None = None
+        self._consumer: RawConsumer | None = None
         self._running = False
 
     async def start(self) -> None:
@@ -105,22 +113,31 @@ class EphemeralSubscription(Subscription):
             queue = await channel.declare_queue(f"{self._key}.{self.group}", durable=False, auto_delete=True)
         else:
             queue = await channel.declare_queue("", durable=False, exclusive=True, auto_delete=True)
-        self._queue = queue
         await queue.bind(exchange, routing_key=self._key)
-        self._running = True
-        self._tag = await queue.consume(self._on_message, no_ack=not self.shared)
+        await self._listen(channel, queue)
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        """aio-pika's callback (a task per message): hand it straight to the runner."""
+    async def _listen(self, channel: AbstractRobustChannel, queue: AbstractRobustQueue) -> None:
+        """Consume ``queue`` (declared and bound on ``channel``), with acks only when shared."""
+        self._queue = queue
+        self._running = True
+        timeout = self._conn.timeout
+        self._consumer = RawConsumer(
+            channel, queue, self._on_message, no_ack=not self.shared, timeout=timeout, stop_timeout=STOP_TIMEOUT
+        )
+        await self._consumer.start()
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        """aiormq's callback (a task per message): hand it straight to the runner."""
         if not self._running:
             return  # a group queue gets it back when the channel closes; an exclusive one drops it
-        headers: Any = message.headers or {}
+        props = message.header.properties
+        headers: Any = props.headers or {}
         if any(type(v) is not str and type(v) is not bytes for v in headers.values()):
             headers = as_text(headers)
-        wire = WireMessage(message.body, headers, None, message.content_type)
+        wire = WireMessage(message.body, headers, None, props.content_type)
         error = None
         try:
-            event = decode(wire, self._wire, self.topic, message.message_id)
+            event = decode(wire, self._wire, self.topic, props.message_id)
         except DecodeError as exc:
             event, error = None, exc
         except Exception as exc:  # foreign input never stops the consumer
@@ -134,11 +151,10 @@ class EphemeralSubscription(Subscription):
         if not self._running:
             return
         self._running = False
-        queue, tag, channel = self._queue, self._tag, self._channel
-        if queue is not None and tag is not None and channel is not None and not channel.is_closed:
+        channel = self._channel
+        if self._consumer is not None:
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await queue.cancel(tag)  # an auto-delete queue goes with its last consumer
+                await self._consumer.stop(GONE)  # an auto-delete queue goes with its last consumer
         if drain:
             await self._runner.drain()
         self._channel = None
