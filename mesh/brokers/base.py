@@ -8,6 +8,8 @@ member                    required  what
                                     here, into ``self.settings``)
 ``connect`` / ``close``   yes       bounded connect; close stops every subscription, drained
 ``publish``               yes       returns once the broker has the event
+``publish_many``          no        many events of one topic, pipelined; failures by index
+                                    (the fallback publishes one after the other)
 ``subscribe``             yes       returns once consuming; hands out :class:`Delivery` objects
 ``Delivery._ack``         yes       forget the message for this group
 ``Delivery._requeue``     yes       give it back now (``nack()``); ``nack(delay)`` waits in
@@ -41,7 +43,7 @@ import os
 import ssl
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -50,7 +52,7 @@ from pydantic import BaseModel, ValidationError
 from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context
 from mesh.codecs.binary import Binding, WireMessage
 from mesh.components import ComponentOptions
-from mesh.errors import ConfigError, DecodeError
+from mesh.errors import ConfigError, DecodeError, MeshError
 from mesh.event import Event
 from mesh.extensions import RESERVED_PREFIX
 from mesh.urls import mask_url
@@ -292,6 +294,24 @@ class Broker(ABC):
     @abstractmethod
     async def publish(self, topic: str, event: Event) -> None:
         """Send one event; returns once the broker has taken it (or raises PublishError)."""
+
+    async def publish_many(self, topic: str, events: Sequence[Event]) -> dict[int, Exception]:
+        """Send many events to one topic, in order; returns the errors of those not taken, by index.
+
+        Returns once the broker has taken (or refused) every event: an empty dict means all were
+        taken. Events of one topic (one ``partitionkey`` on a partitioned broker) keep their order
+        as for :meth:`publish`. Adapters override it to pipeline (one flush, one round trip of
+        acknowledgements); this fallback awaits :meth:`publish` for each event in turn, so an
+        out-of-tree broker works unchanged. Errors other than :class:`~mesh.errors.MeshError`
+        (a bug, not a refusal) still propagate.
+        """
+        failed: dict[int, Exception] = {}
+        for index, event in enumerate(events):
+            try:
+                await self.publish(topic, event)
+            except MeshError as exc:
+                failed[index] = exc
+        return failed
 
     @abstractmethod
     async def subscribe(

@@ -23,6 +23,7 @@ from mesh.types import Context, Handle, HandlerLayer, SubscriptionInfo
 
 if TYPE_CHECKING:
     from mesh.brokers.base import Delivery
+    from mesh.pipeline.batch import BatchSpec
     from mesh.runtime import Runtime
 
 __all__ = ["HandlerSpec", "Route"]
@@ -105,12 +106,12 @@ class Route:
         self.runtime = runtime
         self.topic = topic
         self.group = group
-        self.handlers: list[tuple[HandlerSpec, SubscriptionInfo, Handle]] = []
+        self.handlers: list[tuple[HandlerSpec | BatchSpec, SubscriptionInfo, Handle]] = []
         self.config = runtime.config.for_topic(topic)
         self.undecodable_info = SubscriptionInfo(topic, group, "<undecodable>", self.config)
 
-    def add(self, spec: HandlerSpec) -> None:
-        """Add a handler (layers are built at :meth:`build`)."""
+    def add(self, spec: HandlerSpec | BatchSpec) -> None:
+        """Add a handler, or a batch handler (layers are built at :meth:`build`)."""
         info = SubscriptionInfo(self.topic, self.group, spec.name, self.config, spec.filters)
         self.handlers.append((spec, info, spec.call))
 

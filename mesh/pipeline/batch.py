@@ -1,0 +1,236 @@
+"""Batch handlers: many deliveries handed to one call, each still settled on its own.
+
+A :class:`BatchSpec` stands where a :class:`~mesh.pipeline.route.HandlerSpec` stands in a
+:class:`~mesh.pipeline.route.Route`, so every delivery still runs the whole per-event pipeline
+(the plugins' delivery and handler layers, then settlement). Only the bottom of it differs: the
+delivery joins the open batch and waits for the verdict on its own item.
+
+==================================  ==========================================================
+the batch handler                   each delivery of the batch
+==================================  ==========================================================
+returned                            acked (``handled``)
+raised ``BatchFailed({i: exc})``    item *i* fails with ``exc`` (retried or dead-lettered by
+                                    the retry policy, like a single handler raising ``exc``);
+                                    every other item is acked
+raised anything else                every item fails with that error (each retried per policy)
+an item's data does not validate    that item is dead-lettered with the reason before the
+(``list[Model]``)                   batch is handed over; the rest are delivered
+==================================  ==========================================================
+
+A batch is handed over when it holds ``max_size`` items or ``max_wait`` after its first item,
+whichever is first. The subscription keeps ``max_size`` x ``concurrency`` deliveries in flight
+(so a batch can fill) and runs at most ``concurrency`` batch calls at once, in the order the
+batches closed. A failed item that is retried in process joins a later batch.
+
+Handler parameter (exactly one): ``list[Event]``, ``list[Context]``, ``list[Model]`` (data
+validated per item), or ``list``/``list[Any]``/unannotated (the data as decoded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from mesh.batch import BatchPolicy
+from mesh.errors import BatchFailed, DeadLetter, InvalidHandler
+from mesh.event import Event
+from mesh.pipeline.injection import _resolve, data_adapter, matcher
+from mesh.types import Context
+
+if TYPE_CHECKING:
+    from mesh.runtime import Runtime
+
+__all__ = ["BatchSpec"]
+
+log = logging.getLogger("mesh.pipeline")
+
+_LISTS = (list, Sequence, typing.Sequence, typing.List)  # noqa: UP006 - the old alias is matched too
+
+
+class _Batch:
+    __slots__ = ("futures", "items", "timer")
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.futures: list[asyncio.Future[None]] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class BatchSpec:
+    """One batch handler: its function, topic, group, filters, policy, and the open batch."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        topic: str,
+        group: str,
+        filters: Mapping[str, Any],
+        concurrency: int | None,
+        policy: BatchPolicy,
+    ) -> None:
+        self.fn = fn
+        self.topic = topic
+        self.group = group
+        self.filters = dict(filters)
+        self.policy = policy
+        self.batches = max(1, concurrency or 1)
+        """Batch calls at once."""
+        self.concurrency: int | None = policy.max_size * self.batches
+        """Deliveries in flight for this handler (what the route asks the broker for)."""
+        self.name = f"{fn.__module__}.{fn.__qualname__}"
+        self._matchers = [(name, matcher(value)) for name, value in self.filters.items()]
+        self._param, self._kind, self._convert = _plan(fn, self.name)
+        self._open: _Batch | None = None
+        self._calls: asyncio.Semaphore | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def matches(self, event: Event) -> bool:
+        """Whether the event passes every filter."""
+        for name, match in self._matchers:
+            if not match(event.get(name)):
+                return False
+        return True
+
+    async def call(self, ctx: Context) -> None:
+        """Add the delivery's item to the open batch and wait for the verdict on it."""
+        event = ctx.event
+        assert event is not None
+        item = self._item(ctx, event)
+        loop = asyncio.get_running_loop()
+        batch = self._open
+        if batch is None:
+            batch = self._open = _Batch()
+            batch.timer = loop.call_later(self.policy.seconds, self._close, batch)
+        future: asyncio.Future[None] = loop.create_future()
+        batch.items.append(item)
+        batch.futures.append(future)
+        if len(batch.items) >= self.policy.max_size:
+            self._close(batch)
+        await future
+
+    def _item(self, ctx: Context, event: Event) -> Any:
+        kind = self._kind
+        if kind == "event":
+            return event
+        if kind == "context":
+            return ctx
+        if self._convert is None:
+            return event.data
+        try:
+            return self._convert(event.data)
+        except ValidationError as exc:
+            summary = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<data>'}: {e['msg']}" for e in exc.errors()[:5]
+            )
+            raise DeadLetter(f"event data does not match the items of parameter {self._param!r}: {summary}") from exc
+
+    def _close(self, batch: _Batch) -> None:
+        """The batch is full or its time is up: hand it over (in a task of its own)."""
+        if self._open is not batch:
+            return
+        self._open = None
+        if batch.timer is not None:
+            batch.timer.cancel()
+        task = asyncio.get_running_loop().create_task(self._run(batch), name=f"mesh-batch:{self.topic}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: _Batch) -> None:
+        if self._calls is None:
+            self._calls = asyncio.Semaphore(self.batches)
+        futures = batch.futures
+        try:
+            async with self._calls:
+                if all(f.done() for f in futures):  # every waiter went (cancelled at stop)
+                    return
+                result = self.fn(**{self._param: batch.items})
+                if inspect.isawaitable(result):
+                    await result
+        except BatchFailed as exc:
+            _verdicts(futures, exc.failed, self.name)
+        except Exception as exc:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(exc)
+        except BaseException as exc:  # cancelled: the waiters give their deliveries back
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+            if not isinstance(exc, asyncio.CancelledError):
+                raise
+        else:
+            for future in futures:
+                if not future.done():
+                    future.set_result(None)
+
+
+def _verdicts(futures: list[asyncio.Future[None]], failed: Mapping[int, BaseException], name: str) -> None:
+    """Fail the items ``failed`` names, succeed the rest."""
+    unknown = [i for i in failed if not (isinstance(i, int) and 0 <= i < len(futures))]
+    if unknown:
+        log.warning("batch handler %s reported failed items %s outside its batch of %d: ignored",
+                    name, unknown[:10], len(futures))
+    for index, future in enumerate(futures):
+        if future.done():
+            continue
+        error = failed.get(index)
+        if error is None:
+            future.set_result(None)
+        elif isinstance(error, Exception):
+            future.set_exception(error)
+        else:
+            future.set_exception(RuntimeError(f"batch item failed: {error!r}"))
+
+
+def _plan(fn: Callable[..., Any], name: str) -> tuple[str, str, Callable[[Any], Any] | None]:
+    """(parameter, kind, converter) of a batch handler: kind is event, context or data."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError) as exc:
+        raise InvalidHandler(f"batch handler {name}: cannot read its signature: {exc}") from exc
+    params = [p for p in signature.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if len(params) != 1 or params[0].kind is params[0].POSITIONAL_ONLY:
+        raise InvalidHandler(
+            f"batch handler {name}: takes exactly one parameter, by name, for the batch "
+            "(list[Event], list[Context], list[Model] or list)"
+        )
+    param = params[0].name
+    ann = _resolve(fn).get(param, inspect.Parameter.empty)
+    if ann is inspect.Parameter.empty or ann is Any or ann in _LISTS:
+        return param, "data", None
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if origin not in _LISTS or len(args) != 1:
+        raise InvalidHandler(
+            f"batch handler {name}: parameter {param!r} is {ann!r}; a batch handler takes a list "
+            "(list[Event], list[Context], list[Model] or list)"
+        )
+    item = args[0]
+    if item is Event:
+        return param, "event", None
+    if item is Context:
+        return param, "context", None
+    if item is Any:
+        return param, "data", None
+    try:
+        return param, "data", data_adapter(item)
+    except Exception as exc:
+        raise InvalidHandler(
+            f"batch handler {name}: parameter {param!r}: the event data cannot be validated as {item!r}: {exc}"
+        ) from exc
+
+
+def batch_spec(
+    runtime: Runtime, fn: Callable[..., Any], topic: str, group: str, filters: Mapping[str, Any],
+    concurrency: int | None, policy: BatchPolicy,
+) -> BatchSpec:
+    """A :class:`BatchSpec`, its concurrency defaulting to the topic's ``concurrency`` setting."""
+    if concurrency is None:
+        concurrency = runtime.config.for_topic(topic).concurrency
+    return BatchSpec(fn, topic, group, filters, concurrency, policy)
