@@ -68,6 +68,7 @@ __all__ = [
     "HandlerRunner",
     "Mailbox",
     "Subscription",
+    "publish_windowed",
 ]
 
 log = logging.getLogger("mesh.broker")
@@ -371,6 +372,39 @@ class Broker(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={mask_url(self.url)!r})"
+
+
+PUBLISH_WINDOW = 1000
+"""Events of one ``publish_many`` awaiting their acknowledgement at once (:func:`publish_windowed`)."""
+
+
+async def publish_windowed(
+    publish: Callable[[str, Event], Awaitable[None]], topic: str, events: Sequence[Event], window: int = PUBLISH_WINDOW
+) -> dict[int, Exception]:
+    """``publish_many`` for an adapter whose ``publish`` awaits a per-event acknowledgement
+    (publisher confirms, a stream's ack): the first event alone (it may create the topic's
+    broker objects), then the rest with up to ``window`` acknowledgements awaited at once.
+
+    Each ``publish`` runs up to its first wait when its task starts, in input order, so the
+    events go on the wire in order. Returns the :class:`~mesh.errors.MeshError` of each event
+    not taken, by index; any other error propagates.
+    """
+    failed: dict[int, Exception] = {}
+    if not events:
+        return failed
+    try:
+        await publish(topic, events[0])
+    except MeshError as exc:
+        failed[0] = exc
+    for start in range(1, len(events), window):
+        chunk = events[start : start + window]
+        outcomes = await asyncio.gather(*(publish(topic, event) for event in chunk), return_exceptions=True)
+        for offset, outcome in enumerate(outcomes):
+            if isinstance(outcome, MeshError):
+                failed[start + offset] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+    return failed
 
 
 def _model(model: type[M], value: M | Mapping[str, Any] | None, where: str) -> M | None:

@@ -229,6 +229,25 @@ class RedisConnection:
             if self._queue:
                 self._start_flusher()
 
+    async def xadd_many(self, commands: list[list[Any]]) -> dict[int, Exception]:
+        """Send many XADDs in pipelines (after any publish already queued); failures by index."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[None]] = []
+        for args in commands:
+            future: asyncio.Future[None] = loop.create_future()
+            self._queue.append((args, future))
+            futures.append(future)
+        if not self._sending:
+            self._start_flusher()
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        failed: dict[int, Exception] = {}
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, Exception):
+                failed[index] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        return failed
+
     async def _enqueue(self, args: list[Any]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append((args, future))
