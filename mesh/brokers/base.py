@@ -474,21 +474,25 @@ class HandlerRunner:
 
     With ``concurrency == 1`` the handler is awaited inline (the fast, ordered path); above
     that each delivery gets a task and :meth:`submit` waits for a free slot, which gives the
-    adapter's fetch loop back-pressure.
+    adapter's fetch loop back-pressure. A handler whose ``inline`` attribute is true (a batch
+    route: it holds deliveries itself and makes :meth:`submit` wait while it is full) is awaited
+    inline at any ``concurrency``, and its ``drain()`` is awaited by :meth:`drain`; the
+    ``concurrency`` still sizes the adapter's prefetch.
     """
 
-    __slots__ = ("_handler", "_slots", "_tasks", "concurrency", "topic")
+    __slots__ = ("_handler", "_inline", "_slots", "_tasks", "concurrency", "topic")
 
     def __init__(self, handler: DeliveryHandler, concurrency: int, topic: str) -> None:
         self._handler = handler
         self.concurrency = max(1, concurrency)
+        self._inline = self.concurrency == 1 or getattr(handler, "inline", False) is True
         self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self.topic = topic
 
     async def submit(self, delivery: Delivery) -> None:
         """Hand one delivery to the handler; returns when it may take the next one."""
-        if self.concurrency == 1:
+        if self._inline:
             await self._run(delivery)
             return
         await self._slots.acquire()
@@ -516,3 +520,7 @@ class HandlerRunner:
         """Wait for every handler in flight."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._inline and self.concurrency > 1:
+            drain: Callable[[], Awaitable[None]] | None = getattr(self._handler, "drain", None)
+            if drain is not None:
+                await drain()

@@ -32,7 +32,7 @@ import asyncio
 import inspect
 import logging
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -54,16 +54,25 @@ _LISTS = (list, Sequence, typing.Sequence, typing.List)  # noqa: UP006 - the old
 
 
 class _Batch:
-    __slots__ = ("futures", "items", "timer")
+    __slots__ = ("items", "timer", "verdicts")
 
     def __init__(self) -> None:
         self.items: list[Any] = []
-        self.futures: list[asyncio.Future[None]] = []
+        self.verdicts: list[asyncio.Future[None]] = []
         self.timer: asyncio.TimerHandle | None = None
 
 
 class BatchSpec:
-    """One batch handler: its function, topic, group, filters, policy, and the open batch."""
+    """One batch handler: its function, topic, group, filters, policy, and the open batch.
+
+    Each delivery's pipeline (plugins' layers, settlement) runs in a task of its own, started by
+    :meth:`admit` (the route is called inline by the adapter's runner, so this is the only task
+    per delivery); it parks on its verdict future in the open batch and settles once the batch
+    handler ran. :meth:`admit` makes the adapter wait while ``max_size`` x ``concurrency``
+    deliveries are in flight.
+    """
+
+    batched = True
 
     def __init__(
         self,
@@ -89,6 +98,9 @@ class BatchSpec:
         self._open: _Batch | None = None
         self._calls: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._room: asyncio.Future[None] | None = None
+        self._idle: asyncio.Future[None] | None = None
 
     def matches(self, event: Event) -> bool:
         """Whether the event passes every filter."""
@@ -97,22 +109,58 @@ class BatchSpec:
                 return False
         return True
 
+    # -- running each delivery's pipeline ---------------------------------------------------------
+
+    async def admit(self, pipeline: Awaitable[Any]) -> None:
+        """Start one delivery's pipeline in a task of its own (it parks in the open batch);
+        returns at once, or waits while the subscription has its fill of deliveries in flight."""
+        self._in_flight += 1
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(pipeline if isinstance(pipeline, Coroutine) else _as_coroutine(pipeline))
+        task.add_done_callback(self._settled)
+        limit = self.concurrency or 1
+        while self._in_flight >= limit:
+            room = self._room = loop.create_future()
+            await room
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._in_flight -= 1
+        if not task.cancelled() and task.exception() is not None:  # the pipeline settles; this guards a bug
+            log.error("the pipeline of a batch item on %s raised; the broker redelivers it", self.topic,
+                      exc_info=task.exception())
+        room = self._room
+        if room is not None and not room.done() and self._in_flight < (self.concurrency or 1):
+            self._room = None
+            room.set_result(None)
+        idle = self._idle
+        if idle is not None and not idle.done() and self._in_flight == 0:
+            idle.set_result(None)
+
+    async def drain(self) -> None:
+        """Hand over the open batch now and wait until every delivery in flight is settled."""
+        if self._open is not None:
+            self._close(self._open)
+        if self._in_flight > 0:
+            self._idle = asyncio.get_running_loop().create_future()
+            await self._idle
+
+    # -- the bottom of each pipeline: join the open batch ------------------------------------------
+
     async def call(self, ctx: Context) -> None:
         """Add the delivery's item to the open batch and wait for the verdict on it."""
         event = ctx.event
         assert event is not None
         item = self._item(ctx, event)
-        loop = asyncio.get_running_loop()
         batch = self._open
         if batch is None:
             batch = self._open = _Batch()
-            batch.timer = loop.call_later(self.policy.seconds, self._close, batch)
-        future: asyncio.Future[None] = loop.create_future()
+            batch.timer = asyncio.get_running_loop().call_later(self.policy.seconds, self._close, batch)
+        verdict: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         batch.items.append(item)
-        batch.futures.append(future)
+        batch.verdicts.append(verdict)
         if len(batch.items) >= self.policy.max_size:
             self._close(batch)
-        await future
+        await verdict
 
     def _item(self, ctx: Context, event: Event) -> Any:
         kind = self._kind
@@ -144,48 +192,48 @@ class BatchSpec:
     async def _run(self, batch: _Batch) -> None:
         if self._calls is None:
             self._calls = asyncio.Semaphore(self.batches)
-        futures = batch.futures
+        verdicts = batch.verdicts
         try:
             async with self._calls:
-                if all(f.done() for f in futures):  # every waiter went (cancelled at stop)
-                    return
                 result = self.fn(**{self._param: batch.items})
                 if inspect.isawaitable(result):
                     await result
         except BatchFailed as exc:
-            _verdicts(futures, exc.failed, self.name)
+            _verdicts(verdicts, exc.failed, self.name)
         except Exception as exc:
-            for future in futures:
-                if not future.done():
-                    future.set_exception(exc)
-        except BaseException as exc:  # cancelled: the waiters give their deliveries back
-            for future in futures:
-                if not future.done():
-                    future.cancel()
-            if not isinstance(exc, asyncio.CancelledError):
-                raise
+            for verdict in verdicts:
+                if not verdict.done():
+                    verdict.set_exception(exc)
+        except BaseException:  # cancelled: each item's pipeline gives its delivery back
+            for verdict in verdicts:
+                verdict.cancel()
+            raise
         else:
-            for future in futures:
-                if not future.done():
-                    future.set_result(None)
+            for verdict in verdicts:
+                if not verdict.done():
+                    verdict.set_result(None)
 
 
-def _verdicts(futures: list[asyncio.Future[None]], failed: Mapping[int, BaseException], name: str) -> None:
-    """Fail the items ``failed`` names, succeed the rest."""
-    unknown = [i for i in failed if not (isinstance(i, int) and 0 <= i < len(futures))]
+async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _verdicts(verdicts: list[asyncio.Future[None]], failed: Mapping[int, BaseException], name: str) -> None:
+    """Fail the items ``failed`` names; the rest succeeded."""
+    unknown = [i for i in failed if not (isinstance(i, int) and 0 <= i < len(verdicts))]
     if unknown:
         log.warning("batch handler %s reported failed items %s outside its batch of %d: ignored",
-                    name, unknown[:10], len(futures))
-    for index, future in enumerate(futures):
-        if future.done():
-            continue
+                    name, unknown[:10], len(verdicts))
+    for index, verdict in enumerate(verdicts):
         error = failed.get(index)
+        if verdict.done():
+            continue
         if error is None:
-            future.set_result(None)
-        elif isinstance(error, Exception):
-            future.set_exception(error)
+            verdict.set_result(None)
         else:
-            future.set_exception(RuntimeError(f"batch item failed: {error!r}"))
+            if not isinstance(error, Exception):
+                error = RuntimeError(f"batch item failed: {error!r}")
+            verdict.set_exception(error)
 
 
 def _plan(fn: Callable[..., Any], name: str) -> tuple[str, str, Callable[[Any], Any] | None]:

@@ -17,13 +17,13 @@ from pydantic import ValidationError
 from mesh.errors import DeadLetter
 from mesh.event import Event
 from mesh.names import check_handler_signature
+from mesh.pipeline.batch import BatchSpec
 from mesh.pipeline.injection import injection_plan, matcher
 from mesh.pipeline.settle import dead_letter, outcome, settling
 from mesh.types import Context, Handle, HandlerLayer, SubscriptionInfo
 
 if TYPE_CHECKING:
     from mesh.brokers.base import Delivery
-    from mesh.pipeline.batch import BatchSpec
     from mesh.runtime import Runtime
 
 __all__ = ["HandlerSpec", "Route"]
@@ -31,6 +31,8 @@ __all__ = ["HandlerSpec", "Route"]
 
 class HandlerSpec:
     """One decorated handler: its function, topic, group, filters and how to call it."""
+
+    batched = False
 
     def __init__(
         self,
@@ -151,4 +153,19 @@ class Route:
             if self.runtime.outcome_hooks:
                 outcome(Context(self.runtime, delivery, event, self.undecodable_info), "skipped", None)
             return
-        await handle(Context(self.runtime, delivery, event, info))
+        if isinstance(spec, BatchSpec):
+            await spec.admit(handle(Context(self.runtime, delivery, event, info)))
+        else:
+            await handle(Context(self.runtime, delivery, event, info))
+
+    @property
+    def inline(self) -> bool:
+        """Whether every handler is a batch handler: the adapter's runner then calls this route
+        inline at any concurrency (the batch handlers hold the deliveries and the back-pressure)."""
+        return bool(self.handlers) and all(spec.batched for spec, _, _ in self.handlers)
+
+    async def drain(self) -> None:
+        """Hand over the open batches and wait until their deliveries are settled (at stop)."""
+        for spec, _, _ in self.handlers:
+            if isinstance(spec, BatchSpec):
+                await spec.drain()
