@@ -20,16 +20,20 @@ taken                              not in ``failed``
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from mesh.batch import FailedEntry, PublishResult
 from mesh.event import Event
+from mesh.types import PUBLISH_BATCH, PublishBatch
 
 if TYPE_CHECKING:
     from mesh.brokers.base import Broker
     from mesh.types import Publish
+
+log = logging.getLogger("mesh.publish")
 
 __all__ = ["Collector", "collecting", "publish_many", "result_of"]
 
@@ -124,6 +128,17 @@ async def publish_many(
     to the broker when no plugin has a publish layer; returns the failures by index."""
     if chain is None:
         return await broker.publish_many(topic, events)
+    batch = PublishBatch(topic, len(events))
+    token = PUBLISH_BATCH.set(batch)
+    try:
+        return await _through_layers(broker, chain, topic, events)
+    finally:
+        PUBLISH_BATCH.reset(token)
+        for error in batch.finish():
+            log.error("a plugin's publish_many callback failed: %r", error)
+
+
+async def _through_layers(broker: Broker, chain: Publish, topic: str, events: Sequence[Event]) -> dict[int, Exception]:
     collector = Collector(len(events))
     loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[None]] = []
