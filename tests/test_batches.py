@@ -6,6 +6,7 @@ the contract suite (:mod:`mesh.testing.batches`, run by tests/brokers/test_contr
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from datetime import timedelta
@@ -285,3 +286,18 @@ async def test_a_batch_is_handed_over_when_full_or_when_its_time_is_up(cfg: dict
         await app.publish_many("orders", list(range(10)), type="n")
         await wait_for(lambda: sum(sizes) == 10, what="ten events")
     assert sizes == [4, 4, 2]
+
+
+async def test_stopping_hands_over_the_open_batch_at_once(cfg: dict[str, Any]) -> None:
+    app = App("bulk", config=cfg)
+    got: list[int] = []
+
+    @app.subscribe("orders", batch=BatchPolicy(max_size=100, max_wait=60))
+    async def handle(events: list[Event]) -> None:
+        got.extend(e.data for e in events)
+
+    async with app:
+        await app.publish_many("orders", [1, 2, 3], type="n")
+        await asyncio.sleep(0.05)  # delivered into the open batch, which would wait a minute
+        assert got == []
+    assert got == [1, 2, 3]  # the stop drained it: handled and acked, not left for redelivery

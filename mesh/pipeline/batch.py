@@ -32,7 +32,7 @@ import asyncio
 import inspect
 import logging
 import typing
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -98,6 +98,7 @@ class BatchSpec:
         self._open: _Batch | None = None
         self._calls: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._items: set[asyncio.Task[None]] = set()
         self._in_flight = 0
         self._room: asyncio.Future[None] | None = None
         self._idle: asyncio.Future[None] | None = None
@@ -116,18 +117,25 @@ class BatchSpec:
         returns at once, or waits while the subscription has its fill of deliveries in flight."""
         self._in_flight += 1
         loop = asyncio.get_running_loop()
-        task = loop.create_task(pipeline if isinstance(pipeline, Coroutine) else _as_coroutine(pipeline))
-        task.add_done_callback(self._settled)
+        self._items.add(loop.create_task(self._item_run(pipeline)))
         limit = self.concurrency or 1
         while self._in_flight >= limit:
             room = self._room = loop.create_future()
             await room
 
-    def _settled(self, task: asyncio.Task[Any]) -> None:
+    async def _item_run(self, pipeline: Awaitable[Any]) -> None:
+        try:
+            await pipeline
+        except Exception:  # the pipeline settles every delivery itself; this guards a bug
+            log.exception("the pipeline of a batch item on %s raised; the broker redelivers it", self.topic)
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._items.discard(task)
+            self._settled()
+
+    def _settled(self) -> None:
         self._in_flight -= 1
-        if not task.cancelled() and task.exception() is not None:  # the pipeline settles; this guards a bug
-            log.error("the pipeline of a batch item on %s raised; the broker redelivers it", self.topic,
-                      exc_info=task.exception())
         room = self._room
         if room is not None and not room.done() and self._in_flight < (self.concurrency or 1):
             self._room = None
@@ -212,10 +220,6 @@ class BatchSpec:
             for verdict in verdicts:
                 if not verdict.done():
                     verdict.set_result(None)
-
-
-async def _as_coroutine(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
 
 
 def _verdicts(verdicts: list[asyncio.Future[None]], failed: Mapping[int, BaseException], name: str) -> None:
