@@ -301,3 +301,20 @@ async def test_stopping_hands_over_the_open_batch_at_once(cfg: dict[str, Any]) -
         await asyncio.sleep(0.05)  # delivered into the open batch, which would wait a minute
         assert got == []
     assert got == [1, 2, 3]  # the stop drained it: handled and acked, not left for redelivery
+
+
+async def test_a_batch_of_one_is_drained_at_stop_too(cfg: dict[str, Any]) -> None:
+    app = App("bulk", config=cfg)
+    got: list[int] = []
+    release = asyncio.Event()
+
+    @app.subscribe("orders", batch=BatchPolicy(max_size=1, max_wait=0))
+    async def handle(events: list[Event]) -> None:
+        await release.wait()
+        got.extend(e.data for e in events)
+
+    async with app:
+        await app.publish_many("orders", [1], type="n")
+        await asyncio.sleep(0.05)
+        asyncio.get_running_loop().call_later(0.05, release.set)
+    assert got == [1]  # the stop waited for the batch in hand

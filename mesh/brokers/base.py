@@ -520,7 +520,7 @@ class HandlerRunner:
         """Wait for every handler in flight."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
-        if self._inline and self.concurrency > 1:
+        if getattr(self._handler, "inline", False) is True:
             drain: Callable[[], Awaitable[None]] | None = getattr(self._handler, "drain", None)
             if drain is not None:
                 await drain()
