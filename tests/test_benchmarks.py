@@ -53,3 +53,12 @@ def test_cpu_benchmark_prints_both_sides_for_each_contender(capsys) -> None:  # 
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("nats ")]
     assert [row[1] for row in rows] == ["raw", "mesh"]
     assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows)
+
+
+def test_pubsub_benchmark_runs_a_tiny_bulk_row_beside_the_single_one() -> None:
+    from benchmarks import pubsub
+
+    rows = pubsub.run(["memory"], 600, ["mesh", "mesh-bulk"])
+    assert rows[0]["mesh-bulk"] > 0 and rows[0]["bulk/mesh"] > 0
+    table = pubsub.table(rows, ["mesh", "mesh-bulk"])
+    assert "bulk/raw" in table and "bulk/mesh" in table
