@@ -318,3 +318,15 @@ async def test_a_batch_of_one_is_drained_at_stop_too(cfg: dict[str, Any]) -> Non
         await asyncio.sleep(0.05)
         asyncio.get_running_loop().call_later(0.05, release.set)
     assert got == [1]  # the stop waited for the batch in hand
+
+
+def test_asyncapi_documents_one_item_of_a_batch_handler(cfg: dict[str, Any]) -> None:
+    from mesh.asyncapi import app_document
+
+    app = App("bulk", config=cfg)
+
+    @app.subscribe("orders", batch=BatchPolicy())
+    async def handle(orders: list[Order]) -> None: ...
+
+    doc = str(app_document([app]))
+    assert "Order" in doc and "'qty'" in doc

@@ -94,7 +94,8 @@ class BatchSpec:
         """Deliveries in flight for this handler (what the route asks the broker for)."""
         self.name = f"{fn.__module__}.{fn.__qualname__}"
         self._matchers = [(name, matcher(value)) for name, value in self.filters.items()]
-        self._param, self._kind, self._convert = _plan(fn, self.name)
+        self._param, self._kind, self._convert, self.item_type = _plan(fn, self.name)
+        """``item_type``: what each item's data is validated as (``None``: events, contexts or raw data)."""
         self._open: _Batch | None = None
         self._calls: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -240,8 +241,8 @@ def _verdicts(verdicts: list[asyncio.Future[None]], failed: Mapping[int, BaseExc
             verdict.set_exception(error)
 
 
-def _plan(fn: Callable[..., Any], name: str) -> tuple[str, str, Callable[[Any], Any] | None]:
-    """(parameter, kind, converter) of a batch handler: kind is event, context or data."""
+def _plan(fn: Callable[..., Any], name: str) -> tuple[str, str, Callable[[Any], Any] | None, Any]:
+    """(parameter, kind, converter, item type) of a batch handler: kind is event, context or data."""
     try:
         signature = inspect.signature(fn)
     except (TypeError, ValueError) as exc:
@@ -255,7 +256,7 @@ def _plan(fn: Callable[..., Any], name: str) -> tuple[str, str, Callable[[Any], 
     param = params[0].name
     ann = _resolve(fn).get(param, inspect.Parameter.empty)
     if ann is inspect.Parameter.empty or ann is Any or ann in _LISTS:
-        return param, "data", None
+        return param, "data", None, None
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
     if origin not in _LISTS or len(args) != 1:
@@ -265,13 +266,13 @@ def _plan(fn: Callable[..., Any], name: str) -> tuple[str, str, Callable[[Any], 
         )
     item = args[0]
     if item is Event:
-        return param, "event", None
+        return param, "event", None, None
     if item is Context:
-        return param, "context", None
+        return param, "context", None, None
     if item is Any:
-        return param, "data", None
+        return param, "data", None, None
     try:
-        return param, "data", data_adapter(item)
+        return param, "data", data_adapter(item), item
     except Exception as exc:
         raise InvalidHandler(
             f"batch handler {name}: parameter {param!r}: the event data cannot be validated as {item!r}: {exc}"
