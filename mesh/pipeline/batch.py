@@ -120,8 +120,10 @@ class BatchSpec:
         loop = asyncio.get_running_loop()
         self._items.add(loop.create_task(self._item_run(pipeline)))
         limit = self.concurrency or 1
-        while self._in_flight >= limit:
-            room = self._room = loop.create_future()
+        while self._in_flight >= limit:  # every caller waiting (adapters with tasks) shares one future
+            room = self._room
+            if room is None or room.done():
+                room = self._room = loop.create_future()
             await room
 
     async def _item_run(self, pipeline: Awaitable[Any]) -> None:

@@ -12,7 +12,9 @@ publish_many: all arrive in order                  one ``publish_many`` of 300 e
                                                    key: none reported failed, all delivered,
                                                    in order
 publish_many: failures by index                    an unencodable event in the middle fails
-                                                   alone, by its index; the others arrive
+                                                   alone, by its index; the others arrive (a
+                                                   broker that carries Event objects without
+                                                   encoding may take it)
 batch subscribe: batches fill                      a batch holds more than one event, each
                                                    event is handled once
 batch subscribe: partial failure                   items named in ``BatchFailed`` are retried
@@ -93,6 +95,10 @@ async def check_publish_many_reports_failures_by_index(make_broker: MakeBroker, 
     events = [_ev(0, extensions=key), Event("test.contract", "/contract", {"i": object()}, extensions=key),
               _ev(2, extensions=key)]
     failed = await broker.publish_many(topic, events)
+    if not failed:  # a broker that carries Event objects as they are (no encoding) takes it
+        await _wait(lambda: len(got.values) >= 3, 10, "the three events")
+        assert got.values[0] == 0 and got.values[2] == 2, got.values
+        return
     assert list(failed) == [1], failed
     assert isinstance(failed[1], EventError), repr(failed[1])
     await _wait(lambda: len(got.values) >= 2, 10, "the two good events")
