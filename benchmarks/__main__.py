@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# machine\n\n{machine()}; event loop {loop}\n", flush=True)
     print(f"# codec (--n {sizes['codec']})\n")
     codec.main(["--n", str(sizes["codec"])])
-    names = ["mesh", "raw", "faststream"]
+    names = ["mesh", "raw", "faststream", "mesh-bulk"]  # mesh-bulk: publish_many into a batch subscription
     print(f"\n# publish -> subscribe (--n {sizes['pubsub']})\n")
     print(pubsub.table(pubsub.run(brokers, sizes["pubsub"], names), names))
     n, calls = sizes["invoke"]

@@ -3,6 +3,9 @@
     python -m benchmarks.pubsub [--brokers kafka,rabbitmq,...] [--n 20000] [--contenders mesh,raw,faststream]
     python -m benchmarks.pubsub --signed [--brokers nats,kafka]   # mesh signed vs unsigned, one run
 
+The ``mesh-bulk`` contender (:mod:`benchmarks.batches`) is ``publish_many`` into a batch
+subscription; ``bulk/raw`` compares it with the raw client's single-message row.
+
 One producer process, one consumer process per row (memory: one process, it has no network).
 Throughput = messages / (last message handled - first publish, once the producer is connected),
 every row acking after handling
@@ -23,7 +26,7 @@ import time
 import uuid
 from typing import Any
 
-from benchmarks import contenders, loops
+from benchmarks import batches, contenders, loops
 
 URLS = {
     "rabbitmq": "amqp://guest:guest@127.0.0.1:5672/",
@@ -70,7 +73,7 @@ async def _kafka_topic(url: str, topic: str, partitions: int = 3) -> None:
 def run_row(contender: str, kind: str, url: str, n: int, timeout: float = 300.0) -> float:
     """Messages per second for one contender on one broker (two processes)."""
     if kind == "memory":
-        return loops.run(_memory(n))
+        return loops.run(batches.memory_bulk(n) if contender == "mesh-bulk" else _memory(n))
     ctx = mp.get_context("spawn")
     topic = f"bench-{contender}-{uuid.uuid4().hex[:8]}"
     group = f"g-{uuid.uuid4().hex[:6]}"
@@ -235,7 +238,7 @@ def run(brokers: list[str], n: int, names: list[str]) -> list[dict[str, Any]]:
                 url = tansu.url
             rates: dict[str, float | None] = {}
             for name in names:
-                if kind == "memory" and name != "mesh":
+                if kind == "memory" and name not in ("mesh", "mesh-bulk"):
                     rates[name] = None
                     continue
                 try:
@@ -244,13 +247,15 @@ def run(brokers: list[str], n: int, names: list[str]) -> list[dict[str, Any]]:
                     print(f"{name} on {kind} failed: {type(exc).__name__}: {exc}")
                     rates[name] = None
             mesh = rates.get("mesh")
-            raw, fs = rates.get("raw"), rates.get("faststream")
+            raw, fs, bulk = rates.get("raw"), rates.get("faststream"), rates.get("mesh-bulk")
             rows.append(
                 {
                     "broker": kind,
                     **rates,
                     "mesh/raw": mesh / raw if mesh and raw else None,
                     "mesh/faststream": mesh / fs if mesh and fs else None,
+                    "bulk/raw": bulk / raw if bulk and raw else None,
+                    "bulk/mesh": bulk / mesh if bulk and mesh else None,
                 }
             )
     finally:
@@ -261,12 +266,13 @@ def run(brokers: list[str], n: int, names: list[str]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], names: list[str]) -> str:
     """The rows as a Markdown table."""
-    head = ["broker", *(f"{n} msg/s" for n in names), "mesh/raw", "mesh/FastStream"]
+    ratios = ["mesh/raw", "mesh/faststream"] + (["bulk/raw", "bulk/mesh"] if "mesh-bulk" in names else [])
+    head = ["broker", *(f"{n} msg/s" for n in names), *(r.replace("faststream", "FastStream") for r in ratios)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["broker"]]
         cells += [f"{r[n]:,.0f}" if r.get(n) else "n/a" for n in names]
-        cells += [f"{r[k]:.2f}x" if r.get(k) else "n/a" for k in ("mesh/raw", "mesh/faststream")]
+        cells += [f"{r[k]:.2f}x" if r.get(k) else "n/a" for k in ratios]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -274,7 +280,7 @@ def table(rows: list[dict[str, Any]], names: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="pub/sub throughput: mesh vs raw client vs FastStream")
     parser.add_argument("--brokers", default=None, help=f"default {','.join(BROKERS)} (--signed: nats,kafka)")
-    parser.add_argument("--contenders", default="mesh,raw,faststream")
+    parser.add_argument("--contenders", default="mesh,raw,faststream,mesh-bulk")
     parser.add_argument("--n", type=int, default=20_000, help="messages per row")
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default=None, help="event loop of every process")
     parser.add_argument(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from mesh.actors import Actor
 from mesh.app import App
+from mesh.batch import BatchPolicy, FailedEntry, PublishResult
 from mesh.errors import (
+    BatchFailed,
     BrokerConnectionError,
     BrokerError,
     BrokerNotInstalled,
@@ -42,6 +44,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Actor",
     "App",
+    "BatchFailed",
+    "BatchPolicy",
     "BrokerConnectionError",
     "BrokerError",
     "BrokerNotInstalled",
@@ -54,6 +58,7 @@ __all__ = [
     "EncodeError",
     "Event",
     "EventError",
+    "FailedEntry",
     "FeatureNotSupported",
     "InvalidEvent",
     "Invocation",
@@ -65,6 +70,7 @@ __all__ = [
     "PermissionDenied",
     "PluginError",
     "PublishError",
+    "PublishResult",
     "RemoteError",
     "Retry",
     "Runtime",

@@ -21,7 +21,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from builtins import type as builtins_type
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
@@ -30,6 +31,7 @@ from pydantic import ValidationError
 from mesh.actors.actor import Actor
 from mesh.actors.block import ActorsBlock
 from mesh.actors.proxy import ActorProxy
+from mesh.batch import BatchPolicy, PublishResult
 from mesh.bindings import BindingsBlock, OutputBinding
 from mesh.brokers import Broker, Subscription
 from mesh.components import Registry
@@ -43,6 +45,7 @@ from mesh.invoke.presence import Presence
 from mesh.jobs.block import JobsBlock
 from mesh.names import InvalidName, check_app_id, check_subscription, check_topic
 from mesh.pipeline import HandlerSpec, Route, data_adapter
+from mesh.pipeline.batch import batch_spec
 from mesh.resiliency.config import unknown_topics
 from mesh.runtime import Runtime
 from mesh.security.secrets import Secrets
@@ -187,9 +190,16 @@ class App:
         source: str | None = None,
         subject: str | None = None,
         actor: str | None = None,
+        batch: BatchPolicy | None = None,
         **extensions: Any,
     ) -> Callable[[F], F]:
         """Register a handler for events on ``topic``.
+
+        With ``batch=BatchPolicy(max_size, max_wait)`` the handler takes a list of events
+        (``list[Event]``, ``list[Context]``, ``list[Model]`` or ``list`` of data) collected up
+        to ``max_size`` or for ``max_wait``; each event is still acked, retried or
+        dead-lettered on its own, and raising :class:`~mesh.errors.BatchFailed` names the
+        items that failed (see :mod:`mesh.pipeline.batch` and docs/batches.md).
 
         With ``actor=TYPE`` the events are routed instead: each becomes a call of
         ``on_event(event)`` on the actor whose id is the event's ``subject`` (the registration
@@ -209,8 +219,12 @@ class App:
         filters = {k: v for k, v in {"type": type, "source": source, "subject": subject}.items() if v is not None}
         filters.update(extensions)
         if actor is not None:
+            if batch is not None:
+                raise MeshError("batch= does not apply to actor routing (each event is one actor call)")
             self._route_to_actor(topic, group, concurrency, filters, actor)
             return lambda target: target
+        if batch is not None and not isinstance(batch, BatchPolicy):
+            raise TypeError(f"batch= takes a BatchPolicy, not {builtins_type(batch).__name__}")
 
         def register(fn: F) -> F:
             if self.started:
@@ -219,7 +233,10 @@ class App:
             route = self._routes.get(key)
             if route is None:
                 route = self._routes[key] = Route(self.runtime, topic, key[1])
-            route.add(HandlerSpec(fn, topic, key[1], filters, concurrency))
+            if batch is not None:
+                route.add(batch_spec(self.runtime, fn, topic, key[1], filters, concurrency, batch))
+            else:
+                route.add(HandlerSpec(fn, topic, key[1], filters, concurrency))
             return fn
 
         return register
@@ -365,6 +382,35 @@ class App:
         runtime.check_size(topic, event)
         await runtime.publish(topic, event)  # send() without its attribute hooks: one frame less per event
         return event
+
+    async def publish_many(
+        self,
+        topic: str,
+        items: Iterable[Any],
+        *,
+        type: str | None = None,
+        key: str | Callable[[Any], str | None] | None = None,
+        subject: str | None = None,
+        source: str | None = None,
+        datacontenttype: str | None = None,
+        dataschema: str | None = None,
+        extensions: Mapping[str, ExtensionValue] | None = None,
+    ) -> PublishResult:
+        """Publish many events to ``topic`` at once, pipelined; returns which ones failed and why.
+
+        Each item is the data of one CloudEvent of ``type`` (the other attributes as for
+        :meth:`publish`), or a ready-made :class:`~mesh.Event` sent as it is. ``key`` is one
+        ``partitionkey`` for all, or a function of the item giving each its own (``None``: no
+        key). Plugins see every event as they see a :meth:`publish`; the broker gets them in one
+        pipelined write (one flush, one round of acknowledgements), in input order. Returns once
+        the broker has taken or refused each: :attr:`PublishResult.failed` lists the refused
+        ones with their index and error (call :meth:`PublishResult.raise_for_failures` to raise
+        instead). Bad input (a mapping or string instead of a list, no ``type`` for plain data)
+        raises before anything is sent.
+        """
+        _check_topic(topic, self.config.broker.namespace)
+        events = _events_of(items, type, key, subject, source or self.source, datacontenttype, dataschema, extensions)
+        return await self.runtime.send_many(topic, events)
 
     async def send(self, topic: str, event: Event) -> Event:
         """Publish a ready-made event (plugins' attributes are added); returns what was sent."""
@@ -593,6 +639,48 @@ class App:
 
 
 _CHECKED: set[tuple[str, str]] = set()
+
+
+def _events_of(
+    items: Iterable[Any],
+    type: str | None,
+    key: str | Callable[[Any], str | None] | None,
+    subject: str | None,
+    source: str,
+    datacontenttype: str | None,
+    dataschema: str | None,
+    extensions: Mapping[str, ExtensionValue] | None,
+) -> list[Event]:
+    """The events of a ``publish_many`` (every check done before anything is sent)."""
+    if isinstance(items, str | bytes | bytearray | Mapping) or not isinstance(items, Iterable):
+        raise TypeError(
+            f"publish_many takes a list of items (the data of each event, or Events), not a "
+            f"{builtins_type(items).__name__}: wrap a single item in a list"
+        )
+    events: list[Event] = []
+    base = dict(extensions) if extensions else {}
+    for index, item in enumerate(items):
+        if isinstance(item, Event):
+            events.append(item)
+            continue
+        if type is None:
+            raise MeshError(f"publish_many needs a type= for plain data (item {index} is not an Event)")
+        ext = base
+        item_key = key(item) if callable(key) else key
+        if item_key is not None:
+            ext = {**base, "partitionkey": item_key}
+        events.append(
+            Event(
+                type,
+                source,
+                item,
+                subject=subject,
+                datacontenttype=datacontenttype,
+                dataschema=dataschema,
+                extensions=ext or None,
+            )
+        )
+    return events
 
 
 def _check_topic(topic: str, namespace: str) -> None:

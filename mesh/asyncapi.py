@@ -32,6 +32,7 @@ from pydantic import TypeAdapter
 from mesh.app import App
 from mesh.invoke.presence import Instance
 from mesh.invoke.protocol import REPLY_PREFIX, REPLY_TO, invoke_topic
+from mesh.pipeline.batch import BatchSpec
 from mesh.pipeline.injection import _resolve, injection_plan
 
 __all__ = ["PROTOCOLS", "app_document", "asyncapi_command", "live_document"]
@@ -186,7 +187,9 @@ def app_document(apps: list[App], *, title: str | None = None, version: str | No
             b.publishes(app.id, topic, type_, data)
         for route in app.routes:
             for spec, _, _ in route.handlers:
-                types, data = _types(spec.filters), _data_type(spec.fn)
+                # a batch handler: the schema of one item
+                data = spec.item_type if isinstance(spec, BatchSpec) else _data_type(spec.fn)
+                types = _types(spec.filters)
                 b.subscribes(app.id, spec.fn.__name__, route.topic, route.group, types, data)
         for name, method in app.callee.methods.items():
             fn = method.handler.fn

@@ -19,7 +19,8 @@
     │   └── FeatureNotSupported (NotImplementedError)  names the broker (or store) and the alternative
     ├── HandlerSignal                       raised by handlers to steer delivery
     │   ├── Retry                           try again, optionally after ``delay`` seconds
-    │   └── DeadLetter                      give up now, with ``reason``
+    │   ├── DeadLetter                      give up now, with ``reason``
+    │   └── BatchFailed                     a batch handler names the items that failed (the rest succeeded)
     ├── StateError (mesh.state.errors)      a state store call failed
     │   ├── ETagMismatch                    someone wrote the key first (optimistic concurrency)
     │   ├── InvalidKey (ValueError), InvalidValue (TypeError), InvalidQuery (ValueError)
@@ -39,9 +40,11 @@ Backend errors are translated at the broker seam and keep their cause (``raise .
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
+    "BatchFailed",
     "BrokerConnectionError",
     "BrokerError",
     "BrokerNotInstalled",
@@ -193,6 +196,21 @@ class DeadLetter(HandlerSignal):
     def __init__(self, reason: str = "dead-lettered by handler") -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class BatchFailed(HandlerSignal):
+    """Raised by a batch handler: the items at these indexes failed, every other one succeeded.
+
+    ``failed`` maps an index into the list the handler got to the item's error; each failed item
+    is retried or dead-lettered on its own, as a single-event handler raising that error would be
+    (so ``Retry(delay=...)`` and ``DeadLetter(reason=...)`` work per item). The rest are acked.
+    """
+
+    def __init__(self, failed: Mapping[int, BaseException]) -> None:
+        self.failed: dict[int, BaseException] = dict(failed)
+        shown = ", ".join(f"{i}: {type(e).__name__}" for i, e in sorted(self.failed.items())[:5])
+        more = f" and {len(self.failed) - 5} more" if len(self.failed) > 5 else ""
+        super().__init__(f"{len(self.failed)} item(s) of the batch failed ({shown}{more})")
 
 
 class InvocationError(MeshError):

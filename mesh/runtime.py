@@ -14,6 +14,7 @@ member              what
 ``broker``          the connected :class:`~mesh.brokers.base.Broker`
 ``hooks``           :class:`~mesh.hooks.manager.Hooks`, one typed method per hook
 ``send``            publish a ready event through the plugins' attributes and layers
+``send_many``       publish many ready events of one topic the same way, pipelined
 ``spawn``           run a background task until the app stops (cancelled then)
 ``on_stop``         await a callback when the app stops, after its handlers drained
 ``plugin_state``    per-app state of plugins, by plugin name
@@ -25,11 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
+from mesh.batch import PublishResult
+from mesh.bulk import collecting, publish_many, result_of
 from mesh.codecs.data import encode_data
-from mesh.errors import EncodeError
+from mesh.errors import EncodeError, MeshError
 from mesh.event import Event, ExtensionValue
 
 if TYPE_CHECKING:
@@ -73,6 +76,8 @@ class Runtime:
         """The app's jobs block, for parts that schedule (cron bindings, actor reminders)."""
         self.publish: Publish = broker.publish
         """The publish chain (the plugins' publish layers around the broker), built at start."""
+        self.publish_batched: Publish | None = None
+        """The publish layers around the batch collector (:mod:`mesh.bulk`); ``None``: no layer."""
         self.attribute_hooks = False
         """Whether a plugin adds attributes to outgoing events (checked once at start)."""
         self.outcome_hooks = False
@@ -90,9 +95,16 @@ class Runtime:
         self.attribute_hooks = hooks.implements("mesh_publish_attributes")
         self.outcome_hooks = hooks.implements("mesh_delivery_outcome")
         publish: Publish = self.broker.publish
-        for layer in reversed(hooks.publish_layers(self)):
+        layers = hooks.publish_layers(self)
+        for layer in reversed(layers):
             publish = layer(publish)
         self.publish = publish
+        batched: Publish | None = None
+        if layers:
+            batched = collecting(self.broker)
+            for layer in reversed(layers):
+                batched = layer(batched)
+        self.publish_batched = batched
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -103,6 +115,29 @@ class Runtime:
         self.check_size(topic, event)
         await self.publish(topic, event)
         return event
+
+    async def send_many(self, topic: str, events: Iterable[Event]) -> PublishResult:
+        """Publish ready-made events to one topic, pipelined (see :mod:`mesh.bulk`): plugins'
+        attributes and publish layers apply to each event; returns which ones failed and why."""
+        sent: list[Event] = []
+        failed: dict[int, Exception] = {}
+        going: list[Event] = []
+        where: list[int] = []
+        for index, event in enumerate(events):
+            try:
+                if self.attribute_hooks:
+                    event = self.with_attributes(topic, event)
+                self.check_size(topic, event)
+            except MeshError as exc:
+                failed[index] = exc
+            else:
+                going.append(event)
+                where.append(index)
+            sent.append(event)
+        if going:
+            for position, error in (await publish_many(self.broker, self.publish_batched, topic, going)).items():
+                failed[where[position]] = error
+        return result_of(sent, failed)
 
     def check_size(self, topic: str, event: Event) -> None:
         """Raise :class:`~mesh.errors.EncodeError` if the event's data is over ``max_event_bytes``."""

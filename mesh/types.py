@@ -7,6 +7,7 @@ Context           one delivery on its way through the pipeline (handler and sett
 Decision          a retry or dead-letter decision (``mesh_retry_decision``)
 SubscriptionInfo  what plugins see of one subscription: topic, group, handler name, settings
 Invocation        one outgoing call on its way through the invoke layers
+PublishBatch      the ``publish_many`` an event belongs to (``PUBLISH_BATCH``), for publish layers
 Handle, Publish,  the callables the layers wrap: ``layer(next) -> callable`` of the same shape
 InvokeHandle
 HandlerLayer,     what ``mesh_handler_layers``/``mesh_delivery_layers``, ``mesh_publish_layers``
@@ -21,6 +22,7 @@ import it without pulling in the App, the pipeline or a broker.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,7 +42,9 @@ __all__ = [
     "Invocation",
     "InvokeHandle",
     "InvokeLayer",
+    "PUBLISH_BATCH",
     "Publish",
+    "PublishBatch",
     "PublishLayer",
     "SubscriptionInfo",
 ]
@@ -51,6 +55,42 @@ HandlerLayer = Callable[[Handle], Handle]
 Publish = Callable[[str, Event], Awaitable[None]]
 PublishLayer = Callable[[Publish], Publish]
 """``layer(next) -> publish``: wraps publishing (see ``mesh_publish_layers``)."""
+
+
+class PublishBatch:
+    """The ``publish_many`` the event a publish layer sees belongs to (read ``PUBLISH_BATCH``).
+
+    ``state`` holds one value per plugin for the whole batch (the tracing plugin keeps its batch
+    span there); :meth:`on_done` registers a callback run once every event of the batch was
+    published or refused (to end that span).
+    """
+
+    __slots__ = ("_done", "size", "state", "topic")
+
+    def __init__(self, topic: str, size: int) -> None:
+        self.topic = topic
+        self.size = size
+        self.state: dict[str, Any] = {}
+        self._done: list[Callable[[], None]] = []
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once the whole batch was sent (errors in it are logged)."""
+        self._done.append(callback)
+
+    def finish(self) -> list[BaseException]:
+        """Run the ``on_done`` callbacks (by the runtime); returns what they raised."""
+        errors: list[BaseException] = []
+        for callback in self._done:
+            try:
+                callback()
+            except Exception as exc:
+                errors.append(exc)
+        self._done.clear()
+        return errors
+
+
+PUBLISH_BATCH: ContextVar[PublishBatch | None] = ContextVar("mesh_publish_batch", default=None)
+"""Inside a publish layer: the ``publish_many`` the event belongs to (``None`` for a ``publish``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,10 @@ the producer's context read back from the event, with a link to it. The process 
 dead-letter publish is a ``send <topic>.dlq`` child of it, and a delayed retry is a new
 ``process`` span in the same trace.
 
+A ``publish_many`` gives each event its own ``send <topic>`` span, as a ``publish`` would, and
+one more ``send <topic>`` span for the whole batch (``messaging.batch.message_count``) that each
+event's span links to.
+
 Only ``opentelemetry-api`` is required. Without an SDK tracer provider no span is made, but an
 incoming ``traceparent`` is made current while the handler runs and is forwarded on every event
 the handler publishes; with no context to forward, the layers only pass the call on. Whether an
@@ -37,7 +41,16 @@ from mesh.hooks import hookimpl
 from mesh.invoke import Invocation, InvokeHandle, InvokeLayer
 from mesh.invoke.protocol import INVOKE_PREFIX
 from mesh.telemetry import tracing_on
-from mesh.types import Context, Handle, HandlerLayer, Publish, PublishLayer, SubscriptionInfo
+from mesh.types import (
+    PUBLISH_BATCH,
+    Context,
+    Handle,
+    HandlerLayer,
+    Publish,
+    PublishBatch,
+    PublishLayer,
+    SubscriptionInfo,
+)
 
 if TYPE_CHECKING:
     from mesh.runtime import Runtime
@@ -143,14 +156,34 @@ def mesh_publish_layers(runtime: Runtime) -> PublishLayer:
             attributes["messaging.destination.name"] = topic
             attributes["messaging.operation.type"] = "send"
             attributes["messaging.operation.name"] = "send"
+            batch = PUBLISH_BATCH.get()
+            links = None if batch is None else [Link(_batch_span(tracer, batch, system).get_span_context())]
             with tracer.start_as_current_span(
-                f"send {topic}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes
+                f"send {topic}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes, links=links
             ):
                 await next_(topic, inject(event))
 
         return publish
 
     return layer
+
+
+def _batch_span(tracer: trace.Tracer, batch: PublishBatch, system: str) -> Span:
+    """The one ``send <topic>`` span of a ``publish_many`` (made by its first event, ended with
+    the batch); each event's own ``send`` span links to it."""
+    span: Span | None = batch.state.get(name)
+    if span is None:
+        attributes: dict[str, Any] = {
+            "messaging.system": system,
+            "messaging.destination.name": batch.topic,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.batch.message_count": batch.size,
+        }
+        span = tracer.start_span(f"send {batch.topic}", kind=SpanKind.PRODUCER, attributes=attributes)
+        batch.state[name] = span
+        batch.on_done(span.end)
+    return span
 
 
 def _forward_context(next_: Publish) -> Publish:

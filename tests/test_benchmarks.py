@@ -91,3 +91,12 @@ def test_an_unknown_loop_is_refused_by_the_benchmarks() -> None:
 
     with pytest.raises(SystemExit):
         pubsub.main(["--brokers", "memory", "--loop", "tokio"])
+
+
+def test_pubsub_benchmark_runs_a_tiny_bulk_row_beside_the_single_one() -> None:
+    from benchmarks import pubsub
+
+    rows = pubsub.run(["memory"], 600, ["mesh", "mesh-bulk"])
+    assert rows[0]["mesh-bulk"] > 0 and rows[0]["bulk/mesh"] > 0
+    table = pubsub.table(rows, ["mesh", "mesh-bulk"])
+    assert "bulk/raw" in table and "bulk/mesh" in table

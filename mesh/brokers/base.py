@@ -8,6 +8,8 @@ member                    required  what
                                     here, into ``self.settings``)
 ``connect`` / ``close``   yes       bounded connect; close stops every subscription, drained
 ``publish``               yes       returns once the broker has the event
+``publish_many``          no        many events of one topic, pipelined; failures by index
+                                    (the fallback publishes one after the other)
 ``subscribe``             yes       returns once consuming; hands out :class:`Delivery` objects
 ``Delivery._ack``         yes       forget the message for this group
 ``Delivery._requeue``     yes       give it back now (``nack()``); ``nack(delay)`` waits in
@@ -44,7 +46,7 @@ import os
 import ssl
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -53,7 +55,7 @@ from pydantic import BaseModel, ValidationError
 from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context
 from mesh.codecs.binary import Binding, WireMessage
 from mesh.components import ComponentOptions
-from mesh.errors import ConfigError, DecodeError
+from mesh.errors import ConfigError, DecodeError, MeshError
 from mesh.event import Event
 from mesh.extensions import RESERVED_PREFIX
 from mesh.urls import mask_url
@@ -69,6 +71,7 @@ __all__ = [
     "HandlerRunner",
     "Mailbox",
     "Subscription",
+    "publish_windowed",
 ]
 
 log = logging.getLogger("mesh.broker")
@@ -301,6 +304,24 @@ class Broker(ABC):
     async def publish(self, topic: str, event: Event) -> None:
         """Send one event; returns once the broker has taken it (or raises PublishError)."""
 
+    async def publish_many(self, topic: str, events: Sequence[Event]) -> dict[int, Exception]:
+        """Send many events to one topic, in order; returns the errors of those not taken, by index.
+
+        Returns once the broker has taken (or refused) every event: an empty dict means all were
+        taken. Events of one topic (one ``partitionkey`` on a partitioned broker) keep their order
+        as for :meth:`publish`. Adapters override it to pipeline (one flush, one round trip of
+        acknowledgements); this fallback awaits :meth:`publish` for each event in turn, so an
+        out-of-tree broker works unchanged. Errors other than :class:`~mesh.errors.MeshError`
+        (a bug, not a refusal) still propagate.
+        """
+        failed: dict[int, Exception] = {}
+        for index, event in enumerate(events):
+            try:
+                await self.publish(topic, event)
+            except MeshError as exc:
+                failed[index] = exc
+        return failed
+
     @abstractmethod
     async def subscribe(
         self, topic: str, group: str, handler: DeliveryHandler, *, concurrency: int = 1
@@ -359,6 +380,39 @@ class Broker(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(url={mask_url(self.url)!r})"
+
+
+PUBLISH_WINDOW = 1000
+"""Events of one ``publish_many`` awaiting their acknowledgement at once (:func:`publish_windowed`)."""
+
+
+async def publish_windowed(
+    publish: Callable[[str, Event], Awaitable[None]], topic: str, events: Sequence[Event], window: int = PUBLISH_WINDOW
+) -> dict[int, Exception]:
+    """``publish_many`` for an adapter whose ``publish`` awaits a per-event acknowledgement
+    (publisher confirms, a stream's ack): the first event alone (it may create the topic's
+    broker objects), then the rest with up to ``window`` acknowledgements awaited at once.
+
+    Each ``publish`` runs up to its first wait when its task starts, in input order, so the
+    events go on the wire in order. Returns the :class:`~mesh.errors.MeshError` of each event
+    not taken, by index; any other error propagates.
+    """
+    failed: dict[int, Exception] = {}
+    if not events:
+        return failed
+    try:
+        await publish(topic, events[0])
+    except MeshError as exc:
+        failed[0] = exc
+    for start in range(1, len(events), window):
+        chunk = events[start : start + window]
+        outcomes = await asyncio.gather(*(publish(topic, event) for event in chunk), return_exceptions=True)
+        for offset, outcome in enumerate(outcomes):
+            if isinstance(outcome, MeshError):
+                failed[start + offset] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+    return failed
 
 
 def _model(model: type[M], value: M | Mapping[str, Any] | None, where: str) -> M | None:
@@ -428,21 +482,25 @@ class HandlerRunner:
 
     With ``concurrency == 1`` the handler is awaited inline (the fast, ordered path); above
     that each delivery gets a task and :meth:`submit` waits for a free slot, which gives the
-    adapter's fetch loop back-pressure.
+    adapter's fetch loop back-pressure. A handler whose ``inline`` attribute is true (a batch
+    route: it holds deliveries itself and makes :meth:`submit` wait while it is full) is awaited
+    inline at any ``concurrency``, and its ``drain()`` is awaited by :meth:`drain`; the
+    ``concurrency`` still sizes the adapter's prefetch.
     """
 
-    __slots__ = ("_handler", "_slots", "_tasks", "concurrency", "topic")
+    __slots__ = ("_handler", "_inline", "_slots", "_tasks", "concurrency", "topic")
 
     def __init__(self, handler: DeliveryHandler, concurrency: int, topic: str) -> None:
         self._handler = handler
         self.concurrency = max(1, concurrency)
+        self._inline = self.concurrency == 1 or getattr(handler, "inline", False) is True
         self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self.topic = topic
 
     async def submit(self, delivery: Delivery) -> None:
         """Hand one delivery to the handler; returns when it may take the next one."""
-        if self.concurrency == 1:
+        if self._inline:
             await self._run(delivery)
             return
         await self._slots.acquire()
@@ -470,3 +528,7 @@ class HandlerRunner:
         """Wait for every handler in flight."""
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if getattr(self._handler, "inline", False) is True:
+            drain: Callable[[], Awaitable[None]] | None = getattr(self._handler, "drain", None)
+            if drain is not None:
+                await drain()

@@ -28,7 +28,7 @@ import asyncio
 import bisect
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -49,7 +49,7 @@ from mesh.brokers.capabilities import Cursor, HistoryRecord
 from mesh.codecs.binary import WireMessage, decode
 from mesh.codecs.bindings import KAFKA
 from mesh.codecs.data import encode_data, is_json
-from mesh.errors import BrokerError, DecodeError
+from mesh.errors import BrokerError, DecodeError, MeshError
 from mesh.event import Event, now
 
 __all__ = ["MemoryBroker", "MemoryOptions"]
@@ -358,6 +358,17 @@ class MemoryBroker(Broker):
 
     async def publish(self, topic: str, event: Event) -> None:
         self._hub.topic(self.name_of(topic), self.retention).append(_as_delivered(event))
+
+    async def publish_many(self, topic: str, events: Sequence[Event]) -> dict[int, Exception]:
+        """Append every event to the topic's log at once (one whose data is not JSON fails alone)."""
+        log = self._hub.topic(self.name_of(topic), self.retention)
+        failed: dict[int, Exception] = {}
+        for index, event in enumerate(events):
+            try:
+                log.append(_as_delivered(event))
+            except MeshError as exc:
+                failed[index] = exc
+        return failed
 
     async def publish_raw(self, topic: str, message: WireMessage) -> None:
         """Put raw bytes on a topic, as a foreign producer would (decoded on delivery)."""

@@ -20,6 +20,7 @@ from mesh.errors import DeadLetter
 from mesh.event import Event
 from mesh.extensions import RESERVED_PREFIX
 from mesh.names import check_handler_signature
+from mesh.pipeline.batch import BatchSpec
 from mesh.pipeline.injection import injection_plan, matcher
 from mesh.pipeline.settle import dead_letter, outcome, settling
 from mesh.resiliency.breaker import CircuitBreaker
@@ -35,6 +36,8 @@ __all__ = ["HandlerSpec", "Route", "breaking"]
 
 class HandlerSpec:
     """One decorated handler: its function, topic, group, filters and how to call it."""
+
+    batched = False
 
     def __init__(
         self,
@@ -110,15 +113,15 @@ class Route:
         self.runtime = runtime
         self.topic = topic
         self.group = group
-        self.handlers: list[tuple[HandlerSpec, SubscriptionInfo, Handle]] = []
+        self.handlers: list[tuple[HandlerSpec | BatchSpec, SubscriptionInfo, Handle]] = []
         self.config = runtime.config.for_topic(topic)
         self.undecodable_info = SubscriptionInfo(topic, group, "<undecodable>", self.config)
         self.breaker: CircuitBreaker | None = None
         """The inbound circuit breaker (``resiliency.targets.topics.<topic>.inbound``): while it is
         open, deliveries wait before their handler instead of failing into retries."""
 
-    def add(self, spec: HandlerSpec) -> None:
-        """Add a handler (layers are built at :meth:`build`)."""
+    def add(self, spec: HandlerSpec | BatchSpec) -> None:
+        """Add a handler, or a batch handler (layers are built at :meth:`build`)."""
         info = SubscriptionInfo(self.topic, self.group, spec.name, self.config, spec.filters)
         self.handlers.append((spec, info, spec.call))
 
@@ -172,7 +175,22 @@ class Route:
                     with contextlib.suppress(Exception):
                         await delivery.nack()
                 raise
-        await handle(Context(self.runtime, delivery, event, info))
+        if isinstance(spec, BatchSpec):
+            await spec.admit(handle(Context(self.runtime, delivery, event, info)))
+        else:
+            await handle(Context(self.runtime, delivery, event, info))
+
+    @property
+    def inline(self) -> bool:
+        """Whether every handler is a batch handler: the adapter's runner then calls this route
+        inline at any concurrency (the batch handlers hold the deliveries and the back-pressure)."""
+        return bool(self.handlers) and all(spec.batched for spec, _, _ in self.handlers)
+
+    async def drain(self) -> None:
+        """Hand over the open batches and wait until their deliveries are settled (at stop)."""
+        for spec, _, _ in self.handlers:
+            if isinstance(spec, BatchSpec):
+                await spec.drain()
 
 
 def breaking(breaker: CircuitBreaker | None, handle: Handle, timeout: float | None = None) -> Handle:

@@ -16,6 +16,9 @@ attempt counting
 consumer group splits work                             ``consumer_groups``
 order by key                                           ``order_by_key``
 new group sees history                                 ``history``
+publish_many in order, failures by index; batch        (nothing)
+subscribe fills, partial and whole-batch failure
+(:mod:`mesh.testing.batches`)
 =====================================================  ========================
 
 In pytest (with pytest-asyncio)::
@@ -42,6 +45,13 @@ from typing import Any
 
 from mesh.brokers.base import Broker, Delivery, Features
 from mesh.event import Event, ExtensionValue
+from mesh.testing.batches import (
+    check_batch_subscribe_fills_batches,
+    check_batch_subscribe_partial_failure_settles_each_item,
+    check_batch_subscribe_whole_batch_failure_retries_every_item,
+    check_publish_many_all_arrive_in_order,
+    check_publish_many_reports_failures_by_index,
+)
 
 __all__ = [
     "CONTRACT",
@@ -407,5 +417,10 @@ CONTRACT: tuple[ContractCheck, ...] = (
     ContractCheck(check_concurrency_runs_handlers_in_parallel),
     ContractCheck(check_delayed_nack_does_not_block_later_events),
     ContractCheck(check_attempt_counts_immediate_nacks),
+    ContractCheck(check_publish_many_all_arrive_in_order),
+    ContractCheck(check_publish_many_reports_failures_by_index),
+    ContractCheck(check_batch_subscribe_fills_batches),
+    ContractCheck(check_batch_subscribe_partial_failure_settles_each_item),
+    ContractCheck(check_batch_subscribe_whole_batch_failure_retries_every_item),
 )
 """Every check of the Broker contract, in the order the suite runs them."""

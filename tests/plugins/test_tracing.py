@@ -275,3 +275,21 @@ def test_api_only_forwards_the_incoming_trace_context() -> None:
     assert "tracing" in got["plugins"]
     assert got["outcome_hooks"] is False, "without an SDK the plugins add no outcome hook"
     assert got["sdk_loaded"] is False
+
+
+@pytest.mark.memory
+async def test_publish_many_makes_a_span_per_event_linked_to_one_batch_span(
+    memory_spec: BrokerSpec, exporter: InMemorySpanExporter
+) -> None:
+    topic = unique("bulk")
+    app = App(unique("svc"), config={"broker": memory_spec.config()})
+    async with app:
+        result = await app.publish_many(topic, [1, 2, 3], type="n")
+    MemoryBroker.reset(memory_spec.options["name"])
+    assert result.ok
+    spans = spans_on(exporter, topic)
+    [batch] = [s for s in spans if (s.attributes or {}).get("messaging.batch.message_count") == 3]
+    events = [s for s in spans if s is not batch]
+    assert len(events) == 3 and all(s.name == f"send {topic}" and s.kind == SpanKind.PRODUCER for s in events)
+    assert all([link.context.span_id for link in s.links] == [span_id(batch)] for s in events)
+    assert {ids_in(e)[1] for e in app.broker.messages(topic)} == {span_id(s) for s in events}  # type: ignore[attr-defined]

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import random
 import weakref
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from aiokafka import AIOKafkaProducer
@@ -33,7 +34,7 @@ from mesh.brokers.kafka.options import KafkaOptions
 from mesh.brokers.kafka.reader import GroupReader, wait_for_peers
 from mesh.codecs.binary import encode
 from mesh.codecs.bindings import KAFKA
-from mesh.errors import BrokerError, ConfigError, PublishError
+from mesh.errors import BrokerError, ConfigError, MeshError, PublishError
 from mesh.event import Event
 from mesh.urls import mask_url
 
@@ -175,6 +176,42 @@ class KafkaBroker(Broker):
             await (await producer.send(name, msg.body, key=key, headers=headers))
         except KafkaError as exc:
             raise PublishError(f"kafka did not take the event for {name!r}: {reason(exc)}") from exc
+
+    async def publish_many(self, topic: str, events: Sequence[Event]) -> dict[int, Exception]:
+        """Hand every record to the producer (it batches per partition), then await the acks."""
+        name = self.name_of(topic)
+        if name not in self._known:
+            try:
+                await self.connection.ensure(name, self.settings.partitions)
+            except BrokerError as exc:
+                raise PublishError(str(exc)) from exc
+        producer = self._producer
+        if producer is None:
+            raise PublishError("the kafka broker is not connected: call connect() first")
+        failed: dict[int, Exception] = {}
+        sent: list[tuple[int, asyncio.Future[Any]]] = []
+        for index, event in enumerate(events):
+            try:
+                msg = encode(event, self.wire)
+            except MeshError as exc:
+                failed[index] = exc
+                continue
+            headers = [(k, v.encode() if type(v) is str else v) for k, v in msg.headers.items()]
+            if msg.content_type is not None:
+                headers.append(("content-type", msg.content_type.encode()))
+            key = None if msg.key is None else msg.key.encode()
+            try:  # waits only while the producer's buffer is full
+                sent.append((index, await producer.send(name, msg.body, key=key, headers=headers)))
+            except KafkaError as exc:
+                failed[index] = PublishError(f"kafka did not take the event for {name!r}: {reason(exc)}")
+                failed[index].__cause__ = exc
+        for index, future in sent:
+            try:
+                await future
+            except KafkaError as exc:
+                failed[index] = PublishError(f"kafka did not take the event for {name!r}: {reason(exc)}")
+                failed[index].__cause__ = exc
+        return failed
 
     async def subscribe(
         self, topic: str, group: str, handler: DeliveryHandler, *, concurrency: int = 1

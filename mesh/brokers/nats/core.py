@@ -21,6 +21,7 @@ Composed of parts (:mod:`mesh.brokers.nats.broker`): the connection, the consume
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from nats.errors import Error as NatsError
@@ -34,7 +35,7 @@ from mesh.brokers.nats.messages import to_headers
 from mesh.brokers.nats.options import NatsOptions
 from mesh.codecs.binary import encode
 from mesh.codecs.bindings import NATS
-from mesh.errors import BrokerError, PublishError
+from mesh.errors import BrokerError, MeshError, PublishError
 from mesh.event import Event
 
 __all__ = ["NatsBroker", "NatsDelivery"]
@@ -82,6 +83,35 @@ class NatsBroker(NatsFamilyBroker):
                 await nc.publish(subject, wire.body, headers=headers)
         except NatsError as exc:
             raise PublishError(f"nats at {self.address} did not take the event on {topic!r}: {exc!r}") from exc
+
+    async def publish_many(self, topic: str, events: Sequence[Event]) -> dict[int, Exception]:
+        """Queue every message for the client's flusher, then one flush (a PING/PONG round trip:
+        the server has them all)."""
+        conn = self.connection
+        nc = conn.nc
+        if nc is None or nc.is_closed:
+            raise conn.not_connected(PublishError)
+        subject = self.name_of(topic)
+        fast = nc.publish_now if isinstance(nc, FastClient) else None
+        failed: dict[int, Exception] = {}
+        for index, event in enumerate(events):
+            try:
+                wire = encode(event, self.wire)
+                headers = to_headers(wire)
+                if fast is None or not fast(subject, wire.body, headers):
+                    await nc.publish(subject, wire.body, headers=headers)
+            except MeshError as exc:
+                failed[index] = exc
+            except NatsError as exc:
+                failed[index] = PublishError(f"nats at {self.address} did not take the event on {topic!r}: {exc!r}")
+                failed[index].__cause__ = exc
+        try:
+            await nc.flush(timeout=max(1, round(self.settings.connect_timeout)))
+        except (NatsError, TimeoutError) as exc:
+            error = PublishError(f"nats at {self.address} did not confirm the events on {topic!r}: {exc!r}")
+            error.__cause__ = exc
+            return dict.fromkeys(range(len(events)), error)
+        return failed
 
     async def subscribe(
         self, topic: str, group: str, handler: DeliveryHandler, *, concurrency: int = 1

@@ -32,12 +32,13 @@ ephemeral destinations on core NATS, and for replays ``history`` and ``groups``
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 
-from mesh.brokers.base import DeliveryHandler, Features, Subscription
+from mesh.brokers.base import DeliveryHandler, Features, Subscription, publish_windowed
 from mesh.brokers.nats.broker import NatsFamilyBroker
 from mesh.brokers.nats.history import JetStreamGroups, JetStreamHistory
 from mesh.brokers.nats.messages import to_headers
@@ -129,6 +130,10 @@ class JetStreamBroker(NatsFamilyBroker):
             raise PublishError(f"jetstream at {self.address} did not store the event on {topic!r}: {exc!r}") from exc
         if b'"error"' in data:
             raise PublishError(f"jetstream at {self.address} refused the event on {topic!r}: {refusal(data)}")
+
+    async def publish_many(self, topic: str, events: Sequence[Event]) -> dict[int, Exception]:
+        """Publish asynchronously: up to ``PUBLISH_WINDOW`` stream acks awaited at once, in order."""
+        return await publish_windowed(self.publish, topic, events)
 
     async def subscribe(
         self, topic: str, group: str, handler: DeliveryHandler, *, concurrency: int = 1

@@ -48,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from aio_pika.exceptions import ChannelPreconditionFailed
@@ -55,7 +56,7 @@ from aiormq.abc import AbstractChannel
 from aiormq.exceptions import ChannelAccessRefused, ChannelClosed, ChannelInvalidStateError
 from pamqp.commands import Basic
 
-from mesh.brokers.base import Broker, DeliveryHandler, Features, Subscription
+from mesh.brokers.base import Broker, DeliveryHandler, Features, Subscription, publish_windowed
 from mesh.brokers.rabbitmq.connection import RabbitMQConnection, reason
 from mesh.brokers.rabbitmq.consumer import ATTEMPT_HEADER, RabbitMQConsumer
 from mesh.brokers.rabbitmq.ephemeral import EphemeralSubscription
@@ -278,6 +279,11 @@ class RabbitMQBroker(Broker):
         return channel
 
     # -- consuming -------------------------------------------------------------------------------
+
+    async def publish_many(self, topic: str, events: Sequence[Event]) -> dict[int, Exception]:
+        """Publisher confirms windowed: up to ``PUBLISH_WINDOW`` messages out before their
+        confirms are awaited together (the first one alone: it may declare the exchange)."""
+        return await publish_windowed(self.publish, topic, events)
 
     async def subscribe(
         self, topic: str, group: str, handler: DeliveryHandler, *, concurrency: int = 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from redis.asyncio import Redis
@@ -45,7 +46,7 @@ from mesh.brokers.redis.reader import GroupReader
 from mesh.codecs.binary import encode
 from mesh.codecs.bindings import REDIS
 from mesh.codecs.redis import to_fields
-from mesh.errors import BrokerError
+from mesh.errors import BrokerError, MeshError
 from mesh.event import Event
 
 __all__ = ["RedisBroker", "RedisDelivery"]
@@ -130,6 +131,28 @@ class RedisBroker(Broker):
         msg = encode(event, self.wire)
         stream = self.name_of(topic)
         await self._xadd(stream, ["XADD", stream, *self._trim, "*", *to_fields(msg)])
+
+    async def publish_many(self, topic: str, events: Sequence[Event]) -> dict[int, Exception]:
+        """Every XADD in one pipeline (``PIPELINE_MAX`` per round trip), in order."""
+        stream = self.name_of(topic)
+        head = ["XADD", stream, *self._trim, "*"]
+        commands: list[list[Any]] = []
+        failed: dict[int, Exception] = {}
+        where: list[int] = []
+        for index, event in enumerate(events):
+            try:
+                commands.append([*head, *to_fields(encode(event, self.wire))])
+            except MeshError as exc:
+                failed[index] = exc
+                continue
+            where.append(index)
+        if commands:
+            conn = self.connection
+            if not conn.connected:
+                raise conn.not_connected()
+            for position, error in (await conn.xadd_many(commands)).items():
+                failed[where[position]] = error
+        return failed
 
     async def ensure_topic(self, topic: str) -> None:
         await self.connection.ensure_stream(self.name_of(topic))

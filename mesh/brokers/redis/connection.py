@@ -258,6 +258,25 @@ class RedisConnection:
             self.sha = text(await self.call("SCRIPT", "LOAD", SCRIPT))
             return await self.call("EVALSHA", self.sha, len(keys), *keys, *args)
 
+    async def xadd_many(self, commands: list[list[Any]]) -> dict[int, Exception]:
+        """Send many XADDs in pipelines (after any publish already queued); failures by index."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Any]] = []
+        for args in commands:
+            future: asyncio.Future[Any] = loop.create_future()
+            self._queue.append((args, future))
+            futures.append(future)
+        if not self._sending:
+            self._start_flusher()
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        failed: dict[int, Exception] = {}
+        for index, outcome in enumerate(outcomes):
+            if isinstance(outcome, Exception):
+                failed[index] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        return failed
+
     async def _enqueue(self, args: Sequence[Any]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((args, future))
