@@ -55,6 +55,8 @@ class Reader(Protocol):
 
     def detach(self, sub: RedisConsumer) -> None: ...
 
+    def wake(self) -> None: ...
+
 
 __all__ = ["FORGET_IDLE_MS", "GIVE_BACK_IDLE_MS", "RedisConsumer", "RedisDelivery"]
 
@@ -219,6 +221,7 @@ class RedisConsumer(Subscription):
     async def _work(self) -> None:
         mailbox = self._mailbox
         submit = self._runner.submit
+        wake, low = self._reader.wake, self._opts.batch // 2  # a stream left out of reads: read again at half
         backoff = 0.1
         while self.running:
             try:
@@ -240,6 +243,8 @@ class RedisConsumer(Subscription):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
+            if mailbox.qsize() == low:
+                wake()  # the reader may have left this stream out of its reads (back-pressure)
             if delivery is None or not self.running:
                 continue  # a wake-up; or stopping: the entry stays pending and is given back
             await submit(delivery)

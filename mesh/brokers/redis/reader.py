@@ -121,6 +121,10 @@ class GroupReader:
                 self._lease.cancel()
             self._on_idle(self)
 
+    def wake(self) -> None:
+        """A subscription left out of reads has room again: read at once, not after ``block_ms``."""
+        self._wake.set()
+
     def kill(self) -> None:
         """Stop reading and renewing at once, as a killed process would (tests)."""
         for task in (self._task, self._lease):
@@ -139,9 +143,9 @@ class GroupReader:
         while self.members:
             try:
                 await self._housekeeping()
+                self._wake.clear()  # before looking: a wake() from here on is not lost
                 subs = [sub for sub in self.reading.values() if sub.wants_more()]
                 if not subs:
-                    self._wake.clear()
                     with suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), opts.block_ms / 1000)
                     continue
