@@ -50,6 +50,7 @@ async def test_relay_sigkilled_mid_batch_loses_nothing(tmp_path: Path) -> None:
         return subprocess.Popen([sys.executable, "-m", "tests.state.relay_proc", str(db), topic, url], cwd=ROOT,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
 
+    proc: subprocess.Popen[bytes] | None = None
     try:
         proc = relay()
         await wait_for(lambda: len(seen) >= 100, 15, "the first relay to publish")
@@ -63,6 +64,9 @@ async def test_relay_sigkilled_mid_batch_loses_nothing(tmp_path: Path) -> None:
         proc.wait(5)
         assert len(set(seen)) == n  # 0 lost; duplicates (at least once) keep their ids
     finally:
+        if proc is not None and proc.poll() is None:  # a failed wait: no relay left behind
+            proc.kill()
+            proc.wait(5)
         await sub.stop(drain=False)
         await broker.close()
 
