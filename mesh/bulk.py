@@ -26,6 +26,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from mesh.batch import FailedEntry, PublishResult
+from mesh.brokers.base import failures_of
 from mesh.event import Event
 from mesh.types import PUBLISH_BATCH, PublishBatch
 
@@ -156,13 +157,7 @@ async def _through_layers(broker: Broker, chain: Publish, topic: str, events: Se
         for task in tasks:
             task.cancel()
         raise
-    failed: dict[int, Exception] = {}
-    for index, outcome in enumerate(outcomes):
-        if isinstance(outcome, Exception):
-            failed[index] = outcome
-        elif isinstance(outcome, BaseException):
-            raise outcome
-    return failed
+    return failures_of(outcomes)
 
 
 async def _one(collector: Collector, index: int, chain: Publish, topic: str, event: Event) -> None:

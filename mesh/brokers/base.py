@@ -62,6 +62,7 @@ from mesh.urls import mask_url
 
 __all__ = [
     "RESERVED_PREFIX",
+    "failures_of",
     "AtMostOnceDelivery",
     "Broker",
     "BrokerOptions",
@@ -407,11 +408,19 @@ async def publish_windowed(
     for start in range(1, len(events), window):
         chunk = events[start : start + window]
         outcomes = await asyncio.gather(*(publish(topic, event) for event in chunk), return_exceptions=True)
-        for offset, outcome in enumerate(outcomes):
-            if isinstance(outcome, MeshError):
-                failed[start + offset] = outcome
-            elif isinstance(outcome, BaseException):
-                raise outcome
+        failed.update(failures_of(outcomes, MeshError, start))
+    return failed
+
+
+def failures_of(outcomes: Sequence[object], kind: type[Exception] = Exception, start: int = 0) -> dict[int, Exception]:
+    """The outcomes of ``gather(..., return_exceptions=True)`` that are ``kind`` errors, by index
+    (counted from ``start``); any other exception propagates."""
+    failed: dict[int, Exception] = {}
+    for offset, outcome in enumerate(outcomes):
+        if isinstance(outcome, kind):
+            failed[start + offset] = outcome
+        elif isinstance(outcome, BaseException):
+            raise outcome
     return failed
 
 

@@ -48,6 +48,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
+from mesh.brokers.base import failures_of
 from mesh.brokers.redis.options import RedisOptions
 from mesh.brokers.redis.script import SCRIPT
 from mesh.brokers.tls import AuthOptions, TlsOptions, ssl_context, tls_hint
@@ -269,13 +270,7 @@ class RedisConnection:
         if not self._sending:
             self._start_flusher()
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        failed: dict[int, Exception] = {}
-        for index, outcome in enumerate(outcomes):
-            if isinstance(outcome, Exception):
-                failed[index] = outcome
-            elif isinstance(outcome, BaseException):
-                raise outcome
-        return failed
+        return failures_of(outcomes)
 
     async def _enqueue(self, args: Sequence[Any]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
