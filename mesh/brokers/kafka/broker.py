@@ -156,13 +156,18 @@ class KafkaBroker(Broker):
 
     # -- publish and subscribe -------------------------------------------------------------------
 
-    async def publish(self, topic: str, event: Event) -> None:
+    async def _ensure(self, topic: str) -> str:
+        """The Kafka topic of ``topic``, created on first use (a PublishError if it cannot be)."""
         name = self.name_of(topic)
         if name not in self._known:
             try:
                 await self.connection.ensure(name, self.settings.partitions)
             except BrokerError as exc:
                 raise PublishError(str(exc)) from exc
+        return name
+
+    async def publish(self, topic: str, event: Event) -> None:
+        name = await self._ensure(topic)
         # inline, not connection.record_of: the hot path (same steps, no tuple per event)
         msg = encode(event, self.wire)
         headers = [(k, v.encode() if type(v) is str else v) for k, v in msg.headers.items()]
@@ -179,12 +184,7 @@ class KafkaBroker(Broker):
 
     async def publish_many(self, topic: str, events: Sequence[Event]) -> dict[int, Exception]:
         """Hand every record to the producer (it batches per partition), then await the acks."""
-        name = self.name_of(topic)
-        if name not in self._known:
-            try:
-                await self.connection.ensure(name, self.settings.partitions)
-            except BrokerError as exc:
-                raise PublishError(str(exc)) from exc
+        name = await self._ensure(topic)
         producer = self._producer
         if producer is None:
             raise PublishError("the kafka broker is not connected: call connect() first")
