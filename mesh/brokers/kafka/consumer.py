@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
@@ -212,7 +212,7 @@ class KafkaSubscription(Subscription):
 
     # -- records from the reader -----------------------------------------------------------------
 
-    def take(self, tp: TopicPartition, records: list[Any]) -> None:
+    def take(self, tp: TopicPartition, records: Sequence[Any]) -> None:
         """Queue fetched records of one partition for the worker (a retry not yet due holds its
         partition at that record); a full queue pauses the subscription's partitions."""
         part = self._parts.get(tp)

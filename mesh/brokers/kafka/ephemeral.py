@@ -4,9 +4,10 @@ Used for the mesh's own short-lived traffic (invocation replies, presence). The 
 assigned every partition of the topic by hand (no group join, so no rebalance wait), starts at
 the end, commits nothing and polls with a small ``ephemeral_fetch_max_wait_ms`` (a broker that
 does not wake an idle fetch would otherwise delay replies). An exclusive topic (a reply inbox)
-is deleted when its subscription stops. Deliveries are at most once: ``ack`` and ``nack`` do
-nothing. Ephemeral subscriptions with a group are ordinary subscriptions (see
-:meth:`~mesh.brokers.kafka.broker.KafkaBroker.subscribe_ephemeral`).
+is deleted when its subscription stops. A gap in the offsets is held until the missing records
+appear (:mod:`.gaps`: a reply is not skipped because a broker showed a later one first).
+Deliveries are at most once: ``ack`` and ``nack`` do nothing. Ephemeral subscriptions with a
+group are ordinary subscriptions (see :meth:`~mesh.brokers.kafka.broker.KafkaBroker.subscribe_ephemeral`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from aiokafka.errors import KafkaError
 
 from mesh.brokers.base import AtMostOnceDelivery, DeliveryHandler, HandlerRunner, Subscription
 from mesh.brokers.kafka.connection import KafkaConnection, quietly, read_record, reason
+from mesh.brokers.kafka.gaps import GapCheck
 from mesh.codecs.binary import Binding
 from mesh.errors import BrokerConnectionError, BrokerError
 
@@ -63,6 +65,7 @@ class EphemeralSubscription(Subscription):
             fetch_max_wait_ms=o.ephemeral_fetch_max_wait_ms,
             max_poll_records=o.max_poll_records,
         )
+        self._gaps = GapCheck.of(self._consumer, o.gap_wait_ms)
         self._on_stop = on_stop
         self._runner = HandlerRunner(handler, concurrency, topic)
         self._task: asyncio.Task[None] | None = None
@@ -86,8 +89,8 @@ class EphemeralSubscription(Subscription):
                 tps = [TopicPartition(self.name, p) for p in sorted(partitions)]
                 consumer.assign(tps)
                 await consumer.seek_to_end(*tps)
-                for tp in tps:
-                    await consumer.position(tp)  # resolve now: later records are not missed
+                for tp in tps:  # resolve now: later records are not missed
+                    self._gaps.expect(tp, await consumer.position(tp))
         except (KafkaError, OSError, TimeoutError) as exc:
             await quietly(consumer.stop())
             raise BrokerConnectionError("kafka", conn.address, reason(exc, timeout)) from exc
@@ -98,6 +101,7 @@ class EphemeralSubscription(Subscription):
 
     async def _loop(self) -> None:
         consumer, submit, binding, topic = self._consumer, self._runner.submit, self._conn.wire, self.topic
+        admit = self._gaps.admit
         while self._running:
             self._fetching = True
             try:
@@ -108,8 +112,8 @@ class EphemeralSubscription(Subscription):
                 continue
             finally:
                 self._fetching = False
-            for records in batch.values():
-                for record in records:
+            for tp, records in batch.items():
+                for record in admit(tp, records):
                     if not self._running:
                         return
                     await submit(self._delivery(record, binding, topic))

@@ -90,6 +90,12 @@ class KafkaOptions(BrokerOptions):
     join_timeout: float = Field(60.0, gt=0)
     """Seconds ``subscribe`` waits for the group to assign partitions; a member still without any
     then (more members than partitions) returns anyway and idles until a rebalance gives it some."""
+    gap_wait_ms: int = Field(1_000, ge=0)
+    """How long a consumer holds a partition at a gap in its offsets near the tail, waiting for the
+    missing records (a broker such as Tansu may show a later producer's batch before an earlier
+    one's: without the wait, the earlier one would be skipped). Kafka itself leaves gaps only at
+    transaction markers, which then cost this wait each; 0 turns holding off (see
+    :mod:`mesh.brokers.kafka.gaps`)."""
     ephemeral_fetch_max_wait_ms: int = Field(10, ge=0)
     """``fetch_max_wait_ms`` of the group-less consumers of the mesh's own short-lived topics
     (invocation replies, presence): a reply waits at most about this long in an idle fetch."""

@@ -14,6 +14,8 @@ a subscription stops       its partitions are paused and committed; its topics l
                            subscription (a rebalance), the last one leaves the group
 a busy handler             its subscription's partitions are paused (the others keep flowing)
                            until its queue is empty
+a gap in a partition's     held until the missing records appear (``gap_wait_ms``, see
+offsets                    :mod:`.gaps`), so a broker that shows a later batch first loses none
 commits                    every acked offset of every subscription in one commit, every
                            ``commit_interval_ms`` and when idle; a rebalance commits what it
                            takes away
@@ -37,6 +39,7 @@ from aiokafka.errors import KafkaError
 
 from mesh.brokers.kafka.connection import KafkaConnection, quietly, reason
 from mesh.brokers.kafka.consumer import POLL_MS, KafkaSubscription
+from mesh.brokers.kafka.gaps import GapCheck
 from mesh.errors import BrokerConnectionError
 from mesh.logs import log_connection_lost, log_reconnected
 
@@ -94,6 +97,7 @@ class GroupReader:
             max_poll_interval_ms=o.max_poll_interval_ms,
             rebalance_timeout_ms=o.rebalance_timeout_ms,
         )
+        self._gaps = GapCheck.of(self._consumer, o.gap_wait_ms)
         self._on_idle = on_idle
         self.lanes: dict[str, KafkaSubscription] = {}
         """Subscriptions by the Kafka topics they read (their topic and their retry topic)."""
@@ -166,6 +170,7 @@ class GroupReader:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         """Fetch ``tp`` from ``offset`` next."""
         self._consumer.seek(tp, offset)
+        self._gaps.forget([tp])
 
     @property
     def failed(self) -> bool:
@@ -211,6 +216,7 @@ class GroupReader:
 
     async def _loop(self) -> None:
         consumer = self._consumer
+        admit = self._gaps.admit
         loop = asyncio.get_running_loop()
         while not self._closed:
             if not consumer.subscription():
@@ -235,7 +241,7 @@ class GroupReader:
             for tp, records in batch.items():
                 sub = lanes.get(tp.topic)
                 if sub is not None:
-                    sub.take(tp, records)
+                    sub.take(tp, admit(tp, records))
             if not batch or loop.time() - self._last_commit >= self._commit_every:
                 await self.commit_all()
 
@@ -266,6 +272,7 @@ class GroupReader:
     async def revoked(self, revoked: Any) -> None:
         """A rebalance takes partitions away: each subscription commits and forgets its own."""
         self._assigned.clear()
+        self._gaps.forget(list(revoked))
         by_sub: dict[int, tuple[KafkaSubscription, list[TopicPartition]]] = {}
         for tp in revoked:
             sub = self.lanes.get(tp.topic)
@@ -277,6 +284,7 @@ class GroupReader:
     def assigned(self, assigned: Any) -> None:
         """The group handed out partitions: each subscription tracks its own from scratch."""
         subscribed = self._consumer.subscription()
+        self._gaps.forget(list(assigned))
         by_sub: dict[int, tuple[KafkaSubscription, list[TopicPartition]]] = {}
         for sub in self.lanes.values():
             if sub.name in subscribed:
