@@ -34,6 +34,7 @@ from mesh.brokers.kafka.connection import (
     reason,
     record_of,
 )
+from mesh.brokers.kafka.gaps import GapCheck
 from mesh.errors import BrokerError
 from mesh.event import Event
 
@@ -98,6 +99,7 @@ class KafkaHistory:
         except (KafkaError, OSError) as exc:
             await quietly(consumer.stop())
             raise BrokerError(f"kafka at {conn.address}: cannot read {name!r}: {reason(exc)}") from exc
+        gaps = GapCheck.of(consumer, conn.settings.gap_wait_ms)
         try:
             await consumer.topics()  # load the metadata
             partitions = sorted(consumer.partitions_for_topic(name) or ())
@@ -116,9 +118,13 @@ class KafkaHistory:
                 else:
                     start = (await consumer.beginning_offsets([tp]))[tp]
                 consumer.seek(tp, start)
+                gaps.expect(tp, start)
                 empty = 0
                 while True:
-                    records = (await consumer.getmany(tp, timeout_ms=FETCH_MS, max_records=batch)).get(tp, [])
+                    fetched = (await consumer.getmany(tp, timeout_ms=FETCH_MS, max_records=batch)).get(tp, [])
+                    records = gaps.admit(tp, fetched)
+                    if fetched and not records:
+                        continue  # held at a gap (see .gaps): fetched again from it
                     if not records:
                         empty += 1
                         if empty >= EMPTY_FETCHES or await consumer.position(tp) >= end:
