@@ -355,3 +355,17 @@ async def test_a_header_block_that_is_not_utf8_arrives_undecodable_and_reading_g
     make, url: str, fast: bool
 ) -> None:
     await undecodable_headers_do_not_stop_reading(make, url, fast_client=fast)
+
+
+class BatchRoute(Recorder):
+    inline = True  # what a batch route says of itself (mesh.pipeline.route)
+
+
+async def test_a_batch_larger_than_max_ack_pending_is_warned(make, caplog) -> None:
+    broker = await make(max_ack_pending=10)
+    with caplog.at_level("WARNING", logger="mesh.broker.nats"):
+        await broker.subscribe(topic_name(), "g", BatchRoute(), concurrency=10)
+        await broker.subscribe(topic_name(), "g", Recorder(), concurrency=500)  # no batch: capped, on purpose
+        assert not caplog.records
+        await broker.subscribe(topic_name(), "g", BatchRoute(), concurrency=500)  # a batch of 500
+    assert "max_ack_pending is 10" in caplog.text

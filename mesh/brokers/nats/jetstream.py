@@ -32,6 +32,7 @@ ephemeral destinations on core NATS, and for replays ``history`` and ``groups``
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -51,6 +52,8 @@ from mesh.errors import BrokerConnectionError, BrokerError, PublishError
 from mesh.event import Event
 
 __all__ = ["JetStreamBroker", "JetStreamDelivery"]
+
+log = logging.getLogger("mesh.broker.nats")
 
 
 class JetStreamBroker(NatsFamilyBroker):
@@ -140,6 +143,11 @@ class JetStreamBroker(NatsFamilyBroker):
     ) -> Subscription:
         subject = self.name_of(topic)
         streams = self.streams
+        cap = self.settings.max_ack_pending
+        if concurrency > cap and getattr(handler, "inline", False) is True:  # a batch route: max_size x batches
+            log.warning("jetstream: %s (group %s) asks for %d deliveries in flight but max_ack_pending is %d: "
+                        "at most %d are handed over at once (a batch never holds more; raise "
+                        "broker.options.max_ack_pending)", topic, group, concurrency, cap, cap)
         try:
             stream = await streams.stream_for(subject)
             consumer = await streams.consumer_for(stream, subject, group)
