@@ -11,12 +11,13 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from mesh.brokers import Broker, create_broker
 from mesh.testing import Tansu, free_port, reachable, tansu_binary  # noqa: F401 - re-exported for the tests
 
 IN_CI = bool(os.environ.get("CI"))
@@ -74,3 +75,20 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: s
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+async def brokers(kind: str, url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Body of a fixture: build connected brokers of ``kind``; all are closed afterwards."""
+    made: list[Broker] = []
+
+    async def factory(**options: Any) -> Broker:
+        """Keyword arguments are options, except ``url``, ``namespace`` and ``content_mode``."""
+        args = {k: options.pop(k) for k in ("namespace", "content_mode") if k in options}
+        broker = create_broker(kind, options.pop("url", url), options=options, **args)
+        await broker.connect()
+        made.append(broker)
+        return broker
+
+    yield factory
+    for broker in made:
+        await broker.close()

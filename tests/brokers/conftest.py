@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 
-from mesh.brokers import create_broker
-from mesh.brokers.kafka.broker import KafkaBroker
-from tests.support import unavailable
+from tests.support import brokers, unavailable
 
 
 @pytest.fixture
@@ -27,16 +25,6 @@ def kafka_url(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def kafka(kafka_url: str) -> AsyncIterator[Callable[..., Any]]:
-    """Build connected KafkaBrokers; all are closed after the test."""
-    made: list[KafkaBroker] = []
-
-    async def factory(content_mode: str = "binary", **options: Any) -> KafkaBroker:
-        broker = create_broker("kafka", kafka_url, options=options, content_mode=content_mode)
-        assert isinstance(broker, KafkaBroker)
-        await broker.connect()
-        made.append(broker)
-        return broker
-
-    yield factory
-    for broker in made:
-        await broker.close()
+    """Build connected KafkaBrokers (keyword options); all are closed after the test."""
+    async for factory in brokers("kafka", kafka_url):
+        yield factory

@@ -12,14 +12,14 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import pytest
 
-from mesh.brokers import Broker, Delivery, create_broker
+from mesh.brokers import Delivery
 from tests.support import DEFAULT_URLS, free_port, reachable, unavailable
 
 NATS_SERVER = os.environ.get("MESH_TEST_NATS_SERVER") or shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -136,23 +136,6 @@ class Recorder:
     @property
     def errors(self) -> list[Delivery]:
         return [d for d in self.deliveries if d.error is not None]
-
-
-async def brokers(kind: str, url: str) -> AsyncIterator[Callable[..., Any]]:
-    """Body of a fixture: build connected brokers of ``kind``; all are closed afterwards."""
-    made: list[Broker] = []
-
-    async def factory(**options: Any) -> Broker:
-        """Keyword arguments are options, except ``url``, ``namespace`` and ``content_mode``."""
-        args = {k: options.pop(k) for k in ("namespace", "content_mode") if k in options}
-        broker = create_broker(kind, options.pop("url", url), options=options, **args)
-        await broker.connect()
-        made.append(broker)
-        return broker
-
-    yield factory
-    for broker in made:
-        await broker.close()
 
 
 async def works_with_the_stock_client(

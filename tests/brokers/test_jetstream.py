@@ -22,13 +22,12 @@ from mesh.event import Event
 from tests.brokers.nats_support import (
     NatsServer,
     Recorder,
-    brokers,
     raw_publish,
     shared_url,
     undecodable_headers_do_not_stop_reading,
     works_with_the_stock_client,
 )
-from tests.support import free_port, unique, wait_for
+from tests.support import brokers, free_port, unique, wait_for
 
 pytestmark = [pytest.mark.jetstream, pytest.mark.timeout(90)]
 
