@@ -11,7 +11,18 @@ import pytest
 from mesh.brokers import Broker, create_broker
 from mesh.brokers.memory import MemoryBroker
 from tests.cleanup import purge
-from tests.support import ALL_BROKERS, DEFAULT_URLS, IN_CI, RUN, BrokerSpec, Tansu, reachable, unavailable, unique
+from tests.support import (
+    ALL_BROKERS,
+    DEFAULT_URLS,
+    IN_CI,
+    RUN,
+    BrokerSpec,
+    Tansu,
+    connected,
+    reachable,
+    unavailable,
+    unique,
+)
 
 PORTS = {"rabbitmq": 5672, "nats": 4222, "jetstream": 4222, "redis": 6379}
 
@@ -75,17 +86,12 @@ def memory_spec(request: pytest.FixtureRequest) -> BrokerSpec:
 @pytest.fixture
 async def make_broker(broker_spec: BrokerSpec) -> AsyncIterator[Callable[..., Any]]:
     """Build connected brokers of the current type; all are closed after the test."""
-    made: list[Broker] = []
 
-    async def factory(**options: Any) -> Broker:
-        broker = create_broker(broker_spec.type, broker_spec.url, options={**broker_spec.options, **options})
-        await broker.connect()
-        made.append(broker)
-        return broker
+    def build(**options: Any) -> Broker:
+        return create_broker(broker_spec.type, broker_spec.url, options={**broker_spec.options, **options})
 
-    yield factory
-    for broker in made:
-        await broker.close()
+    async for factory in connected(build):
+        yield factory
     if broker_spec.type == "memory":
         MemoryBroker.reset(broker_spec.options["name"])
 

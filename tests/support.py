@@ -77,14 +77,13 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: s
         await asyncio.sleep(0.01)
 
 
-async def brokers(kind: str, url: str) -> AsyncIterator[Callable[..., Any]]:
-    """Body of a fixture: build connected brokers of ``kind``; all are closed afterwards."""
+async def connected(build: Callable[..., Broker]) -> AsyncIterator[Callable[..., Any]]:
+    """Body of a fixture: a factory of brokers made by ``build(**options)`` and connected; all are
+    closed afterwards."""
     made: list[Broker] = []
 
-    async def factory(**options: Any) -> Broker:
-        """Keyword arguments are options, except ``url``, ``namespace`` and ``content_mode``."""
-        args = {k: options.pop(k) for k in ("namespace", "content_mode") if k in options}
-        broker = create_broker(kind, options.pop("url", url), options=options, **args)
+    async def factory(**options: Any) -> Any:
+        broker = build(**options)
         await broker.connect()
         made.append(broker)
         return broker
@@ -92,3 +91,14 @@ async def brokers(kind: str, url: str) -> AsyncIterator[Callable[..., Any]]:
     yield factory
     for broker in made:
         await broker.close()
+
+
+def brokers(kind: str, url: str) -> AsyncIterator[Callable[..., Any]]:
+    """:func:`connected` for ``kind`` at ``url``: keyword arguments are options, except ``url``,
+    ``namespace`` and ``content_mode``."""
+
+    def build(**options: Any) -> Broker:
+        args = {k: options.pop(k) for k in ("namespace", "content_mode") if k in options}
+        return create_broker(kind, options.pop("url", url), options=options, **args)
+
+    return connected(build)

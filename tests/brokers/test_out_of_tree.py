@@ -18,7 +18,7 @@ from mesh import App, Event, hookimpl
 from mesh.brokers import Broker, BrokerInfo, BrokerOptions, Delivery, DeliveryHandler, Features, Subscription
 from mesh.components import Registry
 from mesh.testing.brokers import CONTRACT, ContractCheck, FeatureMissing
-from tests.support import unique, wait_for
+from tests.support import connected, unique, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -154,17 +154,9 @@ def test_unknown_option_of_a_plugin_broker_is_a_config_error(tmp_path: Path) -> 
 
 @pytest.fixture
 async def make_loopback() -> AsyncIterator[Callable[..., Any]]:
-    hub, made = unique("hub"), []
-
-    async def factory(**options: Any) -> Broker:
-        broker = LoopbackBroker(None, options={"hub": hub, **options})
-        await broker.connect()
-        made.append(broker)
-        return broker
-
-    yield factory
-    for broker in made:
-        await broker.close()
+    hub = unique("hub")
+    async for factory in connected(lambda **options: LoopbackBroker(None, options={"hub": hub, **options})):
+        yield factory
     _HUBS.pop(hub, None)
 
 

@@ -24,7 +24,7 @@ from mesh.codecs.binary import LEGACY_TYPE
 from mesh.codecs.structured import to_structured
 from mesh.errors import BrokerConnectionError, BrokerError, ConfigError, DecodeError, PublishError
 from mesh.event import Event
-from tests.support import DEFAULT_URLS, reachable, unavailable, unique, wait_for
+from tests.support import DEFAULT_URLS, connected, reachable, unavailable, unique, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -62,18 +62,13 @@ async def streams(raw: aioredis.Redis) -> AsyncIterator[Callable[[str], str]]:
 async def make(raw: aioredis.Redis, streams: Callable[[str], str]) -> AsyncIterator[Callable[..., Any]]:
     """Connected RedisBrokers with the given options; closed after the test, before its streams
     are deleted (a running consumer would create a deleted stream again)."""
-    made: list[RedisBroker] = []
 
-    async def factory(**options: Any) -> RedisBroker:
+    def build(**options: Any) -> RedisBroker:
         kwargs = {k: options.pop(k) for k in ("content_mode", "namespace", "client_id") if k in options}
-        broker = RedisBroker(URL, options=options, **kwargs)
-        await broker.connect()
-        made.append(broker)
-        return broker
+        return RedisBroker(URL, options=options, **kwargs)
 
-    yield factory
-    for broker in made:
-        await broker.close()
+    async for factory in connected(build):
+        yield factory
 
 
 class Got:
