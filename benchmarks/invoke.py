@@ -368,7 +368,13 @@ class FastStreamRpc:
 
 
 class Mesh:
-    """Two Apps: ``bench-callee`` with an ``echo`` method, ``bench-caller`` invoking it."""
+    """Two Apps: ``bench-callee`` with an ``echo`` method, ``bench-caller`` invoking it.
+
+    ``instances=False`` turns instance choice off (``resiliency.instances.enabled``): requests
+    go to the callee's shared group, as before per-instance destinations existed."""
+
+    def __init__(self, instances: bool = True) -> None:
+        self.instances = instances
 
     async def start(self, broker: str, url: str | None) -> Call:
         from mesh import App
@@ -376,7 +382,11 @@ class Mesh:
         options: dict[str, Any] = {"name": _name("hub")} if broker == "memory" else {}
         if broker == "kafka":
             options = {"fetch_max_wait_ms": 5, "ephemeral_fetch_max_wait_ms": 5}
-        config = {"broker": {"type": broker, "url": url, "namespace": _name("ns") + ".", "options": options}}
+        config: dict[str, Any] = {
+            "broker": {"type": broker, "url": url, "namespace": _name("ns") + ".", "options": options}
+        }
+        if not self.instances:
+            config["resiliency"] = {"instances": {"enabled": False}}
         self.callee, self.caller = App("bench-callee", config=config), App("bench-caller", config=config)
 
         @self.callee.method()

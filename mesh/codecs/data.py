@@ -151,23 +151,23 @@ def canonical(value: ExtensionValue) -> str:
 
 def format_time(value: datetime) -> str:
     """RFC 3339 with ``Z`` for UTC (``isoformat``'s text; the date and time up to the second are
-    kept from the previous call, since events published together share them)."""
-    global _LAST_SECOND
+    kept for the last few seconds seen, since events published together share them, and an
+    invocation request's deadline comes a fixed time after its own ``time``)."""
     if value.tzinfo is UTC:
         second = (value.second, value.minute, value.hour, value.day, value.month, value.year)
-        last = _LAST_SECOND
-        if second == last[0]:
-            prefix = last[1]
-        else:
-            prefix = value.replace(microsecond=0, tzinfo=None).isoformat()
-            _LAST_SECOND = (second, prefix)
+        prefix = _SECONDS.get(second)
+        if prefix is None:
+            if len(_SECONDS) >= 8:
+                _SECONDS.clear()
+            prefix = _SECONDS[second] = value.replace(microsecond=0, tzinfo=None).isoformat()
         micro = value.microsecond
         return f"{prefix}.{micro:06d}Z" if micro else prefix + "Z"
     text = value.isoformat()
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-_LAST_SECOND: tuple[tuple[int, ...], str] = ((), "")
+_SECONDS: dict[tuple[int, ...], str] = {}
+"""The text up to the second of recently formatted times (a few entries, emptied when full)."""
 
 
 def parse_time(text: str) -> datetime:

@@ -273,7 +273,7 @@ class Caller:
                 departure = presence.departure(call.target) if retry else None
                 if departure is not None:
                     waiters.append(departure)
-                await asyncio.wait(waiters, timeout=max(0.0, next_at - t), return_when=asyncio.FIRST_COMPLETED)
+                await _first_done(loop, waiters, next_at - t)
                 if trip.future.done():
                     return trip.future.result()
                 if status is not None and status.done():
@@ -326,32 +326,36 @@ class Caller:
             return configured
         return call.timeout * self.resiliency.config.instances.attempt_share
 
-    def _live(self, app_id: str) -> list[str]:
+    def _live(self, app_id: str) -> tuple[str, ...]:
         """The live instances of an app that serve their own request destination."""
         if not self.presence.enabled:
-            return []
-        return [i.instance for i in self.presence.live(app_id) if i.direct]
+            return ()
+        return self.presence.direct_instances(app_id)
 
     def _settle(self, trip: _Trip, configured: float | None) -> None:
         """Tell the balancer how each attempt went, and forget the pending ids."""
-        loop_time = asyncio.get_running_loop().time()
+        target = trip.call.target
         answered = None
-        if trip.future.done() and not trip.future.cancelled() and trip.future.exception() is None:
-            answered = trip.future.result().extensions.get(CORRELATION)
-        limit = self._attempt_timeout(trip.call, configured) or trip.call.timeout
-        live = self._live(trip.call.target)
+        future = trip.future
+        if future.done() and not future.cancelled() and future.exception() is None:
+            answered = future.result().extensions.get(CORRELATION)
+        pending, expected, finished = self._pending, self._expected, self.balancer.finished
+        silent: float | None = None  # sent before this loop time: silent for a whole attempt timeout
         for request_id, (instance, sent) in trip.sent.items():
-            self._pending.pop(request_id, None)
-            self._expected.pop(request_id, None)
+            pending.pop(request_id, None)
+            expected.pop(request_id, None)
             if instance is None or request_id in trip.settled:
                 continue
             if request_id == answered:
-                ok: bool | None = True
-            elif loop_time - sent >= limit * 0.99:
-                ok = False  # silent for a whole attempt timeout: it counts against the instance
-            else:
-                ok = None  # overtaken by another attempt's reply: no verdict
-            self.balancer.finished(trip.call.target, instance, ok, "timeout", live)
+                finished(target, instance, True)
+                continue
+            if silent is None:
+                limit = self._attempt_timeout(trip.call, configured) or trip.call.timeout
+                silent = asyncio.get_running_loop().time() - limit * 0.99
+            if sent <= silent:  # it counts against the instance (the live set bounds ejections)
+                finished(target, instance, False, "timeout", self._live(target))
+            else:  # overtaken by another attempt's reply: no verdict
+                finished(target, instance, None)
 
     async def _again(
         self, trip: _Trip, expires: datetime, reason: str, status: asyncio.Future[None] | None
@@ -442,6 +446,30 @@ class Caller:
         if call.request_id is None:
             call.request_id = event.id
         return await app.broker.publish_request(topic, event)
+
+
+async def _first_done(loop: asyncio.AbstractEventLoop, waiters: list[asyncio.Future[Any]], timeout: float) -> None:
+    """Return when one of ``waiters`` is done or ``timeout`` seconds passed: ``asyncio.wait``
+    with ``FIRST_COMPLETED``, without the sets and the task wrapping it makes for every call
+    (the caller looks at the futures itself)."""
+    for future in waiters:
+        if future.done():
+            return
+    waiter = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    timer = loop.call_later(max(0.0, timeout), wake)
+    for future in waiters:
+        future.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        for future in waiters:
+            future.remove_done_callback(wake)
 
 
 _CALLER_FAULTS = frozenset({METHOD_NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT})

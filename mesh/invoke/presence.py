@@ -143,6 +143,8 @@ class Presence:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self._flags: dict[tuple[str, str], bool] = {}
+        self._direct: dict[str, tuple[tuple[str, ...], float]] = {}
+        """App id -> (its live instances serving their own destination, loop time until all stay live)."""
         self._started = now().isoformat()
         self.publishes: list[dict[str, str]] = []
         """What the app declares it publishes (filled by ``App.publishes``), sent in heartbeats."""
@@ -221,6 +223,19 @@ class Presence:
             return []
         t = asyncio.get_running_loop().time()
         return [i for i in instances.values() if t - i.seen <= i.expiry]
+
+    def direct_instances(self, app_id: str) -> tuple[str, ...]:
+        """The ids of the live instances of an app that serve their own request destination (what
+        a caller chooses among, on every call): kept until the first of them expires or a
+        heartbeat, leave or sweep changes the app's instances."""
+        t = asyncio.get_running_loop().time()
+        known = self._direct.get(app_id)
+        if known is not None and t <= known[1]:
+            return known[0]
+        live = self.live(app_id)
+        ids = tuple(i.instance for i in live if i.direct)
+        self._direct[app_id] = (ids, min((i.seen + i.expiry for i in live), default=float("inf")))
+        return ids
 
     def has_live(self, app_id: str) -> bool:
         """Whether an app has a live instance (the cheap form of :meth:`live`, for every call)."""
@@ -342,6 +357,7 @@ class Presence:
             return  # an old heartbeat read again (a log broker's end offset can be approximate)
         instance.seen = asyncio.get_running_loop().time()
         instances = self._table.setdefault(instance.app, {})
+        self._direct.pop(instance.app, None)
         known = instances.get(instance.instance)
         if known is None or known.methods != instance.methods:
             self._forget_flags(instance.app)
@@ -355,6 +371,7 @@ class Presence:
             app_id = str(data.get("app"))
             instances = self._table.get(app_id)
             if instances is not None and instances.pop(str(data.get("instance")), None) is not None:
+                self._direct.pop(app_id, None)
                 self._forget_flags(app_id)
 
     def _forget_flags(self, app_id: str) -> None:
@@ -373,6 +390,7 @@ class Presence:
                     log.info("presence: %s is gone (no heartbeat for %.1fs)", key, t - instances[key].seen)
                     del instances[key]
                 if gone:
+                    self._direct.pop(app_id, None)
                     self._forget_flags(app_id)
                     departure = self._departures.pop(app_id, None)
                     if departure is not None and not departure.done():

@@ -23,6 +23,7 @@ Pure functions and constants: no broker, no App.
 
 from __future__ import annotations
 
+import functools
 import re
 import traceback as tb
 from dataclasses import dataclass
@@ -100,6 +101,7 @@ def invoke_topic(app_id: str) -> str:
     return INVOKE_PREFIX + app_id
 
 
+@functools.lru_cache(maxsize=1024)
 def instance_topic(app_id: str, instance_id: str) -> str:
     """The request destination of one instance of an app (callers that chose it send there)."""
     return f"{INVOKE_PREFIX}{app_id}.{_UNSAFE.sub('_', instance_id)}"

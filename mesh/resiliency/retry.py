@@ -51,8 +51,12 @@ class RetryBudget:
                 q.popleft()
 
     def call(self, t: float) -> None:
-        """A first attempt started at ``t`` (event-loop time)."""
-        self._calls.append(t)
+        """A first attempt started at ``t`` (event-loop time); calls older than the window are
+        forgotten here too, so a caller that never retries keeps one window of them, not all."""
+        calls = self._calls
+        calls.append(t)
+        while calls[0] < t - WINDOW:
+            calls.popleft()
 
     def take(self, t: float) -> bool:
         """Whether a retry may start at ``t``; counts it if so."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import invoke
+from benchmarks import invoke, invoke_cpu
 from tests.support import DEFAULT_URLS, reachable, unavailable
 
 
@@ -28,3 +28,13 @@ def test_invoke_benchmark_shows_raw_faststream_and_mesh_rows(capsys: pytest.Capt
     assert "mesh/raw" in out and "mesh/FS" in out
     mesh_line = next(line for line in out.splitlines() if line.split()[:2] == ["nats", "mesh"])
     assert mesh_line.count("x") == 2  # both ratios are filled in
+
+
+@pytest.mark.memory
+def test_invoke_cpu_benchmark_measures_both_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    results = invoke_cpu.main(["--broker", "memory", "--calls", "30", "--concurrency", "5", "--reps", "2",
+                               "--profile", "3"])
+    assert len(results[True]) == len(results[False]) == 2 and all(us > 0 for us in results[True] + results[False])
+    out = capsys.readouterr().out
+    assert "instances on: median" in out and "instances off: median" in out
+    assert out.count("Python function calls per invocation") == 2

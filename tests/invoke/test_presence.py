@@ -78,13 +78,17 @@ async def test_leave_is_immediate_and_expiry_is_a_departure(hub: str) -> None:
     async with first, second, caller:
         await caller.presence.listen()
         await wait_for(lambda: len(caller.presence.live("inventory")) == 2, what="two instances")
+        assert sorted(caller.presence.direct_instances("inventory")) == sorted([first.instance_id, second.instance_id])
         departure = caller.presence.departure("inventory")
         await first.stop()  # a goodbye: gone at once, not a departure
         await wait_for(lambda: len(caller.presence.live("inventory")) == 1, timeout=1, what="the leave")
+        assert caller.presence.direct_instances("inventory") == (second.instance_id,), "a leave is no choice"
         assert not departure.done()
         beat = second.presence._heartbeat  # a crash: the heartbeats just stop
         assert beat is not None
         beat.cancel()
+        await wait_for(lambda: not caller.presence.has_live("inventory"), timeout=3, what="the expiry")
+        assert caller.presence.direct_instances("inventory") == (), "an expired instance is no choice"
         await asyncio.wait_for(asyncio.shield(departure), 3)
         assert caller.presence.live("inventory") == []
 

@@ -125,6 +125,9 @@ def test_retry_intervals_and_the_budget() -> None:
         budget.call(float(t) / 10)
     assert [budget.take(1.0) for _ in range(4)] == [True, True, True, False]
     assert budget.take(12.0), "the window moved on"
+    for t in range(1000):
+        budget.call(20.0 + t)
+    assert len(budget._calls) == 11, "a caller that never retries keeps one window of calls, not every call"
 
 
 async def test_the_balancer_ejects_probes_and_readmits() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
@@ -130,6 +129,7 @@ class NatsEphemeral:
         self._inbox: str | None = None
         self._inbox_sub: asyncio.Task[str] | None = None
         self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._asked = 0  # the last request's token in the status inbox (unique per connection's inbox)
 
     async def subscribe(
         self, topic: str, handler: DeliveryHandler, group: str | None, concurrency: int
@@ -161,8 +161,9 @@ class NatsEphemeral:
 
     async def request(self, topic: str, event: Event) -> asyncio.Future[None]:
         """Publish with a status inbox as NATS reply subject: the future fails on "no responders"."""
-        inbox = await self._status_inbox()
-        token = os.urandom(8).hex()
+        inbox = self._inbox or await self._status_inbox()
+        self._asked += 1
+        token = str(self._asked)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[token] = future
         future.add_done_callback(lambda _: self._waiting.pop(token, None))
