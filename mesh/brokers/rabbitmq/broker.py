@@ -51,6 +51,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import aiormq
 from aio_pika.exceptions import ChannelPreconditionFailed
 from aiormq.abc import AbstractChannel
 from aiormq.exceptions import ChannelAccessRefused, ChannelClosed, ChannelInvalidStateError
@@ -129,7 +130,7 @@ class RabbitMQBroker(Broker):
         # for the hot paths (re-fetched when closed, e.g. after a reconnection).
         self._pub_raw: AbstractChannel | None = None
         self._dead: AbstractChannel | None = None  # the publish channel a failed publish used
-        self._eph_raw: AbstractChannel | None = None
+        self._eph_raw: aiormq.Channel | None = None
         self._eph_exchange = conn.ephemeral_exchange
         self._mode = conn.delivery_mode
         self._timeout = conn.timeout
@@ -341,7 +342,12 @@ class RabbitMQBroker(Broker):
 
     async def publish_ephemeral(self, topic: str, event: Event) -> None:
         """Through the ephemeral exchange, routing key = topic, not persistent, not confirmed:
-        dropped by the broker when no queue is bound for it."""
+        dropped by the broker when no queue is bound for it.
+
+        The frame is queued for the connection's writer, not waited for (at most once: a frame
+        lost with the connection is a call that times out either way). Waiting held the
+        channel's lock until the writer had sent the frame, so the calls in flight published
+        one after another, a few loop turns each."""
         msg = encode(event, self.wire)
         props = Basic.Properties(
             content_type=msg.content_type,
@@ -359,6 +365,7 @@ class RabbitMQBroker(Broker):
                 routing_key=self.name_of(topic),
                 properties=props,
                 timeout=self._timeout,
+                wait=False,
             )
         except PublishError:
             raise
