@@ -16,6 +16,7 @@ RANKS = {
     "options": 0,
     "script": 0,
     "fastclient": 1,
+    "frames": 1,
     "connection": 2,
     "consume": 2,
     "common": 2,

@@ -53,7 +53,7 @@ from typing import Any, ClassVar
 
 import aiormq
 from aio_pika.exceptions import ChannelPreconditionFailed
-from aiormq.abc import AbstractChannel
+from aiormq.abc import AbstractChannel, ChannelFrame
 from aiormq.exceptions import ChannelAccessRefused, ChannelClosed, ChannelInvalidStateError
 from pamqp.commands import Basic
 
@@ -61,6 +61,7 @@ from mesh.brokers.base import Broker, DeliveryHandler, Features, Subscription, p
 from mesh.brokers.rabbitmq.connection import RabbitMQConnection, reason
 from mesh.brokers.rabbitmq.consumer import ATTEMPT_HEADER, RabbitMQConsumer
 from mesh.brokers.rabbitmq.ephemeral import EphemeralSubscription
+from mesh.brokers.rabbitmq.frames import publish_frames
 from mesh.brokers.rabbitmq.groups import RabbitMQGroups
 from mesh.brokers.rabbitmq.history import TIME_HEADER, RabbitMQHistory
 from mesh.brokers.rabbitmq.options import RabbitMQOptions
@@ -344,29 +345,34 @@ class RabbitMQBroker(Broker):
         """Through the ephemeral exchange, routing key = topic, not persistent, not confirmed:
         dropped by the broker when no queue is bound for it.
 
-        The frame is queued for the connection's writer, not waited for (at most once: a frame
-        lost with the connection is a call that times out either way). Waiting held the
-        channel's lock until the writer had sent the frame, so the calls in flight published
-        one after another, a few loop turns each."""
+        The frames (:mod:`.frames`) are queued for the connection's writer, not waited for (at
+        most once: a frame lost with the connection is a call that times out either way).
+        aiormq's ``basic_publish`` held the channel's lock until the writer had sent the frame,
+        so the calls in flight published one after another, a few loop turns each."""
         msg = encode(event, self.wire)
-        props = Basic.Properties(
-            content_type=msg.content_type,
-            headers=msg.headers or None,  # type: ignore[arg-type]
-            delivery_mode=1,
-            message_id=event.id,
-        )
         try:
             channel = self._eph_raw
             if channel is None or channel.is_closed:
                 channel = self._eph_raw = await self.connection.ephemeral_channel()
-            await channel.basic_publish(
-                msg.body,
-                exchange=self._eph_exchange,
-                routing_key=self.name_of(topic),
-                properties=props,
-                timeout=self._timeout,
-                wait=False,
+            frame = ChannelFrame(
+                publish_frames(
+                    channel.number,
+                    self._eph_exchange,
+                    self.name_of(topic),
+                    msg.body,
+                    content_type=msg.content_type,
+                    headers=msg.headers,
+                    delivery_mode=1,
+                    message_id=event.id,
+                    max_body=channel.max_content_size,
+                ),
+                should_close=False,
             )
+            try:
+                channel.write_queue.put_nowait(frame)
+            except asyncio.QueueFull:  # the writer is behind: wait for room, bounded
+                async with asyncio.timeout(self._timeout):
+                    await channel.write_queue.put(frame)
         except PublishError:
             raise
         except Exception as exc:
