@@ -28,3 +28,18 @@ def test_invoke_benchmark_shows_raw_faststream_and_mesh_rows(capsys: pytest.Capt
     assert "mesh/raw" in out and "mesh/FS" in out
     mesh_line = next(line for line in out.splitlines() if line.split()[:2] == ["nats", "mesh"])
     assert mesh_line.count("x") == 2  # both ratios are filled in
+
+
+@pytest.mark.rabbitmq
+def test_invoke_cpu_benchmark_measures_raw_and_mesh_rounds(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import invoke_cpu
+
+    if not reachable(DEFAULT_URLS["rabbitmq"], 5672):
+        unavailable("rabbitmq")
+    results = invoke_cpu.main(["--broker", "rabbitmq", "--calls", "40", "--concurrency", "5", "--rounds", "2"])
+    assert {name: len(rows) for name, rows in results.items()} == {"raw": 2, "mesh": 2}
+    assert all(us > 0 and rps > 0 for rows in results.values() for us, rps in rows)
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()[-2:]] == [
+        ["median", "raw"],
+        ["median", "mesh"],
+    ]
