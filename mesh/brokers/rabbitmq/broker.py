@@ -40,6 +40,7 @@ ephemeral queues     :mod:`.ephemeral` (``subscribe_ephemeral``)
 one-group delivery   :mod:`.groups` (``broker.groups``, for replays)
 readable topics      :mod:`.history` (``broker.history``: stream queues of ``stream_topics``)
 publishing           here: ``publish`` and ``publish_ephemeral`` are the hot paths
+ephemeral frames     :mod:`.frames` (the bytes of ``publish_ephemeral``'s unconfirmed publish)
 ===================  ========================================================================
 """
 

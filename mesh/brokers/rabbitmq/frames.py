@@ -10,8 +10,8 @@ headers; any other header value goes through pamqp's ``field_table`` as before.
 frame            content
 ===============  ===========================================================================
 method           ``basic.publish`` (class 60, method 40): exchange, routing key, no flags
-header           class 60, body size, property flags, then ``content_type``, ``headers``,
-                 ``delivery_mode``, ``message_id`` (each only when set)
+header           class 60, body size, property flags, then ``content_type`` and ``headers``
+                 (when set), ``delivery_mode``, ``message_id`` (when set)
 body             the body, split at the connection's ``frame_max`` (none when empty)
 ===============  ===========================================================================
 """
