@@ -1,17 +1,17 @@
-"""CPU per invocation, with instance choice on and off, and where it goes.
+"""CPU per invocation: the raw client's request/reply, the mesh, and the mesh without instance choice.
 
-    python -m benchmarks.invoke_cpu [--broker nats] [--calls 10000] [--reps 3] [--profile 25]
+    python -m benchmarks.invoke_cpu [--broker nats] [--calls 5000] [--concurrency 50] [--rounds 3] [--profile 25]
 
-The throughput of :mod:`benchmarks.invoke` on two shared cores swings with whatever else runs;
-the CPU seconds the process spends per call do much less. Each row is :class:`~benchmarks.invoke.Mesh`
-(caller and callee in this process: both sides of every call, and the client library) measured
-over ``--calls`` calls with ``--concurrency`` in flight, after a warm-up, as
-``time.process_time()`` per call; ``instances`` on is the default configuration, off is
-``resiliency.instances.enabled: false`` (requests to the callee's shared group, no balancer).
-The two settings alternate ``--reps`` times, each in a fresh pair of Apps; the summary is the
-median and the lowest of each.
+Requests per second on two shared cores move with whatever else runs (the broker too). Both
+sides of a call run in this one process (the clients of :mod:`benchmarks.invoke`), so the CPU
+seconds it spends while ``--calls`` calls complete with ``--concurrency`` in flight, per call, is
+what the client costs: caller and callee together (the broker's own CPU is not counted). Rows:
+``raw`` (the client library's own request/reply, where :mod:`benchmarks.invoke` has one),
+``mesh`` (the default configuration) and ``mesh-shared`` (``resiliency.instances.enabled:
+false``: requests to the callee's shared group, no balancer). Rounds alternate the rows, each in
+fresh clients; every round is printed, then the median of each row.
 
-``--profile N`` then runs each setting once more under cProfile (not in the summary: profiling
+``--profile N`` then runs each mesh row once more under cProfile (not in the summary: profiling
 slows every call) and prints its ``N`` costliest functions (own time) and the Python function
 calls per invocation, which do not depend on the load.
 """
@@ -24,16 +24,17 @@ import cProfile
 import pstats
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
-from benchmarks import loops
-from benchmarks.invoke import URLS, Mesh, reachable
+from benchmarks import invoke, loops
 
 
-async def cpu_per_call(broker: str, url: str | None, instances: bool, calls: int, concurrency: int,
-                       profile: cProfile.Profile | None = None) -> float:
-    """Microseconds of CPU per call, both Apps in this process (see the module docstring)."""
-    mesh = Mesh(instances)
-    call = await mesh.start(broker, url)
+async def cpu_per_call(client: Any, broker: str, calls: int, concurrency: int,
+                       profile: cProfile.Profile | None = None) -> tuple[float, float]:
+    """(microseconds of CPU per call, calls per second) of one client, after a warm-up."""
+    url = invoke.URLS.get(broker)
+    call = await (client.start(broker, url) if isinstance(client, invoke.Mesh) else client.start(url))
     try:
         for _ in range(min(200, calls)):  # warm up: connections, presence, the reply consumer
             await call()
@@ -45,45 +46,56 @@ async def cpu_per_call(broker: str, url: str | None, instances: bool, calls: int
                 left -= 1
                 await call()
 
-        start = time.process_time()
+        cpu, wall = time.process_time(), time.perf_counter()
         if profile is not None:
             profile.enable()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         if profile is not None:
             profile.disable()
-        return (time.process_time() - start) / calls * 1e6
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finally:
-        await mesh.close()
+        await client.close()
+    return cpu / calls * 1e6, calls / wall
 
 
-def main(argv: list[str] | None = None) -> dict[bool, list[float]]:
+def rows(broker: str) -> dict[str, Callable[[], Any]]:
+    """The clients measured on ``broker``, by row name."""
+    made: dict[str, Callable[[], Any]] = {}
+    if broker in invoke.RAW:
+        made["raw"] = invoke.RAW[broker]
+    made["mesh"] = invoke.Mesh
+    made["mesh-shared"] = lambda: invoke.Mesh(instances=False)
+    return made
+
+
+def main(argv: list[str] | None = None) -> dict[str, list[tuple[float, float]]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--broker", default="nats", help="a broker type of benchmarks.invoke")
-    parser.add_argument("--calls", type=int, default=10000, help="calls measured per repetition")
+    parser.add_argument("--broker", default="nats", choices=invoke.ALL)
+    parser.add_argument("--calls", type=int, default=5000, help="calls measured per round and row")
     parser.add_argument("--concurrency", type=int, default=50, help="calls in flight")
-    parser.add_argument("--reps", type=int, default=3, help="repetitions of each setting, alternating")
-    parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile the last repetitions")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each row once per round")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="profile each mesh row once more")
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default=None, help="event loop")
     args = parser.parse_args(argv)
     loops.choose(args.loop)
-    url = URLS.get(args.broker)
-    if not reachable(args.broker, url):
+    if not invoke.reachable(args.broker, invoke.URLS.get(args.broker)):
         parser.error(f"{args.broker} is not reachable")
-    results: dict[bool, list[float]] = {True: [], False: []}
-    for _ in range(args.reps):
-        for instances in (True, False):
-            us = loops.run(cpu_per_call(args.broker, url, instances, args.calls, args.concurrency))
-            results[instances].append(us)
-            print(f"instances {'on ' if instances else 'off'}  {us:7.1f} us CPU per call", flush=True)
-    for instances, values in results.items():
-        print(f"instances {'on' if instances else 'off'}: median {statistics.median(values):.1f} us, "
-              f"lowest {min(values):.1f} us CPU per call ({len(values)} runs)")
-    for instances in (True, False) if args.profile else ():
+    clients = rows(args.broker)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
+    for round_ in range(args.rounds):
+        for name, make in clients.items():
+            us, rps = loops.run(cpu_per_call(make(), args.broker, args.calls, args.concurrency))
+            results[name].append((us, rps))
+            print(f"round {round_ + 1} {name:<12} {us:8.1f} us CPU/call {rps:10,.0f} req/s", flush=True)
+    for name, measured in results.items():
+        us = statistics.median(r[0] for r in measured)
+        rps = statistics.median(r[1] for r in measured)
+        print(f"median  {name:<12} {us:8.1f} us CPU/call {rps:10,.0f} req/s")
+    for name in ("mesh", "mesh-shared") if args.profile else ():
         profile = cProfile.Profile()
-        loops.run(cpu_per_call(args.broker, url, instances, args.calls, args.concurrency, profile))
+        loops.run(cpu_per_call(clients[name](), args.broker, args.calls, args.concurrency, profile))
         stats = pstats.Stats(profile)
-        print(f"instances {'on' if instances else 'off'}, profiled: "
-              f"{stats.total_calls / args.calls:.1f} Python function calls per invocation")
+        print(f"{name}, profiled: {stats.total_calls / args.calls:.1f} Python function calls per invocation")
         stats.sort_stats("tottime").print_stats(args.profile)
     return results
 

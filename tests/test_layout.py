@@ -17,6 +17,7 @@ RANKS = {
     "script": 0,
     "fastclient": 1,
     "gaps": 1,
+    "frames": 1,
     "connection": 2,
     "consume": 2,
     "common": 2,

@@ -748,3 +748,28 @@ async def test_subscription_survives_a_server_restart(make: Make) -> None:
         await publish(i)
     await wait_for(lambda: len(handled) == total, timeout=120, what="every event after the restart")
     assert handled == set(range(total))
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct-frames", "aiormq-publish"])
+async def test_ephemeral_publishes_arrive_whole_on_either_path(
+    make: Make, monkeypatch: pytest.MonkeyPatch, direct: bool
+) -> None:
+    """Requests and replies are written as frames directly on a tested aiormq, through aiormq's own
+    publish on any other; both carry the same event (attributes, extensions, a body over a frame)."""
+    monkeypatch.setattr("mesh.brokers.rabbitmq.broker.DIRECT_FRAMES", direct)
+    broker = await make()
+    got: list[Event] = []
+
+    async def handler(delivery: Delivery) -> None:
+        assert delivery.event is not None
+        got.append(delivery.event)
+
+    topic = unique("eph")
+    await broker.subscribe_ephemeral(topic, handler)
+    sent = [Event(source="/s", type="t.small", data={"i": 1}, extensions={"tenant": "acme"}),
+            Event(source="/s", type="t.large", subject="big", data={"blob": "x" * 300_000})]
+    for event in sent:
+        await broker.publish_ephemeral(topic, event)
+    await wait_for(lambda: len(got) == 2, what="both events")
+    assert [(e.id, e.type, e.subject, e.data, e.extensions) for e in got] == [
+        (e.id, e.type, e.subject, e.data, e.extensions) for e in sent]

@@ -31,10 +31,26 @@ def test_invoke_benchmark_shows_raw_faststream_and_mesh_rows(capsys: pytest.Capt
 
 
 @pytest.mark.memory
-def test_invoke_cpu_benchmark_measures_both_settings(capsys: pytest.CaptureFixture[str]) -> None:
-    results = invoke_cpu.main(["--broker", "memory", "--calls", "30", "--concurrency", "5", "--reps", "2",
+def test_invoke_cpu_benchmark_measures_each_row(capsys: pytest.CaptureFixture[str]) -> None:
+    results = invoke_cpu.main(["--broker", "memory", "--calls", "30", "--concurrency", "5", "--rounds", "2",
                                "--profile", "3"])
-    assert len(results[True]) == len(results[False]) == 2 and all(us > 0 for us in results[True] + results[False])
+    assert {name: len(rows) for name, rows in results.items()} == {"mesh": 2, "mesh-shared": 2}
+    assert all(us > 0 and rps > 0 for rows in results.values() for us, rps in rows)
     out = capsys.readouterr().out
-    assert "instances on: median" in out and "instances off: median" in out
+    assert "median  mesh " in out and "median  mesh-shared" in out
     assert out.count("Python function calls per invocation") == 2
+
+
+@pytest.mark.rabbitmq
+def test_invoke_cpu_benchmark_has_a_raw_row_where_the_client_has_request_reply(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if not reachable(DEFAULT_URLS["rabbitmq"], 5672):
+        unavailable("rabbitmq")
+    results = invoke_cpu.main(["--broker", "rabbitmq", "--calls", "40", "--concurrency", "5", "--rounds", "2"])
+    assert {name: len(rows) for name, rows in results.items()} == {"raw": 2, "mesh": 2, "mesh-shared": 2}
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()[-3:]] == [
+        ["median", "raw"],
+        ["median", "mesh"],
+        ["median", "mesh-shared"],
+    ]

@@ -40,19 +40,22 @@ ephemeral queues     :mod:`.ephemeral` (``subscribe_ephemeral``)
 one-group delivery   :mod:`.groups` (``broker.groups``, for replays)
 readable topics      :mod:`.history` (``broker.history``: stream queues of ``stream_topics``)
 publishing           here: ``publish`` and ``publish_ephemeral`` are the hot paths
+ephemeral frames     :mod:`.frames` (the bytes of ``publish_ephemeral``'s unconfirmed publish)
 ===================  ========================================================================
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+import aiormq
 from aio_pika.exceptions import ChannelPreconditionFailed
-from aiormq.abc import AbstractChannel
+from aiormq.abc import AbstractChannel, ChannelFrame
 from aiormq.exceptions import ChannelAccessRefused, ChannelClosed, ChannelInvalidStateError
 from pamqp.commands import Basic
 
@@ -60,6 +63,7 @@ from mesh.brokers.base import Broker, DeliveryHandler, Features, Subscription, p
 from mesh.brokers.rabbitmq.connection import RabbitMQConnection, reason
 from mesh.brokers.rabbitmq.consumer import ATTEMPT_HEADER, RabbitMQConsumer
 from mesh.brokers.rabbitmq.ephemeral import EphemeralSubscription
+from mesh.brokers.rabbitmq.frames import publish_frames
 from mesh.brokers.rabbitmq.groups import RabbitMQGroups
 from mesh.brokers.rabbitmq.history import TIME_HEADER, RabbitMQHistory
 from mesh.brokers.rabbitmq.options import RabbitMQOptions
@@ -70,6 +74,11 @@ from mesh.event import Event
 from mesh.urls import mask_url
 
 __all__ = ["ATTEMPT_HEADER", "RabbitMQBroker"]
+
+TESTED_AIORMQ = ("7.",)
+"""aiormq versions whose channel internals (``write_queue``, ``max_content_size``, ``ChannelFrame``)
+ephemeral publishes write to directly; with any other, they go through ``basic_publish``."""
+DIRECT_FRAMES = importlib.metadata.version("aiormq").startswith(TESTED_AIORMQ)
 
 log = logging.getLogger("mesh.broker.rabbitmq")
 
@@ -129,7 +138,7 @@ class RabbitMQBroker(Broker):
         # for the hot paths (re-fetched when closed, e.g. after a reconnection).
         self._pub_raw: AbstractChannel | None = None
         self._dead: AbstractChannel | None = None  # the publish channel a failed publish used
-        self._eph_raw: AbstractChannel | None = None
+        self._eph_raw: aiormq.Channel | None = None
         self._eph_exchange = conn.ephemeral_exchange
         self._mode = conn.delivery_mode
         self._timeout = conn.timeout
@@ -341,25 +350,42 @@ class RabbitMQBroker(Broker):
 
     async def publish_ephemeral(self, topic: str, event: Event) -> None:
         """Through the ephemeral exchange, routing key = topic, not persistent, not confirmed:
-        dropped by the broker when no queue is bound for it."""
+        dropped by the broker when no queue is bound for it.
+
+        The frames (:mod:`.frames`) are queued for the connection's writer, not waited for (at
+        most once: a frame lost with the connection is a call that times out either way).
+        aiormq's ``basic_publish`` held the channel's lock until the writer had sent the frame,
+        so the calls in flight published one after another, a few loop turns each."""
         msg = encode(event, self.wire)
-        props = Basic.Properties(
-            content_type=msg.content_type,
-            headers=msg.headers or None,  # type: ignore[arg-type]
-            delivery_mode=1,
-            message_id=event.id,
-        )
         try:
             channel = self._eph_raw
             if channel is None or channel.is_closed:
                 channel = self._eph_raw = await self.connection.ephemeral_channel()
-            await channel.basic_publish(
-                msg.body,
-                exchange=self._eph_exchange,
-                routing_key=self.name_of(topic),
-                properties=props,
-                timeout=self._timeout,
+            if not DIRECT_FRAMES:  # an aiormq this was not tested with: its own publish, not awaited
+                props = Basic.Properties(content_type=msg.content_type, headers=msg.headers or None,  # type: ignore[arg-type]
+                                         delivery_mode=1, message_id=event.id)
+                await channel.basic_publish(msg.body, exchange=self._eph_exchange, routing_key=self.name_of(topic),
+                                            properties=props, timeout=self._timeout, wait=False)
+                return
+            frame = ChannelFrame(
+                publish_frames(
+                    channel.number,
+                    self._eph_exchange,
+                    self.name_of(topic),
+                    msg.body,
+                    content_type=msg.content_type,
+                    headers=msg.headers,
+                    delivery_mode=1,
+                    message_id=event.id,
+                    max_body=channel.max_content_size,
+                ),
+                should_close=False,
             )
+            try:
+                channel.write_queue.put_nowait(frame)
+            except asyncio.QueueFull:  # the writer is behind: wait for room, bounded
+                async with asyncio.timeout(self._timeout):
+                    await channel.write_queue.put(frame)
         except PublishError:
             raise
         except Exception as exc:

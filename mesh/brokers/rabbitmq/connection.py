@@ -11,7 +11,7 @@ publish            events on topic exchanges (``publish``)     ``publisher_confi
 control            nack copies, delayed copies, one-group     always, ``mandatory`` (a copy that
                    replays, through the default exchange or   finds no queue comes back as an
                    a ``_mesh.delay.<ms>`` exchange            error instead of vanishing)
-ephemeral          replies, presence, invocation requests     never (at most once, not persistent)
+ephemeral          replies, presence, invocation requests     never, nor waited for (at most once)
 scratch            delay-queue and stream declarations,       a channel of its own that a refused
                    passive look-ups, history reads            declaration may close
 =================  =========================================  ===================================
@@ -31,7 +31,7 @@ import errno
 import math
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -232,14 +232,15 @@ class RabbitMQConnection:
         """The live channel under the publish channel (callers cache it while it is open)."""
         return await self._underlay(self._pub)
 
-    async def ephemeral_channel(self) -> AbstractChannel:
-        """The live unconfirmed channel for ephemeral publishing, with the exchange declared on it."""
+    async def ephemeral_channel(self) -> aiormq.Channel:
+        """The live unconfirmed channel for ephemeral publishing, with the exchange declared on it
+        (aiormq's own channel, whose ``basic_publish`` can skip waiting for the write)."""
         if self._eph is None:
             channel = await self.amqp().channel(publisher_confirms=False)
             async with asyncio.timeout(self.timeout):
                 await channel.declare_exchange(self.ephemeral_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
             self._eph = channel
-        return await self._underlay(self._eph)
+        return cast(aiormq.Channel, await self._underlay(self._eph))  # what aio-pika's channels wrap
 
     async def declare_topic(self, name: str) -> None:
         """Declare a topic's durable topic exchange on the publish channel (bounded)."""

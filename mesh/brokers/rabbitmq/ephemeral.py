@@ -1,8 +1,9 @@
 """Ephemeral subscriptions of the RabbitMQ adapter: non-durable queues on one direct exchange.
 
 Every ephemeral message goes through one durable **direct** exchange, ``_mesh.ephemeral``
-(namespace applied), with the topic as routing key, non-persistent and without publisher
-confirms. A subscription declares a queue bound to that exchange with its topic as key:
+(namespace applied), with the topic as routing key, non-persistent, without publisher
+confirms, and without waiting for the frame to be written. A subscription declares a queue
+bound to that exchange with its topic as key:
 
 - without a group (replies, presence): a server-named **exclusive, auto-delete** queue, consumed
   with ``no_ack``; the broker deletes it when the connection or the consumer goes;
