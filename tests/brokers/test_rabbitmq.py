@@ -773,3 +773,23 @@ async def test_ephemeral_publishes_arrive_whole_on_either_path(
     await wait_for(lambda: len(got) == 2, what="both events")
     assert [(e.id, e.type, e.subject, e.data, e.extensions) for e in got] == [
         (e.id, e.type, e.subject, e.data, e.extensions) for e in sent]
+
+
+async def test_ephemeral_publishes_made_just_before_close_go_out(make: Make) -> None:
+    """publish_ephemeral does not wait for the write; closing the broker still sends what it queued
+    (a last reply, a presence leave)."""
+    receiver, sender = await make(), await make()
+    got: list[str] = []
+
+    async def handler(delivery: Delivery) -> None:
+        assert delivery.event is not None
+        got.append(delivery.event.id)
+
+    topic = unique("eph")
+    await receiver.subscribe_ephemeral(topic, handler)
+    sent = [Event(source="/s", type="t", data={"i": i, "pad": "x" * 2000}) for i in range(300)]
+    for event in sent:
+        await sender.publish_ephemeral(topic, event)
+    await sender.close()
+    await wait_for(lambda: len(got) == len(sent), what="all 300 events")
+    assert got == [e.id for e in sent]

@@ -199,9 +199,14 @@ class RabbitMQConnection:
         return target
 
     async def close(self) -> None:
-        """Close the connection (and with it every channel); idempotent."""
+        """Close the connection (and with it every channel); idempotent. The ephemeral channel is
+        closed first: its Channel.Close follows the frames queued by ``publish_ephemeral`` (not
+        awaited) and its CloseOk comes after them, so a last reply or presence leave goes out."""
         conn, self._amqp = self._amqp, None
+        eph = self._eph
         self._pub = self._ctl = self._eph = None
+        if eph is not None and conn is not None:
+            await quietly(asyncio.wait_for(eph.close(), self.timeout))
         self._delays.clear()
         if conn is not None:
             await quietly(conn.close())
