@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import threading
 import types
 from collections.abc import Coroutine, Generator
 from typing import Any, TypeVar
@@ -32,7 +33,15 @@ __all__ = ["NEEDS_TASK", "adopt", "is_taskless", "own_task", "step", "stepped", 
 
 T = TypeVar("T")
 
-_STEPPED: contextvars.ContextVar[bool] = contextvars.ContextVar("mesh_stepped", default=False)
+
+
+class _Stepping(threading.local):
+    on = False
+    """True only while a pipeline is being stepped by hand (not a context variable: a task the
+    pipeline starts meanwhile must not inherit it)."""
+
+
+_STEPPING = _Stepping()
 
 NEEDS_TASK = object()
 """What a pipeline stepped by hand yields to ask for a task of its own (see :func:`own_task`)."""
@@ -53,7 +62,7 @@ def is_taskless(layer: object) -> bool:
 
 def stepped() -> bool:
     """Whether the running code is a pipeline stepped by hand (no task of its own)."""
-    return _STEPPED.get()
+    return _STEPPING.on
 
 
 def step(coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> Any:
@@ -63,18 +72,18 @@ def step(coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> Any:
 
 
 def _send(coro: Coroutine[Any, Any, Any]) -> Any:
-    token = _STEPPED.set(True)
+    outer, _STEPPING.on = _STEPPING.on, True
     try:
         return coro.send(None)
     finally:
-        _STEPPED.reset(token)
+        _STEPPING.on = outer
 
 
 @types.coroutine
 def own_task() -> Generator[Any, None, None]:
     """Await before code that may wait or need a task: a pipeline stepped by hand is handed to a
     task of its own here; in a task it is a no-op."""
-    if _STEPPED.get():
+    if _STEPPING.on:
         yield NEEDS_TASK
 
 
