@@ -130,3 +130,24 @@ async def test_failed_items_are_retried_and_dead_lettered_in_a_task_of_their_own
     for outcome, task in seen:
         if outcome != "handled":
             assert task != "<none>" and not task.startswith("mesh-batch")
+
+
+async def test_a_cancelled_batch_call_gives_its_stepped_deliveries_back(cfg: dict[str, Any]) -> None:
+    app = App("stepping", config=cfg)
+    calls: list[list[int]] = []
+    stuck = asyncio.Event()
+
+    @app.subscribe("orders", batch=BatchPolicy(max_size=3, max_wait=0.02))
+    async def handle(events: list[Event]) -> None:
+        calls.append([e.data for e in events])
+        if len(calls) == 1:
+            stuck.set()
+            await asyncio.Event().wait()  # never returns: cancelled below
+
+    async with app:
+        await app.publish_many("orders", [1, 2, 3], type="n")
+        await asyncio.wait_for(stuck.wait(), 5)
+        (call,) = [t for t in asyncio.all_tasks() if t.get_name() == "mesh-batch:orders"]
+        call.cancel()
+        await wait_for(lambda: len(calls) == 2, what="the deliveries given back and delivered again")
+    assert calls == [[1, 2, 3], [1, 2, 3]]

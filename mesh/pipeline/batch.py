@@ -156,10 +156,7 @@ class BatchSpec:
         """Step a pipeline by hand to its next stop: parked in a batch, ended, or handed to a task."""
         try:
             yielded = step(coro, context)
-        except StopIteration:
-            self._settled()
-            return
-        except asyncio.CancelledError:
+        except (StopIteration, asyncio.CancelledError):  # settled, or given back as the app stops
             self._settled()
             return
         except Exception:  # the pipeline settles every delivery itself; this guards a bug
@@ -289,8 +286,7 @@ class BatchSpec:
                 future.set_exception(error)
             return
         coro, context = slot.coro, slot.context
-        if coro is None or context is None:  # not parked yet: cannot happen, the batch runs later
-            return
+        assert coro is not None and context is not None  # parked: the batch runs in a later loop turn
         slot.coro = slot.context = None
         slot.error = error
         if isinstance(error, asyncio.CancelledError):
