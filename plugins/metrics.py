@@ -47,6 +47,7 @@ from mesh.errors import ConfigError
 from mesh.event import Event
 from mesh.hooks import hookimpl
 from mesh.invoke import Invocation, InvokeHandle, InvokeLayer
+from mesh.pipeline.stepping import taskless
 from mesh.types import Context, Handle, HandlerLayer, Publish, PublishLayer, SubscriptionInfo
 
 if TYPE_CHECKING:
@@ -274,7 +275,7 @@ class AppMetrics:
 
             return handle
 
-        return layer
+        return taskless(layer)
 
     @hookimpl
     def mesh_delivery_outcome(self, context: Context, outcome: str, error: BaseException | None) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from mesh.config import RetryPolicy
 from mesh.errors import DeadLetter, HandlerSignal, Retry
 from mesh.hooks import hookimpl
+from mesh.pipeline.stepping import taskless
 from mesh.types import Context, Decision, Handle, HandlerLayer, SubscriptionInfo
 
 name = "retry"
@@ -80,7 +81,7 @@ def mesh_handler_layers(subscription: SubscriptionInfo) -> HandlerLayer:
 
         return handle
 
-    return layer
+    return taskless(layer)
 
 
 @hookimpl(trylast=True)

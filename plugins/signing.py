@@ -35,6 +35,7 @@ from mesh.errors import DeadLetter
 from mesh.event import Event
 from mesh.extensions import INVOKE_PREFIX
 from mesh.hooks import hookimpl
+from mesh.pipeline.stepping import taskless
 from mesh.runtime import Runtime
 from mesh.security import REJECTED, STATE, VERIFIED, Rejected, security_of
 from mesh.security.guard import ScopeError, Security
@@ -113,4 +114,4 @@ def mesh_handler_layers(runtime: Runtime, subscription: SubscriptionInfo) -> Han
 
         return handle
 
-    return layer
+    return taskless(layer)

@@ -40,6 +40,7 @@ from mesh.event import Event, ExtensionValue
 from mesh.hooks import hookimpl
 from mesh.invoke import Invocation, InvokeHandle, InvokeLayer
 from mesh.invoke.protocol import INVOKE_PREFIX
+from mesh.pipeline.stepping import taskless
 from mesh.telemetry import tracing_on
 from mesh.types import (
     PUBLISH_BATCH,
@@ -251,9 +252,10 @@ def mesh_delivery_layers(runtime: Runtime, subscription: SubscriptionInfo) -> Ha
 
         return handle
 
-    return layer
+    return taskless(layer)
 
 
+@taskless
 def _attach_context(next_: Handle) -> Handle:
     """The handler layer without an SDK: the incoming context is current while the handler runs."""
 

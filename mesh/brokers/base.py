@@ -125,6 +125,10 @@ class Delivery:
 
     __slots__ = ("_done", "attempt", "error", "event", "group", "raw", "topic")
 
+    taskless_ack: ClassVar[bool] = False
+    """Whether :meth:`ack` never waits and needs no task of its own (it only marks state in
+    process): a batch subscription may then ack the delivery without a task per event."""
+
     def __init__(
         self,
         topic: str,
@@ -191,6 +195,7 @@ class AtMostOnceDelivery(Delivery):
     """A delivery the broker does not track (ephemeral traffic): ack and nack only end it."""
 
     __slots__ = ()
+    taskless_ack = True
 
     async def _ack(self) -> None:
         pass

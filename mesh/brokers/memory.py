@@ -144,6 +144,7 @@ class _Hub:
 
 class MemoryDelivery(Delivery):
     __slots__ = ("_consumer", "_offset")
+    taskless_ack = True
 
     def __init__(
         self,

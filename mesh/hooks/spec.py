@@ -108,7 +108,9 @@ def mesh_handler_layers(runtime: Runtime, subscription: SubscriptionInfo) -> Han
 
     Called once per subscription at start; return the layer or ``None``. A layer may run code before and after ``next``,
     call it again (a retry loop), or raise. Collect-all: the first plugin's layer is outermost
-    (tracing is ``tryfirst``, so its span covers the others).
+    (tracing is ``tryfirst``, so its span covers the others). Mark a layer that neither waits nor
+    needs a task of its own with :func:`mesh.pipeline.stepping.taskless`: batch subscriptions whose
+    layers all are run without a task per event.
     """
 
 
@@ -120,7 +122,8 @@ def mesh_delivery_layers(runtime: Runtime, subscription: SubscriptionInfo) -> Ha
     never raises for a handler failure: after it returns, ``context.error`` holds the handler's
     exception (or ``None``) and ``context.outcome`` how the delivery was settled. Use it for what
     must cover dead-lettering too, like a tracing span. Collect-all: the first plugin's layer is
-    outermost. Undecodable messages do not pass through it.
+    outermost. Undecodable messages do not pass through it. Mark it with
+    :func:`mesh.pipeline.stepping.taskless` as for ``mesh_handler_layers``.
     """
 
 

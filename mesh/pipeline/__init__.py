@@ -7,6 +7,7 @@ module            what
                   filters, composing the plugins' layers
 ``injection``     filling a handler's parameters by annotation (typed data, Event, Context)
 ``settle``        ending every delivery in exactly one of handled, retried, dead-lettered, parked
+``stepping``      running batched deliveries' pipelines without a task each, until they need one
 ================  ==============================================================================
 """
 

@@ -29,10 +29,11 @@ validated per item), or ``list``/``list[Any]``/unannotated (the data as decoded)
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import typing
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -41,6 +42,7 @@ from mesh.batch import BatchPolicy
 from mesh.errors import BatchFailed, DeadLetter, InvalidHandler
 from mesh.event import Event
 from mesh.pipeline.injection import _resolve, data_adapter, matcher
+from mesh.pipeline.stepping import adopt, step, stepped
 from mesh.types import Context
 
 if TYPE_CHECKING:
@@ -53,22 +55,42 @@ log = logging.getLogger("mesh.pipeline")
 _LISTS = (list, Sequence, typing.Sequence, typing.List)  # noqa: UP006 - the old alias is matched too
 
 
+class _Slot:
+    """One delivery's place in a batch: its verdict, and what waits for it (a future when the
+    pipeline runs in a task, the coroutine and its context when it was stepped by hand)."""
+
+    __slots__ = ("context", "coro", "error", "future")
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.future: asyncio.Future[None] | None = None
+        self.coro: Coroutine[Any, Any, Any] | None = None
+        self.context: contextvars.Context | None = None
+
+    def __await__(self) -> Generator[Any, None, None]:
+        yield self  # parks: the stepping driver keeps the coroutine here until the batch ran
+        if self.error is not None:
+            raise self.error
+
+
 class _Batch:
-    __slots__ = ("items", "timer", "verdicts")
+    __slots__ = ("items", "slots", "timer")
 
     def __init__(self) -> None:
         self.items: list[Any] = []
-        self.verdicts: list[asyncio.Future[None]] = []
+        self.slots: list[_Slot] = []
         self.timer: asyncio.TimerHandle | None = None
 
 
 class BatchSpec:
     """One batch handler: its function, topic, group, filters, policy, and the open batch.
 
-    Each delivery's pipeline (plugins' layers, settlement) runs in a task of its own, started by
-    :meth:`admit` (the route is called inline by the adapter's runner, so this is the only task
-    per delivery); it parks on its verdict future in the open batch and settles once the batch
-    handler ran. :meth:`admit` makes the adapter wait while ``max_size`` x ``concurrency``
+    Each delivery's pipeline (plugins' layers, settlement) is started by :meth:`admit` (the
+    route is called inline by the adapter's runner) and parks in the open batch until the batch
+    handler ran. When every layer of the subscription is :func:`~mesh.pipeline.stepping.taskless`
+    (:attr:`stepped`) the pipelines are stepped by hand, without a task each, and handed to a
+    task only where they wait or fail (:mod:`mesh.pipeline.stepping`); otherwise each runs in a
+    task of its own. :meth:`admit` makes the adapter wait while ``max_size`` x ``concurrency``
     deliveries are in flight.
     """
 
@@ -92,6 +114,8 @@ class BatchSpec:
         """Batch calls at once."""
         self.concurrency: int | None = policy.max_size * self.batches
         """Deliveries in flight for this handler (what the route asks the broker for)."""
+        self.stepped = False
+        """Whether the pipelines run without a task each (set by the route: every layer is taskless)."""
         self.name = f"{fn.__module__}.{fn.__qualname__}"
         self._matchers = [(name, matcher(value)) for name, value in self.filters.items()]
         self._param, self._kind, self._convert, self.item_type = _plan(fn, self.name)
@@ -99,7 +123,7 @@ class BatchSpec:
         self._open: _Batch | None = None
         self._calls: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._items: set[asyncio.Task[None]] = set()
+        self._items: set[asyncio.Future[Any]] = set()
         self._in_flight = 0
         self._room: asyncio.Future[None] | None = None
         self._idle: asyncio.Future[None] | None = None
@@ -114,28 +138,46 @@ class BatchSpec:
     # -- running each delivery's pipeline ---------------------------------------------------------
 
     async def admit(self, pipeline: Awaitable[Any]) -> None:
-        """Start one delivery's pipeline in a task of its own (it parks in the open batch);
-        returns at once, or waits while the subscription has its fill of deliveries in flight."""
+        """Start one delivery's pipeline (it parks in the open batch); returns at once, or waits
+        while the subscription has its fill of deliveries in flight."""
         self._in_flight += 1
-        loop = asyncio.get_running_loop()
-        self._items.add(loop.create_task(self._item_run(pipeline)))
+        if self.stepped and inspect.iscoroutine(pipeline):
+            self._drive(pipeline, contextvars.copy_context())
+        else:
+            self._track(asyncio.ensure_future(pipeline))
         limit = self.concurrency or 1
         while self._in_flight >= limit:  # every caller waiting (adapters with tasks) shares one future
             room = self._room
             if room is None or room.done():
-                room = self._room = loop.create_future()
+                room = self._room = asyncio.get_running_loop().create_future()
             await room
 
-    async def _item_run(self, pipeline: Awaitable[Any]) -> None:
+    def _drive(self, coro: Coroutine[Any, Any, Any], context: contextvars.Context) -> None:
+        """Step a pipeline by hand to its next stop: parked in a batch, ended, or handed to a task."""
         try:
-            await pipeline
+            yielded = step(coro, context)
+        except (StopIteration, asyncio.CancelledError):  # settled, or given back as the app stops
+            self._settled()
+            return
         except Exception:  # the pipeline settles every delivery itself; this guards a bug
             log.exception("the pipeline of a batch item on %s raised; the broker redelivers it", self.topic)
-        finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self._items.discard(task)
             self._settled()
+            return
+        if isinstance(yielded, _Slot):
+            yielded.coro, yielded.context = coro, context
+        else:
+            self._track(adopt(coro, yielded, context))
+
+    def _track(self, task: asyncio.Future[Any]) -> None:
+        self._items.add(task)
+        task.add_done_callback(self._item_done)
+
+    def _item_done(self, task: asyncio.Future[Any]) -> None:
+        self._items.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # settles every delivery itself: a bug
+            log.error("the pipeline of a batch item on %s raised; the broker redelivers it", self.topic,
+                      exc_info=task.exception())
+        self._settled()
 
     def _settled(self) -> None:
         self._in_flight -= 1
@@ -166,12 +208,17 @@ class BatchSpec:
         if batch is None:
             batch = self._open = _Batch()
             batch.timer = asyncio.get_running_loop().call_later(self.policy.seconds, self._close, batch)
-        verdict: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        slot = _Slot()
+        if not stepped():
+            slot.future = asyncio.get_running_loop().create_future()
         batch.items.append(item)
-        batch.verdicts.append(verdict)
+        batch.slots.append(slot)
         if len(batch.items) >= self.policy.max_size:
             self._close(batch)
-        await verdict
+        if slot.future is None:
+            await slot
+        else:
+            await slot.future
 
     def _item(self, ctx: Context, event: Event) -> Any:
         kind = self._kind
@@ -203,44 +250,64 @@ class BatchSpec:
     async def _run(self, batch: _Batch) -> None:
         if self._calls is None:
             self._calls = asyncio.Semaphore(self.batches)
-        verdicts = batch.verdicts
+        slots = batch.slots
         try:
             async with self._calls:
                 result = self.fn(**{self._param: batch.items})
                 if inspect.isawaitable(result):
                     await result
         except BatchFailed as exc:
-            _verdicts(verdicts, exc.failed, self.name)
+            errors = _errors(len(slots), exc.failed, self.name)
+            for slot, error in zip(slots, errors, strict=True):
+                self._verdict(slot, error)
         except Exception as exc:
-            for verdict in verdicts:
-                if not verdict.done():
-                    verdict.set_exception(exc)
+            for slot in slots:
+                self._verdict(slot, exc)
         except BaseException:  # cancelled: each item's pipeline gives its delivery back
-            for verdict in verdicts:
-                verdict.cancel()
+            for slot in slots:
+                self._verdict(slot, asyncio.CancelledError())
             raise
         else:
-            for verdict in verdicts:
-                if not verdict.done():
-                    verdict.set_result(None)
+            for slot in slots:
+                self._verdict(slot, None)
+
+    def _verdict(self, slot: _Slot, error: BaseException | None) -> None:
+        """Tell one item how it went: resolve its future, or resume its pipeline by hand (in a
+        task when the batch was cancelled)."""
+        future = slot.future
+        if future is not None:
+            if future.done():
+                return
+            if error is None:
+                future.set_result(None)
+            elif isinstance(error, asyncio.CancelledError):
+                future.cancel()
+            else:
+                future.set_exception(error)
+            return
+        coro, context = slot.coro, slot.context
+        assert coro is not None and context is not None  # parked: the batch runs in a later loop turn
+        slot.coro = slot.context = None
+        slot.error = error
+        if isinstance(error, asyncio.CancelledError):
+            self._track(adopt(coro, None, context))
+        else:
+            self._drive(coro, context)
 
 
-def _verdicts(verdicts: list[asyncio.Future[None]], failed: Mapping[int, BaseException], name: str) -> None:
-    """Fail the items ``failed`` names; the rest succeeded."""
-    unknown = [i for i in failed if not (isinstance(i, int) and 0 <= i < len(verdicts))]
+def _errors(size: int, failed: Mapping[int, BaseException], name: str) -> list[BaseException | None]:
+    """Each item's error: the ones ``failed`` names failed, the rest succeeded."""
+    unknown = [i for i in failed if not (isinstance(i, int) and 0 <= i < size)]
     if unknown:
         log.warning("batch handler %s reported failed items %s outside its batch of %d: ignored",
-                    name, unknown[:10], len(verdicts))
-    for index, verdict in enumerate(verdicts):
+                    name, unknown[:10], size)
+    errors: list[BaseException | None] = []
+    for index in range(size):
         error = failed.get(index)
-        if verdict.done():
-            continue
-        if error is None:
-            verdict.set_result(None)
-        else:
-            if not isinstance(error, Exception):
-                error = RuntimeError(f"batch item failed: {error!r}")
-            verdict.set_exception(error)
+        if error is not None and not isinstance(error, Exception):
+            error = RuntimeError(f"batch item failed: {error!r}")
+        errors.append(error)
+    return errors
 
 
 def _plan(fn: Callable[..., Any], name: str) -> tuple[str, str, Callable[[Any], Any] | None, Any]:

@@ -23,6 +23,7 @@ from mesh.names import check_handler_signature
 from mesh.pipeline.batch import BatchSpec
 from mesh.pipeline.injection import injection_plan, matcher
 from mesh.pipeline.settle import dead_letter, outcome, settling
+from mesh.pipeline.stepping import is_taskless
 from mesh.resiliency.breaker import CircuitBreaker
 from mesh.resiliency.policies import Resiliency
 from mesh.types import Context, Handle, HandlerLayer, SubscriptionInfo
@@ -135,16 +136,14 @@ class Route:
             resiliency = Resiliency(runtime.config)
             self.breaker, timeout = resiliency.inbound(self.topic), resiliency.inbound_timeout(self.topic)
         for spec, info, _ in self.handlers:
-            handle = _compose(hooks.handler_layers(runtime, info), spec.call)
-            if self.breaker is not None or timeout is not None:
+            handler_layers, delivery_layers = hooks.handler_layers(runtime, info), hooks.delivery_layers(runtime, info)
+            handle = _compose(handler_layers, spec.call)
+            breaks = self.breaker is not None or timeout is not None
+            if breaks:
                 handle = breaking(self.breaker, handle, timeout)
-            built.append(
-                (
-                    spec,
-                    info,
-                    _compose(hooks.delivery_layers(runtime, info), settling(handle)),
-                )
-            )
+            if isinstance(spec, BatchSpec):  # asyncio.timeout in breaking() needs a task per delivery
+                spec.stepped = not breaks and all(is_taskless(x) for x in handler_layers + delivery_layers)
+            built.append((spec, info, _compose(delivery_layers, settling(handle))))
         self.handlers = built
 
     @property

@@ -36,6 +36,7 @@ from mesh.errors import DeadLetter, EncodeError, EventError, PluginError
 from mesh.event import Event, now
 from mesh.extensions import DEAD_LETTER_EXTENSIONS
 from mesh.logs import log_dead_letter, log_handler_failure, one_line
+from mesh.pipeline.stepping import own_task
 from mesh.types import Context, Decision, Handle
 
 __all__ = ["FALLBACK_REDELIVERY", "FailureMemory", "dead_letter", "failed", "outcome", "settling"]
@@ -65,8 +66,11 @@ def settling(handle: Handle) -> Handle:
             raise
         except Exception as exc:
             ctx.error = exc
+            await own_task()  # a batch item stepped by hand: retrying or dead-lettering does I/O
             await failed(ctx, exc)
             return
+        if not ctx.delivery.taskless_ack:
+            await own_task()
         await ctx.delivery.ack()
         ctx.outcome = "handled"
         if ctx.runtime.outcome_hooks:

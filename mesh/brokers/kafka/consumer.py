@@ -62,6 +62,7 @@ class KafkaDelivery(Delivery):
     """
 
     __slots__ = ("part", "record", "sub")
+    taskless_ack = True
 
     def __init__(
         self,

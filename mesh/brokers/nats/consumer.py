@@ -53,6 +53,7 @@ class NatsDelivery(Delivery):
     """A core NATS delivery: ack forgets it, nack hands it to the subscription again."""
 
     __slots__ = ("origin", "sub")
+    taskless_ack = True
 
     def __init__(
         self,
