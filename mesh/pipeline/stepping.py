@@ -34,7 +34,6 @@ __all__ = ["NEEDS_TASK", "adopt", "is_taskless", "own_task", "step", "stepped", 
 T = TypeVar("T")
 
 
-
 class _Stepping(threading.local):
     on = False
     """True only while a pipeline is being stepped by hand (not a context variable: a task the
