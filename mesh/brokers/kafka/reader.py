@@ -104,6 +104,7 @@ class GroupReader:
         self._started: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._resubscribe: asyncio.TimerHandle | None = None
+        self._changing: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
         self._closed = False
         self._lost = False
@@ -151,10 +152,16 @@ class GroupReader:
 
     def _update_subscription(self) -> None:
         self._resubscribe = None
-        if self._closed or not self.lanes:
-            return
+        if not self._closed and self.lanes and set(self.lanes) != self._consumer.subscription():
+            self._changing = asyncio.get_running_loop().create_task(self._change_topics())
+
+    async def _change_topics(self) -> None:
+        """Commit what was acked, then read the topics of the current subscriptions: once the
+        consumer's topics change, the rebalance that follows can no longer commit (aiokafka
+        refuses offsets of a subscription without an assignment)."""
+        await self.commit_all()
         topics = set(self.lanes)
-        if topics != self._consumer.subscription():
+        if not self._closed and topics and topics != self._consumer.subscription():
             self._consumer.subscribe(sorted(topics), listener=_Listener(self))  # rejoins in the background
 
     def pause(self, tps: Iterable[TopicPartition]) -> None:
@@ -204,6 +211,8 @@ class GroupReader:
         self._closed = True
         if self._resubscribe is not None:
             self._resubscribe.cancel()
+        if self._changing is not None:
+            self._changing.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
