@@ -288,8 +288,28 @@ async def test_a_batch_is_handed_over_when_full_or_when_its_time_is_up(cfg: dict
     assert sizes == [4, 4, 2]
 
 
+class Joined:
+    """Notes each delivery's data as it joins the open batch (a handler layer wraps the batch directly)."""
+
+    def __init__(self) -> None:
+        self.data: list[Any] = []
+
+    @hookimpl
+    def mesh_handler_layers(self, runtime: Runtime, subscription: Any) -> Any:
+        def layer(next_: Any) -> Any:
+            async def handle(ctx: Context) -> Any:
+                assert ctx.event is not None
+                self.data.append(ctx.event.data)
+                return await next_(ctx)
+
+            return handle
+
+        return layer
+
+
 async def test_stopping_hands_over_the_open_batch_at_once(cfg: dict[str, Any]) -> None:
-    app = App("bulk", config=cfg)
+    joined = Joined()
+    app = App("bulk", config=cfg, plugins=[joined])
     got: list[int] = []
 
     @app.subscribe("orders", batch=BatchPolicy(max_size=100, max_wait=60))
@@ -298,25 +318,26 @@ async def test_stopping_hands_over_the_open_batch_at_once(cfg: dict[str, Any]) -
 
     async with app:
         await app.publish_many("orders", [1, 2, 3], type="n")
-        await asyncio.sleep(0.05)  # delivered into the open batch, which would wait a minute
-        assert got == []
+        await wait_for(lambda: joined.data == [1, 2, 3], what="three deliveries in the open batch")
+        assert got == []  # the open batch would wait a minute
     assert got == [1, 2, 3]  # the stop drained it: handled and acked, not left for redelivery
 
 
 async def test_a_batch_of_one_is_drained_at_stop_too(cfg: dict[str, Any]) -> None:
     app = App("bulk", config=cfg)
     got: list[int] = []
-    release = asyncio.Event()
+    in_hand, release = asyncio.Event(), asyncio.Event()
 
     @app.subscribe("orders", batch=BatchPolicy(max_size=1, max_wait=0))
     async def handle(events: list[Event]) -> None:
+        in_hand.set()
         await release.wait()
         got.extend(e.data for e in events)
 
     async with app:
         await app.publish_many("orders", [1], type="n")
-        await asyncio.sleep(0.05)
-        asyncio.get_running_loop().call_later(0.05, release.set)
+        await in_hand.wait()
+        asyncio.get_running_loop().call_later(0.05, release.set)  # once the stop waits for it
     assert got == [1]  # the stop waited for the batch in hand
 
 

@@ -14,6 +14,9 @@ a subscription stops       its partitions are paused and committed; its topics l
                            subscription (a rebalance), the last one leaves the group
 a busy handler             its subscription's partitions are paused (the others keep flowing)
                            until its queue is empty
+a partition without a      (``initial_offset: latest``) its start, the end, is resolved and
+commit                     committed before its subscription counts as assigned, see
+                           :meth:`GroupReader.assigned`
 a gap in a partition's     held until the missing records appear (``gap_wait_ms``, see
 offsets                    :mod:`.gaps`), so a broker that shows a later batch first loses none
 commits                    every acked offset of every subscription in one commit, every
@@ -66,7 +69,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._reader.revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self._reader.assigned(assigned)
+        await self._reader.assigned(assigned)
 
 
 class GroupReader:
@@ -104,11 +107,15 @@ class GroupReader:
         self._started: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._resubscribe: asyncio.TimerHandle | None = None
+        self._changing: asyncio.Task[None] | None = None
         self._assigned = asyncio.Event()
         self._closed = False
         self._lost = False
         self._commit_every = o.commit_interval_ms / 1000
         self._last_commit = 0.0
+        self._pin = o.initial_offset == "latest"
+        self._pinned: set[TopicPartition] = set()
+        """Partitions whose start this member committed (:meth:`_pin_start`)."""
 
     # -- membership ------------------------------------------------------------------------------
 
@@ -151,10 +158,16 @@ class GroupReader:
 
     def _update_subscription(self) -> None:
         self._resubscribe = None
-        if self._closed or not self.lanes:
-            return
+        if not self._closed and self.lanes and set(self.lanes) != self._consumer.subscription():
+            self._changing = asyncio.get_running_loop().create_task(self._change_topics())
+
+    async def _change_topics(self) -> None:
+        """Commit what was acked, then read the topics of the current subscriptions: once the
+        consumer's topics change, the rebalance that follows can no longer commit (aiokafka
+        refuses offsets of a subscription without an assignment)."""
+        await self.commit_all()
         topics = set(self.lanes)
-        if topics != self._consumer.subscription():
+        if not self._closed and topics and topics != self._consumer.subscription():
             self._consumer.subscribe(sorted(topics), listener=_Listener(self))  # rejoins in the background
 
     def pause(self, tps: Iterable[TopicPartition]) -> None:
@@ -204,6 +217,8 @@ class GroupReader:
         self._closed = True
         if self._resubscribe is not None:
             self._resubscribe.cancel()
+        if self._changing is not None:
+            self._changing.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -281,10 +296,17 @@ class GroupReader:
         for sub, tps in by_sub.values():
             await sub.revoked(tps)
 
-    def assigned(self, assigned: Any) -> None:
-        """The group handed out partitions: each subscription tracks its own from scratch."""
+    async def assigned(self, assigned: Any) -> None:
+        """The group handed out partitions: each subscription tracks its own from scratch.
+
+        With ``initial_offset: latest``, partitions first seen get their start resolved and
+        committed first (:meth:`_pin_start`): an event published once ``subscribe`` returned is
+        read, and a rebalance before the first commit does not move the start on to the new end.
+        """
         subscribed = self._consumer.subscription()
         self._gaps.forget(list(assigned))
+        if not await self._pin_start(list(assigned)):
+            return  # the subscription changed meanwhile: the next assignment follows
         by_sub: dict[int, tuple[KafkaSubscription, list[TopicPartition]]] = {}
         for sub in self.lanes.values():
             if sub.name in subscribed:
@@ -296,6 +318,34 @@ class GroupReader:
         for lane, tps in by_sub.values():
             lane.assigned(tps)
         self._assigned.set()
+
+    async def _pin_start(self, assigned: list[TopicPartition]) -> bool:
+        """Resolve and commit where the ``assigned`` partitions this member has not seen yet
+        start (only with ``initial_offset: latest``); False when they were taken away meanwhile.
+
+        aiokafka resolves a partition without a commit at its first fetch, after the caller of
+        ``subscribe`` may have published, and again at every rebalance. Every assigned partition
+        stays paused until its subscription tracks it (:meth:`assigned` does that next, without
+        waiting in between), so no record fetched meanwhile is dropped. A start not resolved
+        within ``join_timeout`` is left to aiokafka (logged).
+        """
+        fresh = [tp for tp in assigned if tp not in self._pinned]
+        if not self._pin or not fresh:
+            return True
+        consumer = self._consumer
+        self.pause(assigned)
+        try:
+            async with asyncio.timeout(self._conn.settings.join_timeout):
+                starts = {tp: await consumer.position(tp) for tp in fresh}  # one reset resolves them all
+            if await self.commit(starts):
+                self._pinned.update(fresh)
+        except _GONE:
+            return False
+        except TimeoutError:
+            log.warning("kafka group %s: the start of %d new partitions is not known yet", self.group, len(fresh))
+        finally:
+            self.resume(assigned)
+        return True
 
 
 async def wait_for_peers(reader: GroupReader, members: weakref.WeakSet[GroupReader], limit: float) -> None:
