@@ -337,6 +337,8 @@ class GroupReader:
         try:
             async with asyncio.timeout(self._conn.settings.join_timeout):
                 starts = {tp: await consumer.position(tp) for tp in fresh}  # one reset resolves them all
+            for tp, start in starts.items():
+                self._gaps.expect(tp, start)  # a gap in the very first records is held too
             if await self.commit(starts):
                 self._pinned.update(fresh)
         except _GONE:
