@@ -793,3 +793,17 @@ async def test_ephemeral_publishes_made_just_before_close_go_out(make: Make) -> 
     await sender.close()
     await wait_for(lambda: len(got) == len(sent), what="all 300 events")
     assert got == [e.id for e in sent]
+
+
+async def test_a_stopped_subscription_is_not_kept_by_the_broker(make: Make) -> None:
+    broker = await make()
+    topic = unique("subs")
+
+    async def handler(delivery: Delivery) -> None:
+        await delivery.ack()
+
+    for _ in range(3):
+        sub = await broker.subscribe(topic, "g", handler)
+        await sub.stop()
+    kept = await broker.subscribe(topic, "g", handler)
+    assert broker._subs == [kept]  # an app that subscribes and stops again and again keeps no garbage

@@ -297,7 +297,7 @@ class RabbitMQBroker(Broker):
     async def subscribe(
         self, topic: str, group: str, handler: DeliveryHandler, *, concurrency: int = 1
     ) -> Subscription:
-        sub = RabbitMQConsumer(self.connection, topic, group, handler, concurrency)
+        sub = RabbitMQConsumer(self.connection, topic, group, handler, concurrency, self._forget_sub)
         try:
             async with asyncio.timeout(self._timeout):
                 await sub.start()
@@ -317,6 +317,11 @@ class RabbitMQBroker(Broker):
             self._topics.setdefault(topic, sub.exchange)
         self._subs.append(sub)
         return sub
+
+    def _forget_sub(self, sub: RabbitMQConsumer) -> None:
+        """Called by a stopped subscription (a broker whose app subscribes and stops keeps none)."""
+        if sub in self._subs:
+            self._subs.remove(sub)
 
     # -- ephemeral destinations (invocation requests and replies, presence) --------------------
 

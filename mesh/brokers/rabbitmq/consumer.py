@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aio_pika
@@ -108,7 +108,9 @@ class RabbitMQConsumer(Subscription):
         group: str,
         handler: DeliveryHandler,
         concurrency: int,
+        on_stop: Callable[[RabbitMQConsumer], None] | None = None,
     ) -> None:
+        self._on_stop = on_stop
         self.topic = topic
         self.group = group
         self.exchange = conn.name_of(topic)
@@ -240,6 +242,8 @@ class RabbitMQConsumer(Subscription):
         if drain:
             await self._runner.drain()
         await self._close_channel()
+        if self._on_stop is not None:
+            self._on_stop(self)
 
     async def abort(self) -> None:
         """Undo a :meth:`start` that failed half-way: stop without draining, close the channel."""
