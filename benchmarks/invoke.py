@@ -74,6 +74,13 @@ async def measure(call: Call, n: int, calls: int, concurrency: int) -> tuple[flo
     samples.sort()
     p50 = samples[len(samples) // 2] * 1000
     p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))] * 1000
+    start = clock()
+    await in_flight(call, calls, concurrency)
+    return p50, p99, calls / (clock() - start)
+
+
+async def in_flight(call: Callable[[], Awaitable[Any]], calls: int, concurrency: int) -> None:
+    """Make ``calls`` calls of ``call`` with ``concurrency`` of them in flight."""
     left = calls
 
     async def worker() -> None:
@@ -82,9 +89,7 @@ async def measure(call: Call, n: int, calls: int, concurrency: int) -> tuple[flo
             left -= 1
             await call()
 
-    start = clock()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return p50, p99, calls / (clock() - start)
 
 
 # -- raw clients -------------------------------------------------------------------------------

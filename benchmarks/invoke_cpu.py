@@ -19,7 +19,6 @@ calls per invocation, which do not depend on the load.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import cProfile
 import pstats
 import statistics
@@ -38,18 +37,10 @@ async def cpu_per_call(client: Any, broker: str, calls: int, concurrency: int,
     try:
         for _ in range(min(200, calls)):  # warm up: connections, presence, the reply consumer
             await call()
-        left = calls
-
-        async def worker() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                await call()
-
         cpu, wall = time.process_time(), time.perf_counter()
         if profile is not None:
             profile.enable()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await invoke.in_flight(call, calls, concurrency)
         if profile is not None:
             profile.disable()
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall

@@ -11,7 +11,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,3 +102,16 @@ def brokers(kind: str, url: str) -> AsyncIterator[Callable[..., Any]]:
         return create_broker(kind, options.pop("url", url), options=options, **args)
 
     return connected(build)
+
+
+def fast_retry_hub(prefix: str) -> Iterator[dict[str, Any]]:
+    """Body of a fixture: an App config on a memory hub of its own, retrying fast (2 attempts,
+    1-5 ms); the hub is dropped afterwards."""
+    from mesh.brokers.memory import MemoryBroker
+
+    hub = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    yield {
+        "broker": {"type": "memory", "options": {"name": hub}},
+        "defaults": {"retry": {"initial": "1ms", "max": "5ms", "attempts": 2, "immediate": 0}},
+    }
+    MemoryBroker.reset(hub)

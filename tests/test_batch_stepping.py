@@ -4,7 +4,6 @@ hand it to a task of its own wherever it waits or fails (mesh.pipeline.stepping)
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Coroutine
 from typing import Any
 
@@ -12,21 +11,15 @@ import pytest
 
 from mesh import App, Context, Event, hookimpl
 from mesh.batch import BatchPolicy
-from mesh.brokers.memory import MemoryBroker
 from mesh.errors import BatchFailed
 from mesh.pipeline.stepping import taskless
 from mesh.types import Handle, HandlerLayer
-from tests.support import wait_for
+from tests.support import fast_retry_hub, wait_for
 
 
 @pytest.fixture
 def cfg() -> Any:
-    hub = f"stepping-{uuid.uuid4().hex[:8]}"
-    yield {
-        "broker": {"type": "memory", "options": {"name": hub}},
-        "defaults": {"retry": {"initial": "1ms", "max": "5ms", "attempts": 2, "immediate": 0}},
-    }
-    MemoryBroker.reset(hub)
+    yield from fast_retry_hub("stepping")
 
 
 class _Tasks:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -19,11 +18,10 @@ from pydantic import BaseModel
 
 from mesh import App, ConfigError, Context, Event, MeshError, hookimpl
 from mesh.batch import MAX_BATCH_SIZE, BatchPolicy, PublishResult
-from mesh.brokers.memory import MemoryBroker
 from mesh.errors import BatchFailed, EncodeError, InvalidHandler, PublishError
 from mesh.runtime import Runtime
 from mesh.types import Publish, PublishLayer
-from tests.support import wait_for
+from tests.support import fast_retry_hub, wait_for
 
 
 class Order(BaseModel):
@@ -33,12 +31,7 @@ class Order(BaseModel):
 
 @pytest.fixture
 def cfg() -> Any:
-    hub = f"batches-{uuid.uuid4().hex[:8]}"
-    yield {
-        "broker": {"type": "memory", "options": {"name": hub}},
-        "defaults": {"retry": {"initial": "1ms", "max": "5ms", "attempts": 2, "immediate": 0}},
-    }
-    MemoryBroker.reset(hub)
+    yield from fast_retry_hub("batches")
 
 
 # -- BatchPolicy -------------------------------------------------------------------------------
