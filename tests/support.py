@@ -7,7 +7,6 @@ that cannot be reached skips its tests locally and fails them when ``CI`` is set
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import uuid
@@ -19,6 +18,7 @@ import pytest
 
 from mesh.brokers import Broker, create_broker
 from mesh.testing import Tansu, free_port, reachable, tansu_binary  # noqa: F401 - re-exported for the tests
+from mesh.testing.waiting import wait_for  # noqa: F401 - re-exported for the tests
 
 IN_CI = bool(os.environ.get("CI"))
 
@@ -65,16 +65,6 @@ def unavailable(what: str) -> None:
     if IN_CI:
         pytest.fail(f"{what} is not reachable and CI is set", pytrace=False)
     pytest.skip(f"{what} is not reachable")
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll until ``predicate()`` is true; fail the test with ``what`` after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def connected(build: Callable[..., Broker]) -> AsyncIterator[Callable[..., Any]]:

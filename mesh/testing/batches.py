@@ -26,9 +26,7 @@ batch subscribe: whole batch fails                 every item comes back and is 
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -38,6 +36,7 @@ from mesh.brokers.base import Broker, Delivery
 from mesh.errors import BatchFailed, DeadLetter, EventError
 from mesh.event import Event
 from mesh.hooks import hookimpl
+from mesh.testing.waiting import MakeBroker, Names, wait_for
 from mesh.types import Context
 
 __all__ = [
@@ -48,17 +47,6 @@ __all__ = [
     "check_publish_many_reports_failures_by_index",
 ]
 
-MakeBroker = Callable[..., Awaitable[Broker]]
-Names = Callable[..., str]
-
-
-async def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def _ev(i: int, **kw: Any) -> Event:
@@ -82,7 +70,7 @@ async def check_publish_many_all_arrive_in_order(make_broker: MakeBroker, names:
     await broker.subscribe(topic, names("g"), got)
     failed = await broker.publish_many(topic, [_ev(i, extensions={"partitionkey": "one"}) for i in range(300)])
     assert failed == {}, failed
-    await _wait(lambda: len(got.values) >= 300, 30, "300 deliveries")
+    await wait_for(lambda: len(got.values) >= 300, 30, "300 deliveries")
     assert got.values == list(range(300)), got.values[:20]
 
 
@@ -96,12 +84,12 @@ async def check_publish_many_reports_failures_by_index(make_broker: MakeBroker, 
               _ev(2, extensions=key)]
     failed = await broker.publish_many(topic, events)
     if not failed:  # a broker that carries Event objects as they are (no encoding) takes it
-        await _wait(lambda: len(got.values) >= 3, 10, "the three events")
+        await wait_for(lambda: len(got.values) >= 3, 10, "the three events")
         assert got.values[0] == 0 and got.values[2] == 2, got.values
         return
     assert list(failed) == [1], failed
     assert isinstance(failed[1], EventError), repr(failed[1])
-    await _wait(lambda: len(got.values) >= 2, 10, "the two good events")
+    await wait_for(lambda: len(got.values) >= 2, 10, "the two good events")
     assert got.values == [0, 2], got.values
 
 
@@ -148,7 +136,7 @@ async def check_batch_subscribe_fills_batches(make_broker: MakeBroker, names: Na
     async with app:
         result = await app.publish_many(topic, [{"i": i} for i in range(60)], type="test.contract", key="one")
         assert result.ok, result.failed
-        await _wait(lambda: len(outcomes.by_item) >= 60, 30, "60 events handled")
+        await wait_for(lambda: len(outcomes.by_item) >= 60, 30, "60 events handled")
     assert max(sizes) > 1, sizes
     assert max(sizes) <= 20, sizes
     assert all(n == 1 for n in seen.values()) and len(seen) == 60, seen
@@ -179,7 +167,7 @@ async def check_batch_subscribe_partial_failure_settles_each_item(make_broker: M
         result = await app.publish_many(topic, [{"i": i} for i in range(10)], type="test.contract", key="one")
         assert result.ok, result.failed
         done = outcomes.by_item
-        await _wait(lambda: len(done) >= 10 and "dead_letter" in done[3] and "dead_letter" in done[5],
+        await wait_for(lambda: len(done) >= 10 and "dead_letter" in done[3] and "dead_letter" in done[5],
                     30, "every item settled, 3 and 5 dead-lettered")
     assert done[3] == ["retry", "dead_letter"], done[3]
     assert done[5] == ["dead_letter"], done[5]
@@ -206,8 +194,9 @@ async def check_batch_subscribe_whole_batch_failure_retries_every_item(make_brok
     async with app:
         result = await app.publish_many(topic, [{"i": i} for i in range(5)], type="test.contract", key="one")
         assert result.ok, result.failed
-        await _wait(lambda: len(outcomes.by_item) >= 5 and all(o[-1] == "handled" for o in outcomes.by_item.values()),
-                    30, "every item handled after the failed batch")
+        await wait_for(lambda: len(outcomes.by_item) >= 5
+                       and all(o[-1] == "handled" for o in outcomes.by_item.values()),
+                       30, "every item handled after the failed batch")
     first = calls[0]
     for i in first:
         assert outcomes.by_item[i] == ["retry", "handled"], (i, outcomes.by_item[i])

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from mesh.brokers.base import Broker, Delivery, Features
+from mesh.brokers.base import Delivery, Features
 from mesh.event import Event, ExtensionValue
 from mesh.testing.batches import (
     check_batch_subscribe_fills_batches,
@@ -52,6 +52,7 @@ from mesh.testing.batches import (
     check_publish_many_all_arrive_in_order,
     check_publish_many_reports_failures_by_index,
 )
+from mesh.testing.waiting import MakeBroker, Names, wait_for
 
 __all__ = [
     "CONTRACT",
@@ -64,10 +65,6 @@ __all__ = [
     "wait_for",
 ]
 
-MakeBroker = Callable[..., Awaitable[Broker]]
-"""``await make_broker(**options)``: a new connected broker of the type under test."""
-Names = Callable[..., str]
-"""``names(prefix="t")``: a topic or group name no other test uses."""
 
 
 class FeatureMissing(Exception):
@@ -77,16 +74,6 @@ class FeatureMissing(Exception):
 def unique(prefix: str = "t") -> str:
     """A fresh topic or group name (``mesh-contract-<prefix>-<random>``)."""
     return f"mesh-contract-{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll until ``predicate()`` is true; ``AssertionError`` naming ``what`` after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def ev(i: int = 0, **kw: Any) -> Event:
